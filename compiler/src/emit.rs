@@ -1,0 +1,689 @@
+//! Emission: a lowered [`Program`] becomes runtime ops (f32, or int8 with host-computed requantisation), an arena
+//! plan and a weight blob, written as one `.kiln` file.
+
+use std::collections::HashMap;
+
+use kiln_runtime::format::{
+    self, BinaryF32, ConcatParams, ConvF32, ConvS8, DType, Dims, FullyConnectedF32, FullyConnectedS8,
+    LookupS8, ModelDef, OpDef, OpKind, Operand, PadParams, PerChannel, Pool2d, Quant, ReduceMeanF32, ReduceMeanS8,
+    SliceParams, Space, Span, TensorDef, TransposeParams, UnaryF32, BLOB_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC,
+};
+use kiln_runtime::host;
+
+use crate::error::{input, Result};
+use crate::ir::{Activation, BinaryKind, PoolKind, UnaryKind};
+
+fn runtime_kind(k: BinaryKind) -> format::BinaryKind {
+    match k {
+        BinaryKind::Add => format::BinaryKind::Add,
+        BinaryKind::Sub => format::BinaryKind::Sub,
+        BinaryKind::Mul => format::BinaryKind::Mul,
+        BinaryKind::PRelu => format::BinaryKind::PRelu,
+    }
+}
+use crate::lower::{PId, Program, StepKind};
+use crate::plan::{self, Buffer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Int8,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(format!("unknown precision '{s}' (expected int8 or f32)")),
+        }
+    }
+}
+
+/// Observed float range of each computed tensor (graph inputs and step outputs), for int8.
+pub type Ranges = HashMap<PId, (f32, f32)>;
+
+/// What one emitted op is, for reports.
+#[derive(Clone, Debug)]
+pub struct OpInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub macs: u64,
+    pub weight_bytes: usize,
+    pub bias_bytes: usize,
+    pub output_bytes: usize,
+}
+
+/// An emitted model file and the figures that describe it.
+#[derive(Clone, Debug)]
+pub struct Emitted {
+    pub bytes: Vec<u8>,
+    pub arena_bytes: usize,
+    pub arena_lower_bound: usize,
+    /// int8 or f32 weight bytes (convolution and dense kernels).
+    pub weight_bytes: usize,
+    /// int32 or f32 bias bytes.
+    pub bias_bytes: usize,
+    pub blob_bytes: usize,
+    pub macs: u64,
+    pub ops: Vec<OpInfo>,
+    /// Model-file tensor index of each program tensor that made it into the file.
+    pub tensor_index: HashMap<PId, u16>,
+}
+
+/// Asymmetric int8 quantisation covering `[min, max]` (widened to include 0, so zero is exact).
+pub fn choose_quant(min: f32, max: f32) -> Quant {
+    let (min, max) = (min.min(0.0), max.max(0.0));
+    let scale = ((max as f64 - min as f64) / 255.0).max(1e-9) as f32;
+    let zero_point = (-128.0 - min as f64 / scale as f64).round().clamp(-128.0, 127.0) as i32;
+    Quant { scale, zero_point }
+}
+
+fn quantize_value(v: f32, q: Quant) -> i8 {
+    ((v as f64 / q.scale as f64).round() + q.zero_point as f64).clamp(-128.0, 127.0) as i8
+}
+
+/// The int8 clamp range of a fused activation on an output quantised with `q`.
+fn act_range_s8(act: Activation, q: Quant) -> (i8, i8) {
+    let (lo, hi) = act.range();
+    let lo = if lo.is_finite() { quantize_value(lo, q) } else { -128 };
+    let hi = if hi.is_finite() { quantize_value(hi, q) } else { 127 };
+    (lo, hi)
+}
+
+#[derive(Default)]
+struct Blob {
+    bytes: Vec<u8>,
+}
+
+impl Blob {
+    fn push(&mut self, data: &[u8]) -> Span {
+        while self.bytes.len() % 4 != 0 {
+            self.bytes.push(0);
+        }
+        let span = Span { offset: self.bytes.len() as u32, len: data.len() as u32 };
+        self.bytes.extend_from_slice(data);
+        span
+    }
+
+    fn push_f32(&mut self, v: &[f32]) -> Span {
+        self.push(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    }
+
+    fn push_i32(&mut self, v: &[i32]) -> Span {
+        self.push(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    }
+
+    fn push_i8(&mut self, v: &[i8]) -> Span {
+        self.push(&v.iter().map(|&x| x as u8).collect::<Vec<u8>>())
+    }
+}
+
+/// A tensor of the emitted model.
+#[derive(Clone, Debug)]
+struct ETensor {
+    name: String,
+    shape: Vec<usize>,
+    perm: Vec<usize>,
+    dtype: DType,
+    quant: Quant,
+    /// Bytes in the blob, for constants.
+    blob: Option<Span>,
+    /// Shares the arena bytes of this tensor.
+    alias_of: Option<usize>,
+}
+
+impl ETensor {
+    fn bytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size()
+    }
+}
+
+struct EStep {
+    name: String,
+    kind: OpKind,
+    inputs: Vec<usize>,
+    output: usize,
+    info: OpInfo,
+}
+
+struct Emitter<'p> {
+    p: &'p Program,
+    precision: Precision,
+    ranges: Option<&'p Ranges>,
+    blob: Blob,
+    tensors: Vec<ETensor>,
+    steps: Vec<EStep>,
+    /// Requantised copies already made: (tensor, target zero point, target scale bits) -> copy.
+    requantised: HashMap<(usize, i32, u32), usize>,
+}
+
+/// Emits `p` as a model file. `ranges` must cover every computed tensor when `precision` is int8.
+///
+/// # Errors
+/// [`crate::error::Error::Input`] for a model the format cannot hold.
+pub fn emit(p: &Program, precision: Precision, ranges: Option<&Ranges>, name: &str) -> Result<Emitted> {
+    let mut e = Emitter {
+        p,
+        precision,
+        ranges,
+        blob: Blob::default(),
+        tensors: Vec::new(),
+        steps: Vec::new(),
+        requantised: HashMap::new(),
+    };
+    e.tensors = p
+        .tensors
+        .iter()
+        .map(|t| ETensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            perm: t.perm.clone(),
+            dtype: match precision {
+                Precision::F32 => DType::F32,
+                Precision::Int8 => DType::I8,
+            },
+            quant: Quant { scale: 1.0, zero_point: 0 },
+            blob: None,
+            alias_of: t.alias_of,
+        })
+        .collect();
+    if precision == Precision::Int8 {
+        for &i in &p.inputs {
+            e.tensors[i].quant = e.range_quant(i)?;
+        }
+    }
+    for step in &p.steps {
+        e.step(step).map_err(|err| match err {
+            crate::error::Error::Input(m) => input(format!("node '{}': {m}", step.name)),
+            other => other,
+        })?;
+    }
+    e.finish(name)
+}
+
+impl<'p> Emitter<'p> {
+    fn range_quant(&self, t: PId) -> Result<Quant> {
+        let ranges = self.ranges.ok_or_else(|| input("int8 needs calibration ranges"))?;
+        let root = self.p.root(t);
+        let (lo, hi) = ranges
+            .get(&t)
+            .or_else(|| ranges.get(&root))
+            .copied()
+            .ok_or_else(|| input(format!("no calibration range for tensor '{}'", self.p.tensors[t].name)))?;
+        Ok(choose_quant(lo, hi))
+    }
+
+    /// Quantisation of an existing tensor (aliases share their root's).
+    fn quant(&self, t: usize) -> Quant {
+        match self.tensors[t].alias_of {
+            Some(r) => self.quant(r),
+            None => self.tensors[t].quant,
+        }
+    }
+
+    /// Puts constant tensor `t` in the blob (once).
+    fn materialise(&mut self, t: usize) {
+        if self.tensors[t].blob.is_some() || t >= self.p.tensors.len() {
+            return;
+        }
+        let Some(v) = &self.p.tensors[t].value else { return };
+        let span = match self.precision {
+            Precision::F32 => self.blob.push_f32(v),
+            Precision::Int8 => {
+                let (lo, hi) = v.iter().fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+                let q = choose_quant(lo, hi);
+                self.tensors[t].quant = q;
+                let qv: Vec<i8> = v.iter().map(|&x| quantize_value(x, q)).collect();
+                self.blob.push_i8(&qv)
+            }
+        };
+        self.tensors[t].blob = Some(span);
+    }
+
+    fn push(&mut self, name: &str, kind: OpKind, inputs: Vec<usize>, output: usize, macs: u64, wb: usize, bb: usize) {
+        for &i in &inputs {
+            self.materialise(i);
+        }
+        let info = OpInfo {
+            name: name.to_string(),
+            kind: kind.name(),
+            macs,
+            weight_bytes: wb,
+            bias_bytes: bb,
+            output_bytes: self.tensors[output].bytes(),
+        };
+        self.steps.push(EStep { name: name.to_string(), kind, inputs, output, info });
+    }
+
+    /// `t` requantised to `q` (a lookup-table copy), or `t` itself when it already is.
+    fn requantise(&mut self, t: usize, q: Quant, name: &str) -> usize {
+        self.materialise(t);
+        let have = self.quant(t);
+        if have == q {
+            return t;
+        }
+        let key = (t, q.zero_point, q.scale.to_bits());
+        if let Some(&done) = self.requantised.get(&key) {
+            return done;
+        }
+        let table = host::lookup_table(have, q, |x| x);
+        let span = self.blob.push_i8(&table);
+        let mut copy = self.tensors[t].clone();
+        copy.name = format!("{}.requantised", copy.name);
+        copy.quant = q;
+        copy.blob = None;
+        copy.alias_of = None;
+        self.tensors.push(copy);
+        let out = self.tensors.len() - 1;
+        self.push(&format!("{name}.requantise"), OpKind::LookupS8(LookupS8 { table: span }), vec![t], out, 0, 0, 0);
+        self.requantised.insert(key, out);
+        out
+    }
+
+    fn step(&mut self, s: &crate::lower::Step) -> Result<()> {
+        let int8 = self.precision == Precision::Int8;
+        let x = s.inputs[0];
+        let out = s.output;
+        let in_q = self.quant(x);
+        // Ops whose int8 output keeps the input's quantisation.
+        let keeps_quant = matches!(
+            s.kind,
+            StepKind::Pool { .. } | StepKind::Pad { .. } | StepKind::Slice { .. } | StepKind::Transpose { .. }
+        );
+        if int8 {
+            self.tensors[out].quant = match &s.kind {
+                _ if keeps_quant => in_q,
+                StepKind::Softmax { log: false, .. } => host::SOFTMAX_OUTPUT,
+                _ => self.range_quant(out)?,
+            };
+        }
+        let out_q = self.quant(out);
+        let macs = s.macs();
+        match (&s.kind, int8) {
+            (StepKind::Conv { geom, weights, bias, act }, false) => {
+                let (lo, hi) = act.range();
+                let w = self.blob.push_f32(weights);
+                let b = bias.as_ref().map(|b| self.blob.push_f32(b));
+                let kind = OpKind::Conv2dF32(ConvF32 { geom: geom.clone(), weights: w, bias: b, act_min: lo, act_max: hi });
+                self.push(&s.name, kind, vec![x], out, macs, weights.len() * 4, bias.as_ref().map_or(0, |b| b.len() * 4));
+            }
+            (StepKind::Conv { geom, weights, bias, act }, true) => {
+                let pc = self.per_channel(weights, bias.as_deref(), geom.out_c as usize, in_q, out_q);
+                let (act_min, act_max) = act_range_s8(*act, out_q);
+                let kind = OpKind::Conv2dS8(ConvS8 {
+                    geom: geom.clone(),
+                    weights: pc.weights,
+                    bias: Some(pc.bias),
+                    requant: pc.requant,
+                    input_zero_point: in_q.zero_point,
+                    output_zero_point: out_q.zero_point,
+                    act_min,
+                    act_max,
+                });
+                self.push(&s.name, kind, vec![x], out, macs, weights.len(), geom.out_c as usize * 4);
+            }
+            (StepKind::Fc { geom, weights, bias, act }, false) => {
+                let (lo, hi) = act.range();
+                let w = self.blob.push_f32(weights);
+                let b = bias.as_ref().map(|b| self.blob.push_f32(b));
+                let kind = OpKind::FullyConnectedF32(FullyConnectedF32 {
+                    geom: geom.clone(),
+                    weights: w,
+                    bias: b,
+                    act_min: lo,
+                    act_max: hi,
+                });
+                self.push(&s.name, kind, vec![x], out, macs, weights.len() * 4, bias.as_ref().map_or(0, |b| b.len() * 4));
+            }
+            (StepKind::Fc { geom, weights, bias, act }, true) => {
+                let pc = self.per_channel(weights, bias.as_deref(), geom.out_features as usize, in_q, out_q);
+                let (act_min, act_max) = act_range_s8(*act, out_q);
+                let kind = OpKind::FullyConnectedS8(FullyConnectedS8 {
+                    geom: geom.clone(),
+                    weights: pc.weights,
+                    bias: Some(pc.bias),
+                    requant: pc.requant,
+                    input_zero_point: in_q.zero_point,
+                    output_zero_point: out_q.zero_point,
+                    act_min,
+                    act_max,
+                });
+                self.push(&s.name, kind, vec![x], out, macs, weights.len(), geom.out_features as usize * 4);
+            }
+            (StepKind::Binary { kind, bcast, act }, false) => {
+                let (lo, hi) = act.range();
+                let op = OpKind::BinaryF32(BinaryF32 {
+                    kind: runtime_kind(*kind),
+                    bcast: bcast.clone(),
+                    act_min: lo,
+                    act_max: hi,
+                });
+                self.push(&s.name, op, s.inputs.clone(), out, 0, 0, 0);
+            }
+            (StepKind::Binary { kind, bcast, act }, true) => {
+                let b = s.inputs[1];
+                self.materialise(x);
+                self.materialise(b);
+                let (a_q, b_q) = (self.quant(x), self.quant(b));
+                let (act_min, act_max) = act_range_s8(*act, out_q);
+                let quant = match kind {
+                    BinaryKind::Add | BinaryKind::Sub => host::add_sub_s8(a_q, b_q, out_q),
+                    BinaryKind::Mul => host::mul_s8(a_q, b_q, out_q),
+                    BinaryKind::PRelu => host::prelu_s8(a_q, b_q, out_q),
+                }
+                .map_err(|e| input(format!("int8 parameters: {e}")))?;
+                let op = OpKind::BinaryS8(quant.into_op(runtime_kind(*kind), bcast.clone(), act_min, act_max));
+                self.push(&s.name, op, s.inputs.clone(), out, 0, 0, 0);
+            }
+            (StepKind::Unary(k), false) => {
+                let op = match *k {
+                    UnaryKind::Relu => UnaryF32::Relu,
+                    UnaryKind::Clip { min, max } => UnaryF32::Clip { min, max },
+                    UnaryKind::LeakyRelu { alpha } => UnaryF32::LeakyRelu { alpha },
+                    UnaryKind::Elu { alpha } => UnaryF32::Elu { alpha },
+                    UnaryKind::Sigmoid => UnaryF32::Sigmoid,
+                    UnaryKind::Tanh => UnaryF32::Tanh,
+                };
+                self.push(&s.name, OpKind::UnaryF32(op), vec![x], out, 0, 0, 0);
+            }
+            (StepKind::Unary(k), true) => {
+                let k = *k;
+                let table = host::lookup_table(in_q, out_q, |v| k.apply(v));
+                let span = self.blob.push_i8(&table);
+                self.push(&s.name, OpKind::LookupS8(LookupS8 { table: span }), vec![x], out, 0, 0, 0);
+            }
+            (StepKind::Softmax { outer, len, inner, log }, false) => {
+                let op = format::SoftmaxF32 { outer: *outer, len: *len, inner: *inner, log: *log };
+                self.push(&s.name, OpKind::SoftmaxF32(op), vec![x], out, 0, 0, 0);
+            }
+            (StepKind::Softmax { outer, len, inner, log }, true) => {
+                // ONNX Softmax has no temperature: beta 1.
+                let host = if *log {
+                    host::log_softmax_s8(in_q.scale, 1.0, out_q)
+                } else {
+                    host::softmax_s8(in_q.scale, 1.0)
+                }
+                .map_err(|e| input(format!("int8 parameters: {e}")))?;
+                let exp_table = self.blob.push(&host.exp_table_bytes());
+                let op = host.into_op(*outer, *len, *inner, exp_table);
+                self.push(&s.name, OpKind::SoftmaxS8(op), vec![x], out, 0, 0, 0);
+            }
+            (StepKind::Pool { kind, pool }, _) => {
+                let op = match (kind, int8) {
+                    (PoolKind::Max, false) => OpKind::MaxPoolF32(pool.clone()),
+                    (PoolKind::Max, true) => OpKind::MaxPoolS8(pool.clone()),
+                    (PoolKind::Avg { .. }, false) => OpKind::AvgPoolF32(pool.clone()),
+                    // Padded taps of an int8 average count as the real value 0, i.e. the zero point.
+                    (PoolKind::Avg { .. }, true) => OpKind::AvgPoolS8(Pool2d { zero_point: in_q.zero_point, ..pool.clone() }),
+                };
+                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+            }
+            (StepKind::ReduceMean { dims, axes }, false) => {
+                let op = OpKind::ReduceMeanF32(ReduceMeanF32 { dims: dims.clone(), axes: *axes });
+                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+            }
+            (StepKind::ReduceMean { dims, axes }, true) => {
+                let count: u32 =
+                    dims.iter().enumerate().filter(|(i, _)| axes & (1 << i) != 0).map(|(_, &d)| d).product();
+                let real = in_q.scale as f64 / (out_q.scale as f64 * count.max(1) as f64);
+                let (multiplier, shift) = host::quantize_multiplier(real);
+                let op = OpKind::ReduceMeanS8(ReduceMeanS8 {
+                    dims: dims.clone(),
+                    axes: *axes,
+                    input_zero_point: in_q.zero_point,
+                    output_zero_point: out_q.zero_point,
+                    multiplier,
+                    shift,
+                });
+                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+            }
+            (StepKind::Pad { dims, before, after, value }, _) => {
+                let (elem_bytes, value) = if int8 {
+                    (1, quantize_value(*value, in_q) as u8 as u32)
+                } else {
+                    (4, value.to_bits())
+                };
+                let op = OpKind::Pad(PadParams {
+                    dims: dims.clone(),
+                    before: before.clone(),
+                    after: after.clone(),
+                    elem_bytes,
+                    value,
+                });
+                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+            }
+            (StepKind::Concat { outer, inner, parts }, _) => {
+                let mut ins = s.inputs.clone();
+                if int8 {
+                    for i in ins.iter_mut() {
+                        *i = self.requantise(*i, out_q, &s.name);
+                    }
+                }
+                let elem = if int8 { 1 } else { 4 };
+                let op = OpKind::Concat(ConcatParams {
+                    outer: *outer,
+                    inner_bytes: inner * elem,
+                    parts: parts.iter().copied().collect(),
+                });
+                self.push(&s.name, op, ins, out, 0, 0, 0);
+            }
+            (StepKind::Slice { outer, axis_len, start, len, inner }, _) => {
+                let elem = if int8 { 1 } else { 4 };
+                let op = OpKind::Slice(SliceParams {
+                    outer: *outer,
+                    axis_len: *axis_len,
+                    start: *start,
+                    len: *len,
+                    inner_bytes: inner * elem,
+                });
+                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+            }
+            (StepKind::Transpose { dims, perm }, _) => {
+                let op = OpKind::Transpose(TransposeParams {
+                    dims: dims.clone(),
+                    perm: perm.clone(),
+                    elem_bytes: if int8 { 1 } else { 4 },
+                });
+                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Symmetric per-output-channel int8 weights, int32 bias at `in_scale * w_scale[c]`, and the requantisation
+    /// multipliers to the output scale.
+    fn per_channel(&mut self, weights: &[f32], bias: Option<&[f32]>, channels: usize, in_q: Quant, out_q: Quant) -> PerChannelOut {
+        let per = weights.len() / channels.max(1);
+        let mut qw = Vec::with_capacity(weights.len());
+        let mut qb = Vec::with_capacity(channels);
+        let mut mult = Vec::with_capacity(channels);
+        let mut shift = Vec::with_capacity(channels);
+        for c in 0..channels {
+            let block = &weights[c * per..(c + 1) * per];
+            let absmax = block.iter().fold(0f32, |m, &w| m.max(w.abs()));
+            let w_scale = if absmax > 0.0 { absmax as f64 / 127.0 } else { 1.0 };
+            qw.extend(block.iter().map(|&w| (w as f64 / w_scale).round().clamp(-127.0, 127.0) as i8));
+            let acc_scale = in_q.scale as f64 * w_scale;
+            let b = bias.map_or(0.0, |b| b[c] as f64);
+            qb.push((b / acc_scale).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32);
+            let (m, s) = host::quantize_multiplier(acc_scale / out_q.scale as f64);
+            mult.push(m);
+            shift.push(s);
+        }
+        PerChannelOut {
+            weights: self.blob.push_i8(&qw),
+            bias: self.blob.push_i32(&qb),
+            requant: PerChannel { multipliers: self.blob.push_i32(&mult), shifts: self.blob.push_i8(&shift) },
+        }
+    }
+
+    fn finish(mut self, name: &str) -> Result<Emitted> {
+        for &o in &self.p.outputs {
+            if self.tensors[o].alias_of.is_none() && self.tensors[o].blob.is_some() {
+                return Err(input(format!("output '{}' is a constant; there is nothing to compute", self.tensors[o].name)));
+            }
+        }
+        // Arena: one buffer per root tensor that is not a constant; liveness over step indices shifted by one so
+        // graph inputs are live "before" step 0.
+        let root = |t: usize, ts: &[ETensor]| {
+            let mut t = t;
+            while let Some(a) = ts[t].alias_of {
+                t = a;
+            }
+            t
+        };
+        let n = self.steps.len();
+        let mut live: HashMap<usize, (usize, usize)> = HashMap::new();
+        let touch = |t: usize, time: usize, live: &mut HashMap<usize, (usize, usize)>| {
+            let e = live.entry(t).or_insert((time, time));
+            e.0 = e.0.min(time);
+            e.1 = e.1.max(time);
+        };
+        for &i in &self.p.inputs {
+            touch(root(i, &self.tensors), 0, &mut live);
+        }
+        for (k, s) in self.steps.iter().enumerate() {
+            for &i in &s.inputs {
+                if self.tensors[root(i, &self.tensors)].blob.is_none() {
+                    touch(root(i, &self.tensors), k + 1, &mut live);
+                }
+            }
+            touch(root(s.output, &self.tensors), k + 1, &mut live);
+        }
+        for &o in &self.p.outputs {
+            touch(root(o, &self.tensors), n + 1, &mut live);
+        }
+        let mut roots: Vec<usize> = live.keys().copied().collect();
+        roots.sort_unstable();
+        let buffers: Vec<Buffer> = roots
+            .iter()
+            .map(|&r| Buffer { size: self.tensors[r].bytes(), first: live[&r].0, last: live[&r].1 })
+            .collect();
+        let arena = plan::plan(&buffers);
+        let offset_of: HashMap<usize, usize> = roots.iter().zip(&arena.offsets).map(|(&r, &o)| (r, o)).collect();
+
+        let operand = |t: usize, ts: &[ETensor]| -> Option<Operand> {
+            let r = root(t, ts);
+            let len = ts[t].bytes() as u32;
+            match (ts[r].blob, offset_of.get(&r)) {
+                (Some(span), _) => Some(Operand { space: Space::Blob, offset: span.offset, len }),
+                (None, Some(&off)) => Some(Operand { space: Space::Arena, offset: off as u32, len }),
+                (None, None) => None,
+            }
+        };
+
+        // Tensor table: every tensor that has bytes somewhere.
+        let mut tensor_index = HashMap::new();
+        let mut tensor_records = Vec::new();
+        let mut count = 0u16;
+        for (i, t) in self.tensors.iter().enumerate() {
+            let Some(data) = operand(i, &self.tensors) else { continue };
+            let def = TensorDef {
+                name: &t.name,
+                dtype: t.dtype,
+                shape: dims_of(&t.shape)?,
+                perm: dims_of(&t.perm)?,
+                data,
+                quant: self.quant(i),
+            };
+            tensor_records.extend(postcard::to_stdvec(&def).map_err(anyhow::Error::from)?);
+            tensor_index.insert(i, count);
+            count = count.checked_add(1).ok_or_else(|| input("more than 65535 tensors"))?;
+        }
+
+        let mut op_records = Vec::new();
+        let mut infos = Vec::new();
+        let mut macs = 0;
+        for s in &self.steps {
+            let mut inputs = heapless::Vec::new();
+            for &i in &s.inputs {
+                let o = operand(i, &self.tensors).ok_or_else(|| input(format!("tensor {i} has no storage")))?;
+                inputs.push(o).map_err(|_| input("too many op inputs"))?;
+            }
+            let output = operand(s.output, &self.tensors).ok_or_else(|| input("output has no storage"))?;
+            let def = OpDef {
+                name: &s.name,
+                kind: s.kind.clone(),
+                inputs,
+                output,
+                output_tensor: tensor_index[&s.output],
+                macs: s.info.macs,
+            };
+            op_records.extend(postcard::to_stdvec(&def).map_err(anyhow::Error::from)?);
+            macs += s.info.macs;
+            infos.push(s.info.clone());
+        }
+        let io = |list: &[usize]| -> Result<heapless::Vec<u16, { format::MAX_IO }>> {
+            let mut v = heapless::Vec::new();
+            for t in list {
+                let idx = tensor_index.get(t).copied().ok_or_else(|| input("graph input/output has no storage"))?;
+                v.push(idx).map_err(|_| input(format!("more than {} graph inputs or outputs", format::MAX_IO)))?;
+            }
+            Ok(v)
+        };
+        let op_count = u16::try_from(self.steps.len()).map_err(|_| input("more than 65535 ops"))?;
+        let def = ModelDef {
+            name,
+            arena_bytes: arena.total as u32,
+            macs,
+            tensor_count: count,
+            tensors: &tensor_records,
+            op_count,
+            ops: &op_records,
+            inputs: io(&self.p.inputs)?,
+            outputs: io(&self.p.outputs)?,
+        };
+        let meta = postcard::to_stdvec(&def).map_err(anyhow::Error::from)?;
+        let bytes = write_file(&meta, &self.blob.bytes);
+        let weight_bytes = infos.iter().map(|i| i.weight_bytes).sum();
+        let bias_bytes = infos.iter().map(|i| i.bias_bytes).sum();
+        Ok(Emitted {
+            bytes,
+            arena_bytes: arena.total,
+            arena_lower_bound: arena.lower_bound,
+            weight_bytes,
+            bias_bytes,
+            blob_bytes: std::mem::take(&mut self.blob.bytes).len(),
+            macs,
+            ops: infos,
+            tensor_index,
+        })
+    }
+}
+
+struct PerChannelOut {
+    weights: Span,
+    bias: Span,
+    requant: PerChannel,
+}
+
+fn dims_of(v: &[usize]) -> Result<Dims> {
+    v.iter()
+        .map(|&d| u32::try_from(d).map_err(|_| input("dimension too large")))
+        .collect::<Result<Vec<u32>>>()?
+        .into_iter()
+        .try_fold(Dims::new(), |mut acc, d| acc.push(d).map(|_| acc))
+        .map_err(|_| input(format!("rank {} exceeds {}", v.len(), format::MAX_RANK)))
+}
+
+/// Header + metadata + padding + blob, with the CRC over everything after the CRC field.
+pub fn write_file(meta: &[u8], blob: &[u8]) -> Vec<u8> {
+    let blob_offset = (HEADER_LEN + meta.len()).div_ceil(BLOB_ALIGN) * BLOB_ALIGN;
+    let file_len = blob_offset + blob.len();
+    let mut out = Vec::with_capacity(file_len);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(file_len as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes()); // CRC, filled below
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(blob_offset as u32).to_le_bytes());
+    out.extend_from_slice(meta);
+    out.resize(blob_offset, 0);
+    out.extend_from_slice(blob);
+    let crc = kiln_runtime::crc32::crc32(&out[16..]);
+    out[12..16].copy_from_slice(&crc.to_le_bytes());
+    out
+}

@@ -1,0 +1,147 @@
+//! `kiln inspect`: what a model file holds.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use kiln_runtime::format::{OpKind, Space};
+use kiln_runtime::Model;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorInfo {
+    pub index: usize,
+    pub name: String,
+    pub dtype: &'static str,
+    pub shape: Vec<u32>,
+    pub perm: Vec<u32>,
+    pub space: &'static str,
+    pub offset: u32,
+    pub bytes: u32,
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OpInfo {
+    pub index: usize,
+    pub name: String,
+    pub kind: &'static str,
+    pub output_tensor: u16,
+    pub macs: u64,
+    pub weight_bytes: u32,
+    pub bias_bytes: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Info {
+    pub name: String,
+    pub format_version: u16,
+    pub checksum: String,
+    pub file_bytes: usize,
+    pub arena_bytes: usize,
+    pub blob_bytes: usize,
+    pub weight_bytes: u32,
+    pub bias_bytes: u32,
+    pub macs: u64,
+    pub inputs: Vec<usize>,
+    pub outputs: Vec<usize>,
+    pub ops: Vec<OpInfo>,
+    pub tensors: Vec<TensorInfo>,
+}
+
+/// Weight and bias bytes an op carries in the blob.
+fn param_bytes(kind: &OpKind) -> (u32, u32) {
+    match kind {
+        OpKind::Conv2dS8(p) => (p.weights.len, p.bias.map_or(0, |b| b.len)),
+        OpKind::Conv2dF32(p) => (p.weights.len, p.bias.map_or(0, |b| b.len)),
+        OpKind::FullyConnectedS8(p) => (p.weights.len, p.bias.map_or(0, |b| b.len)),
+        OpKind::FullyConnectedF32(p) => (p.weights.len, p.bias.map_or(0, |b| b.len)),
+        _ => (0, 0),
+    }
+}
+
+pub fn inspect(m: &Model<'_>) -> Info {
+    let ops: Vec<OpInfo> = m
+        .ops()
+        .enumerate()
+        .map(|(index, op)| {
+            let (weight_bytes, bias_bytes) = param_bytes(&op.kind);
+            OpInfo {
+                index,
+                name: op.name.to_string(),
+                kind: op.kind.name(),
+                output_tensor: op.output_tensor,
+                macs: op.macs,
+                weight_bytes,
+                bias_bytes,
+            }
+        })
+        .collect();
+    let tensors = m
+        .tensors()
+        .enumerate()
+        .map(|(index, t)| TensorInfo {
+            index,
+            name: t.name.to_string(),
+            dtype: t.dtype.name(),
+            shape: t.shape.to_vec(),
+            perm: t.perm.to_vec(),
+            space: match t.data.space {
+                Space::Arena => "arena",
+                Space::Blob => "blob",
+            },
+            offset: t.data.offset,
+            bytes: t.data.len,
+            scale: t.quant.scale,
+            zero_point: t.quant.zero_point,
+        })
+        .collect();
+    let (ins, outs) = m.io_indices();
+    Info {
+        name: m.name().to_string(),
+        format_version: m.format_version(),
+        checksum: format!("{:08x}", m.checksum()),
+        file_bytes: m.file_len(),
+        arena_bytes: m.arena_bytes(),
+        blob_bytes: m.blob().len(),
+        weight_bytes: ops.iter().map(|o| o.weight_bytes).sum(),
+        bias_bytes: ops.iter().map(|o| o.bias_bytes).sum(),
+        macs: m.macs(),
+        inputs: ins.iter().map(|&i| i as usize).collect(),
+        outputs: outs.iter().map(|&i| i as usize).collect(),
+        ops,
+        tensors,
+    }
+}
+
+pub fn render(i: &Info, path: &Path) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{} ({})", path.display(), i.name);
+    let _ = writeln!(s, "  format version {}, crc32 {}, {} bytes", i.format_version, i.checksum, i.file_bytes);
+    let _ = writeln!(
+        s,
+        "  arena {} B, blob {} B (weights {} B, biases {} B), {} MACs",
+        i.arena_bytes, i.blob_bytes, i.weight_bytes, i.bias_bytes, i.macs
+    );
+    let io = |list: &[usize]| {
+        list.iter()
+            .map(|&t| {
+                let t = &i.tensors[t];
+                format!("'{}' {} {:?} (scale {}, zero point {})", t.name, t.dtype, t.shape, t.scale, t.zero_point)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(s, "  inputs:  {}", io(&i.inputs));
+    let _ = writeln!(s, "  outputs: {}", io(&i.outputs));
+    let _ = writeln!(s, "\n  {:>3}  {:<22} {:<28} {:>10} {:>8}  output", "#", "kernel", "node", "MACs", "weights");
+    for op in &i.ops {
+        let t = &i.tensors[op.output_tensor as usize];
+        let _ = writeln!(
+            s,
+            "  {:>3}  {:<22} {:<28} {:>10} {:>8}  {} {:?} @{}",
+            op.index, op.kind, op.name, op.macs, op.weight_bytes, t.dtype, t.shape, t.offset
+        );
+    }
+    s
+}

@@ -1,0 +1,453 @@
+//! The `.kiln` model file format, version [`FORMAT_VERSION`].
+//!
+//! ```text
+//! offset  size  field (little-endian)
+//!  0      4     magic "KILN"
+//!  4      2     format version
+//!  6      2     flags (0)
+//!  8      4     file length in bytes (the whole file, header included)
+//! 12      4     CRC-32 (IEEE) of bytes 16..file length
+//! 16      4     metadata length M (postcard-encoded `ModelDef`, starting at byte 24)
+//! 20      4     blob offset B (multiple of 16, >= 24 + M)
+//! 24      M     ModelDef (postcard)
+//! ..            zero padding up to B
+//!  B      ..    weight blob up to the file length: int8 weights, int32 biases, f32 weights, lookup tables
+//! ```
+//!
+//! `ModelDef` holds two sections of concatenated postcard records, [`TensorDef`]s and [`OpDef`]s. Ops carry
+//! their operands resolved (arena or blob offsets and byte lengths) plus physical shapes, so inference reads
+//! them in order and never searches. Everything is validated once at load. Fields are only ever appended
+//! (enum variants too); anything else bumps [`FORMAT_VERSION`].
+
+use heapless::Vec;
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: [u8; 4] = *b"KILN";
+pub const FORMAT_VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 24;
+/// Alignment of the blob inside the file; every typed item inside the blob is 4-byte aligned.
+pub const BLOB_ALIGN: usize = 16;
+/// Alignment of every tensor in the arena.
+pub const ARENA_ALIGN: usize = 4;
+pub const MAX_RANK: usize = 6;
+/// Graph inputs or outputs.
+pub const MAX_IO: usize = 8;
+/// Inputs of one op (Concat is the widest).
+pub const MAX_OP_INPUTS: usize = 8;
+
+/// A shape or stride list, outermost first.
+pub type Dims = Vec<u32, MAX_RANK>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DType {
+    I8,
+    F32,
+    I32,
+}
+
+impl DType {
+    pub const fn size(self) -> usize {
+        match self {
+            DType::I8 => 1,
+            DType::F32 | DType::I32 => 4,
+        }
+    }
+}
+
+/// Where an operand lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Space {
+    /// The caller's arena (activations, graph inputs and outputs).
+    Arena,
+    /// The model's weight blob (constants).
+    Blob,
+}
+
+/// A byte range in the arena or the blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operand {
+    pub space: Space,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Operand {
+    pub const fn end(&self) -> u32 {
+        self.offset.saturating_add(self.len)
+    }
+}
+
+/// A byte range in the weight blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Span {
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// Affine quantisation: `real = scale * (q - zero_point)`. For f32 tensors `scale` is 1 and `zero_point` 0.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Quant {
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorDef<'a> {
+    pub name: &'a str,
+    pub dtype: DType,
+    /// Logical shape, in the ONNX model's own axis order.
+    pub shape: Dims,
+    /// Order in which the logical axes are laid out in memory (`physical[i] = shape[perm[i]]`). The identity for
+    /// graph inputs and outputs.
+    pub perm: Dims,
+    pub data: Operand,
+    pub quant: Quant,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelDef<'a> {
+    /// Free text naming the source model.
+    pub name: &'a str,
+    /// Bytes of arena inference needs.
+    pub arena_bytes: u32,
+    /// MACs of one inference (for reports).
+    pub macs: u64,
+    pub tensor_count: u16,
+    /// `tensor_count` postcard-encoded [`TensorDef`]s, back to back.
+    pub tensors: &'a [u8],
+    pub op_count: u16,
+    /// `op_count` postcard-encoded [`OpDef`]s, back to back, in execution order.
+    pub ops: &'a [u8],
+    /// Tensor indices of the graph inputs and outputs.
+    pub inputs: Vec<u16, MAX_IO>,
+    pub outputs: Vec<u16, MAX_IO>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpDef<'a> {
+    /// The source node's name.
+    pub name: &'a str,
+    pub kind: OpKind,
+    pub inputs: Vec<Operand, MAX_OP_INPUTS>,
+    pub output: Operand,
+    /// Index of the tensor this op writes (for observers and reports).
+    pub output_tensor: u16,
+    /// MACs of this op.
+    pub macs: u64,
+}
+
+/// Every op the runtime runs. Names follow `<op>[_variant]_<dtype>`. Append only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OpKind {
+    Conv2dS8(ConvS8),
+    Conv2dF32(ConvF32),
+    FullyConnectedS8(FullyConnectedS8),
+    FullyConnectedF32(FullyConnectedF32),
+    BinaryS8(BinaryS8),
+    BinaryF32(BinaryF32),
+    /// `y = table[x + 128]`: any int8 -> int8 function (activations, requantisation), tabulated on the host.
+    LookupS8(LookupS8),
+    UnaryF32(UnaryF32),
+    SoftmaxS8(SoftmaxS8),
+    SoftmaxF32(SoftmaxF32),
+    MaxPoolS8(Pool2d),
+    MaxPoolF32(Pool2d),
+    AvgPoolS8(Pool2d),
+    AvgPoolF32(Pool2d),
+    ReduceMeanS8(ReduceMeanS8),
+    ReduceMeanF32(ReduceMeanF32),
+    /// Data movement, any dtype.
+    Pad(PadParams),
+    Concat(ConcatParams),
+    Slice(SliceParams),
+    Transpose(TransposeParams),
+    /// Copies input 0 to the output (a reshape that could not alias).
+    Copy,
+}
+
+impl OpKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OpKind::Conv2dS8(_) => "conv2d_s8",
+            OpKind::Conv2dF32(_) => "conv2d_f32",
+            OpKind::FullyConnectedS8(_) => "fully_connected_s8",
+            OpKind::FullyConnectedF32(_) => "fully_connected_f32",
+            OpKind::BinaryS8(_) => "binary_s8",
+            OpKind::BinaryF32(_) => "binary_f32",
+            OpKind::LookupS8(_) => "lookup_s8",
+            OpKind::UnaryF32(_) => "unary_f32",
+            OpKind::SoftmaxS8(_) => "softmax_s8",
+            OpKind::SoftmaxF32(_) => "softmax_f32",
+            OpKind::MaxPoolS8(_) => "max_pool_s8",
+            OpKind::MaxPoolF32(_) => "max_pool_f32",
+            OpKind::AvgPoolS8(_) => "avg_pool_s8",
+            OpKind::AvgPoolF32(_) => "avg_pool_f32",
+            OpKind::ReduceMeanS8(_) => "reduce_mean_s8",
+            OpKind::ReduceMeanF32(_) => "reduce_mean_f32",
+            OpKind::Pad(_) => "pad",
+            OpKind::Concat(_) => "concat",
+            OpKind::Slice(_) => "slice",
+            OpKind::Transpose(_) => "transpose",
+            OpKind::Copy => "copy",
+        }
+    }
+}
+
+/// Geometry of a 2D convolution on NHWC tensors (a 1D convolution has `in_h = out_h = kernel_h = 1`).
+/// Weights are `[out_c][kernel_h][kernel_w][in_c / groups]`; output channel `o` reads group
+/// `o / (out_c / groups)`. Depthwise with multiplier `m` is `groups = in_c`, `out_c = m * in_c`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvGeom {
+    pub batch: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub in_c: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub out_c: u32,
+    pub kernel_h: u32,
+    pub kernel_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub dilation_h: u32,
+    pub dilation_w: u32,
+    /// Zero padding before the first row / column; padding after is implied by the output size.
+    pub pad_top: u32,
+    pub pad_left: u32,
+    pub groups: u32,
+}
+
+/// Per-output-channel requantisation: `real multiplier = multiplier * 2^(shift - 31)`, see [`crate::quant`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerChannel {
+    /// `i32[out_c]`, each in `[2^30, 2^31)`.
+    pub multipliers: Span,
+    /// `i8[out_c]`, each in `[-31, 30]`.
+    pub shifts: Span,
+}
+
+/// int8 convolution: `acc = bias[o] + sum (x - input_zero_point) * w`, then
+/// `y = clamp(requantize(acc, o) + output_zero_point, act_min, act_max)`. Weights symmetric (zero point 0).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConvS8 {
+    pub geom: ConvGeom,
+    /// `i8[out_c * kernel_h * kernel_w * in_c / groups]`.
+    pub weights: Span,
+    /// `i32[out_c]`.
+    pub bias: Option<Span>,
+    pub requant: PerChannel,
+    pub input_zero_point: i32,
+    pub output_zero_point: i32,
+    pub act_min: i8,
+    pub act_max: i8,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConvF32 {
+    pub geom: ConvGeom,
+    /// `f32[out_c * kernel_h * kernel_w * in_c / groups]`.
+    pub weights: Span,
+    /// `f32[out_c]`.
+    pub bias: Option<Span>,
+    pub act_min: f32,
+    pub act_max: f32,
+}
+
+/// `y[r][n] = sum_k x[r][k] * w[n][k] + bias[n]` for `rows` rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FcGeom {
+    pub rows: u32,
+    pub in_features: u32,
+    pub out_features: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FullyConnectedS8 {
+    pub geom: FcGeom,
+    /// `i8[out_features][in_features]`.
+    pub weights: Span,
+    /// `i32[out_features]`.
+    pub bias: Option<Span>,
+    pub requant: PerChannel,
+    pub input_zero_point: i32,
+    pub output_zero_point: i32,
+    pub act_min: i8,
+    pub act_max: i8,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FullyConnectedF32 {
+    pub geom: FcGeom,
+    /// `f32[out_features][in_features]`.
+    pub weights: Span,
+    pub bias: Option<Span>,
+    pub act_min: f32,
+    pub act_max: f32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BinaryKind {
+    Add,
+    Sub,
+    Mul,
+    /// `a > 0 ? a : a * b`.
+    PRelu,
+}
+
+/// Broadcasting: element `i` of the output (row-major in `out`) reads `a` at `sum idx[d] * a_strides[d]` and `b`
+/// likewise; a stride of 0 broadcasts. All three lists have the same length (1 to [`MAX_RANK`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Broadcast {
+    pub out: Dims,
+    pub a_strides: Dims,
+    pub b_strides: Dims,
+}
+
+/// int8 elementwise op. `Add`/`Sub`: both inputs are shifted left by `left_shift`, rescaled to a common scale
+/// (`a_*`, `b_*`), added or subtracted, rescaled to the output (`out_*`). `Mul`: `(a - za) * (b - zb)` rescaled
+/// by `out_*`. `PRelu`: `a >= za` -> `(a - za)` rescaled by `a_*`; else `(a - za) * (b - zb)` rescaled by `out_*`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BinaryS8 {
+    pub kind: BinaryKind,
+    pub bcast: Broadcast,
+    pub a_zero_point: i32,
+    pub b_zero_point: i32,
+    pub out_zero_point: i32,
+    pub left_shift: u8,
+    pub a_multiplier: i32,
+    pub a_shift: i8,
+    pub b_multiplier: i32,
+    pub b_shift: i8,
+    pub out_multiplier: i32,
+    pub out_shift: i8,
+    pub act_min: i8,
+    pub act_max: i8,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BinaryF32 {
+    pub kind: BinaryKind,
+    pub bcast: Broadcast,
+    pub act_min: f32,
+    pub act_max: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LookupS8 {
+    /// `i8[256]`, indexed by `x + 128`.
+    pub table: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum UnaryF32 {
+    Relu,
+    Clip { min: f32, max: f32 },
+    LeakyRelu { alpha: f32 },
+    Elu { alpha: f32 },
+    Sigmoid,
+    Tanh,
+}
+
+/// Softmax over the middle axis of `[outer, len, inner]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SoftmaxF32 {
+    pub outer: u32,
+    pub len: u32,
+    pub inner: u32,
+    /// LogSoftmax.
+    pub log: bool,
+}
+
+/// int8 Softmax / LogSoftmax over the middle axis of `[outer, len, inner]`, integer only. The host tabulates
+/// `exp(-input_scale * d)` for `d = max - x` in `0..=255`; see `kernels::softmax` for the exact arithmetic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SoftmaxS8 {
+    pub outer: u32,
+    pub len: u32,
+    pub inner: u32,
+    pub log: bool,
+    /// `u32[256]`.
+    pub exp_table: Span,
+    /// Extra host-computed constants, meaning defined by `kernels::softmax`.
+    pub params: heapless::Vec<i32, 8>,
+    pub output_zero_point: i32,
+}
+
+/// 2D pooling on NHWC (`in_h = out_h = kernel_h = 1` for 1D).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool2d {
+    pub batch: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub channels: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub kernel_h: u32,
+    pub kernel_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    /// Average pools: divide by the whole window (true) or only the taps inside the input (false).
+    pub count_include_pad: bool,
+    /// `AvgPoolS8`: the zero point of the input and output (they share one quantisation), the value of a padded
+    /// tap. 0 for the other pools (unused).
+    pub zero_point: i32,
+}
+
+/// Mean over the axes set in `axes` (bit `d` = axis `d` of `dims`), output row-major over the kept axes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReduceMeanF32 {
+    pub dims: Dims,
+    pub axes: u8,
+}
+
+/// int8 mean: `y = requantize(sum (x - input_zero_point), multiplier, shift) + output_zero_point`, the
+/// multiplier carrying `input_scale / (output_scale * count)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReduceMeanS8 {
+    pub dims: Dims,
+    pub axes: u8,
+    pub input_zero_point: i32,
+    pub output_zero_point: i32,
+    pub multiplier: i32,
+    pub shift: i8,
+}
+
+/// Constant padding of a tensor of shape `dims`; `value` is the padding element's bit pattern (its low
+/// `elem_bytes` bytes, little-endian).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PadParams {
+    pub dims: Dims,
+    pub before: Dims,
+    pub after: Dims,
+    pub elem_bytes: u8,
+    pub value: u32,
+}
+
+/// Concatenation along the middle axis of `[outer, sum(parts), inner]`; input `i` is `[outer, parts[i], inner]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConcatParams {
+    pub outer: u32,
+    /// Bytes of one `inner` run (inner elements times element size).
+    pub inner_bytes: u32,
+    pub parts: Vec<u32, MAX_OP_INPUTS>,
+}
+
+/// `y = x[:, start..start + len, :]` of `x` shaped `[outer, axis_len, inner]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceParams {
+    pub outer: u32,
+    pub axis_len: u32,
+    pub start: u32,
+    pub len: u32,
+    pub inner_bytes: u32,
+}
+
+/// `y.shape[i] = dims[perm[i]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransposeParams {
+    pub dims: Dims,
+    pub perm: Dims,
+    pub elem_bytes: u8,
+}

@@ -1,0 +1,158 @@
+//! `BinaryS8`, `BinaryF32`, `LookupS8`, `UnaryF32`, `SoftmaxS8`, `SoftmaxF32`.
+
+use super::common::{bytes_of, cast, cast_mut, input, prod, span, Ck};
+use super::OpIo;
+use crate::error::{Error, Field};
+use crate::format::{BinaryF32, BinaryS8, Broadcast, LookupS8, SoftmaxF32, SoftmaxS8};
+use crate::kernels::{self, binary::MAX_LEFT_SHIFT, softmax::EXP_ONE, SoftmaxS8Mode};
+
+/// Broadcast lists consistent, output size, and both inputs large enough for the largest strided index.
+fn check_broadcast(ck: &Ck, bc: &Broadcast, elem: u64) -> Result<(), Error> {
+    ck.arity(2)?;
+    let rank = ck.rank(&bc.out)?;
+    ck.ensure(bc.a_strides.len() == rank, Field::Input(0), bc.a_strides.len())?;
+    ck.ensure(bc.b_strides.len() == rank, Field::Input(1), bc.b_strides.len())?;
+    let out_elems = bytes_of(&bc.out, 1);
+    ck.output_size(out_elems.and_then(|n| n.checked_mul(elem)), elem as u32)?;
+    for (i, strides) in [&bc.a_strides, &bc.b_strides].into_iter().enumerate() {
+        let o = ck.input(i)?;
+        // Elements the input must hold: 1 + the largest index, or (empty output) whatever it has, whole elements.
+        let need = if out_elems == Some(0) {
+            Some(o.len as u64 / elem)
+        } else {
+            bc.out.iter().zip(strides.iter()).try_fold(1u64, |acc, (&d, &s)| {
+                (d as u64 - 1).checked_mul(s as u64).and_then(|x| x.checked_add(acc))
+            })
+        };
+        let need_bytes = need.and_then(|n| n.checked_mul(elem));
+        // Larger is fine (a stride may skip a tail); smaller or a partial element is not.
+        let expected = match need_bytes {
+            Some(n) if o.len as u64 >= n && o.len as u64 % elem == 0 => Some(o.len as u64),
+            other => other,
+        };
+        ck.input_size(i, expected, elem as u32)?;
+    }
+    Ok(())
+}
+
+pub fn check_binary_s8(ck: &Ck, p: &BinaryS8) -> Result<(), Error> {
+    check_broadcast(ck, &p.bcast, 1)?;
+    for zp in [p.a_zero_point, p.b_zero_point, p.out_zero_point] {
+        ck.zero_point(zp)?;
+    }
+    ck.ensure(p.left_shift <= MAX_LEFT_SHIFT, Field::Params, p.left_shift)?;
+    ck.multiplier(p.a_multiplier, p.a_shift)?;
+    ck.multiplier(p.b_multiplier, p.b_shift)?;
+    ck.multiplier(p.out_multiplier, p.out_shift)?;
+    ck.act_range_s8(p.act_min, p.act_max)
+}
+
+pub fn check_binary_f32(ck: &Ck, p: &BinaryF32) -> Result<(), Error> {
+    check_broadcast(ck, &p.bcast, 4)?;
+    ck.act_range_f32(p.act_min, p.act_max)
+}
+
+pub fn eval_binary_s8(p: &BinaryS8, io: OpIo<'_>) -> Result<(), Error> {
+    let a = cast(input(&io.inputs, 0)?, Field::Input(0))?;
+    let b = cast(input(&io.inputs, 1)?, Field::Input(1))?;
+    kernels::binary_s8(p, a, b, cast_mut(io.output, Field::Output)?);
+    Ok(())
+}
+
+pub fn eval_binary_f32(p: &BinaryF32, io: OpIo<'_>) -> Result<(), Error> {
+    let a = cast(input(&io.inputs, 0)?, Field::Input(0))?;
+    let b = cast(input(&io.inputs, 1)?, Field::Input(1))?;
+    kernels::binary_f32(p, a, b, cast_mut(io.output, Field::Output)?);
+    Ok(())
+}
+
+/// One input, the output the same size, both whole `elem`-byte elements.
+fn check_same_size(ck: &Ck, elem: u64) -> Result<(), Error> {
+    ck.arity(1)?;
+    let len = ck.input(0)?.len as u64;
+    ck.input_size(0, Some(len - len % elem), elem as u32)?;
+    ck.output_size(Some(len), elem as u32)
+}
+
+pub fn check_lookup_s8(ck: &Ck, p: &LookupS8) -> Result<(), Error> {
+    check_same_size(ck, 1)?;
+    ck.span(Field::Table, p.table, Some(256), 1).map(|_| ())
+}
+
+pub fn check_unary_f32(ck: &Ck) -> Result<(), Error> {
+    check_same_size(ck, 4)
+}
+
+pub fn eval_lookup_s8(p: &LookupS8, io: OpIo<'_>) -> Result<(), Error> {
+    let table: &[i8] = cast(span(io.blob, p.table, Field::Table)?, Field::Table)?;
+    let table: &[i8; 256] = table.try_into().map_err(|_| Error::SizeMismatch {
+        op: super::common::EVAL_OP,
+        field: Field::Table,
+        expected: 256,
+        found: table.len() as u32,
+    })?;
+    let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
+    kernels::lookup_s8(table, x, cast_mut(io.output, Field::Output)?);
+    Ok(())
+}
+
+pub fn eval_unary_f32(p: crate::format::UnaryF32, io: OpIo<'_>) -> Result<(), Error> {
+    let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
+    kernels::unary_f32(p, x, cast_mut(io.output, Field::Output)?);
+    Ok(())
+}
+
+fn check_softmax_shape(ck: &Ck, outer: u32, len: u32, inner: u32, elem: u64) -> Result<(), Error> {
+    ck.arity(1)?;
+    let bytes = prod([outer as u64, len as u64, inner as u64, elem]);
+    ck.input_size(0, bytes, elem as u32)?;
+    ck.output_size(bytes, elem as u32)
+}
+
+/// The kernel mode `params` encode: `[]` for softmax, `[diff_mult, log_mult]` (both `>= 0`) for LogSoftmax.
+pub fn softmax_mode(p: &SoftmaxS8) -> Option<SoftmaxS8Mode> {
+    match (p.log, p.params.as_slice()) {
+        (false, []) => Some(SoftmaxS8Mode::Softmax),
+        (true, &[diff_mult, log_mult]) if diff_mult >= 0 && log_mult >= 0 => {
+            Some(SoftmaxS8Mode::LogSoftmax { diff_mult, log_mult })
+        }
+        _ => None,
+    }
+}
+
+pub fn check_softmax_s8(ck: &Ck, p: &SoftmaxS8) -> Result<(), Error> {
+    check_softmax_shape(ck, p.outer, p.len, p.inner, 1)?;
+    let table = ck.span(Field::Table, p.exp_table, Some(256 * 4), 4)?;
+    // table[0] = 2^24 and no entry above it: the kernel's sums and products then stay in range.
+    for (d, entry) in table.chunks_exact(4).enumerate() {
+        let v = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+        ck.ensure(if d == 0 { v == EXP_ONE } else { v <= EXP_ONE }, Field::Table, d)?;
+    }
+    ck.ensure(softmax_mode(p).is_some(), Field::Params, p.params.len())?;
+    ck.zero_point(p.output_zero_point)
+}
+
+pub fn check_softmax_f32(ck: &Ck, p: &SoftmaxF32) -> Result<(), Error> {
+    check_softmax_shape(ck, p.outer, p.len, p.inner, 4)
+}
+
+pub fn eval_softmax_s8(p: &SoftmaxS8, io: OpIo<'_>) -> Result<(), Error> {
+    let table: &[u32] = cast(span(io.blob, p.exp_table, Field::Table)?, Field::Table)?;
+    let table: &[u32; 256] = table.try_into().map_err(|_| Error::SizeMismatch {
+        op: super::common::EVAL_OP,
+        field: Field::Table,
+        expected: 1024,
+        found: (table.len() * 4) as u32,
+    })?;
+    let mode = softmax_mode(p).ok_or(Error::BadParam { op: super::common::EVAL_OP, field: Field::Params, value: 0 })?;
+    let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
+    let y = cast_mut(io.output, Field::Output)?;
+    kernels::softmax_s8(p.outer, p.len, p.inner, mode, table, p.output_zero_point, x, y);
+    Ok(())
+}
+
+pub fn eval_softmax_f32(p: &SoftmaxF32, io: OpIo<'_>) -> Result<(), Error> {
+    let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
+    kernels::softmax_f32(p.outer, p.len, p.inner, p.log, x, cast_mut(io.output, Field::Output)?);
+    Ok(())
+}

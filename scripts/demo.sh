@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Quick start, first command: compile the bundled default model (a small MNIST CNN Kiln trains itself, see
+# scripts/train_mnist_cnn.py) to int8, calibrated on bundled data, print the report, inspect the file, and compare
+# int8 accuracy with float on 1,000 held-out digits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "demo.sh: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+
+echo "== building kiln (the first build compiles tract and takes a few minutes)"
+cargo build -q -p kiln-compiler --bin kiln
+kiln=target/debug/kiln
+out=target/demo
+mkdir -p "$out"
+
+echo "== kiln compile models/mnist_cnn.onnx (int8, calibrated on data/mnist_calib.npy)"
+"$kiln" compile models/mnist_cnn.onnx -o "$out/mnist_cnn.kiln" --calib data/mnist_calib.npy --report "$out/report.json"
+echo
+echo "== report ($out/report.json)"
+cat "$out/report.json"
+echo
+echo "== kiln inspect"
+"$kiln" inspect "$out/mnist_cnn.kiln"
+echo
+echo "== accuracy on data/mnist_test.npz: float (tract) vs int8 (Kiln runtime)"
+"$kiln" eval models/mnist_cnn.onnx --data data/mnist_test.npz
+"$kiln" eval "$out/mnist_cnn.kiln" --data data/mnist_test.npz

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README's Quick start and CI (.ci/run) run it.
+#  1. every Rust test in the workspace (unit, property, end-to-end through the `kiln` binary);
+#  2. kiln-runtime built for a Cortex-M4F (thumbv7em-none-eabihf) with only `core`, proving it is no_std and alloc-free.
+# It installs what it needs where it can (Debian packages, as root) and otherwise stops with a message saying how.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+
+command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs"
+
+say "cargo test --workspace (optimised, with overflow checks and debug assertions)"
+cargo test --workspace 2>&1
+
+say "kiln-runtime for thumbv7em-none-eabihf (core only)"
+scripts/build-target.sh thumbv7em-none-eabihf -p kiln-runtime
+
+say "all tests passed"

@@ -1,0 +1,3 @@
+//! Shared test support for Kiln: an ONNX model builder ([`onnx`]).
+
+pub mod onnx;
