@@ -288,10 +288,18 @@ impl<'p> Emitter<'p> {
         let out = s.output;
         let in_q = self.quant(x);
         // Ops whose int8 output keeps the input's quantisation.
-        let keeps_quant = matches!(
-            s.kind,
-            StepKind::Pool { .. } | StepKind::Pad { .. } | StepKind::Slice { .. } | StepKind::Transpose { .. }
-        );
+        // A pad value the input's quantisation cannot hold (3.0 around data in [-1, 1]) takes the output's
+        // calibrated range instead, and the input is requantised to it first.
+        let pad_fits = match s.kind {
+            StepKind::Pad { value, .. } => {
+                let q = in_q;
+                let (lo, hi) = (q.scale * (-128 - q.zero_point) as f32, q.scale * (127 - q.zero_point) as f32);
+                (lo - q.scale / 2.0..=hi + q.scale / 2.0).contains(&value)
+            }
+            _ => false,
+        };
+        let keeps_quant = pad_fits
+            || matches!(s.kind, StepKind::Pool { .. } | StepKind::Slice { .. } | StepKind::Transpose { .. });
         if int8 {
             self.tensors[out].quant = match &s.kind {
                 _ if keeps_quant => in_q,
@@ -440,8 +448,9 @@ impl<'p> Emitter<'p> {
                 self.push(&s.name, op, vec![x], out, 0, 0, 0);
             }
             (StepKind::Pad { dims, before, after, value }, _) => {
+                let x = if int8 { self.requantise(x, out_q, &s.name) } else { x };
                 let (elem_bytes, value) = if int8 {
-                    (1, quantize_value(*value, in_q) as u8 as u32)
+                    (1, quantize_value(*value, out_q) as u8 as u32)
                 } else {
                     (4, value.to_bits())
                 };
@@ -574,14 +583,23 @@ impl<'p> Emitter<'p> {
             }
         };
 
-        // Tensor table: every tensor that has bytes somewhere.
+        // Tensor table: the graph inputs and outputs (named, so tools can show them) and every op's output (for
+        // observers; the op carries the name). Aliases and constants need no entry: ops address bytes directly.
+        let io: Vec<usize> = self.p.inputs.iter().chain(&self.p.outputs).copied().collect();
+        let listed: Vec<usize> = {
+            let mut v: Vec<usize> = io.iter().copied().chain(self.steps.iter().map(|s| s.output)).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
         let mut tensor_index = HashMap::new();
         let mut tensor_records = Vec::new();
         let mut count = 0u16;
-        for (i, t) in self.tensors.iter().enumerate() {
-            let Some(data) = operand(i, &self.tensors) else { continue };
+        for i in listed {
+            let t = &self.tensors[i];
+            let data = operand(i, &self.tensors).ok_or_else(|| input(format!("tensor '{}' has no storage", t.name)))?;
             let def = TensorDef {
-                name: &t.name,
+                name: if io.contains(&i) { &t.name } else { "" },
                 dtype: t.dtype,
                 shape: dims_of(&t.shape)?,
                 perm: dims_of(&t.perm)?,

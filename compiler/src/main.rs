@@ -52,7 +52,7 @@ data (top-1, SQNR, max abs error) overall and per layer.")]
         /// Calibration data (.npy or .npz), required for int8.
         #[arg(long)]
         calib: Option<PathBuf>,
-        /// How activation ranges are chosen: minmax, percentile (99.99) or percentile:P.
+        /// How activation ranges are chosen: minmax, mse, percentile (99.99) or percentile:P.
         #[arg(long, default_value = "minmax")]
         calib_method: CalibMethod,
         /// Write a JSON report here.

@@ -41,7 +41,7 @@ pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
     read_any(|| File::open(path).map(BufReader::new), &what)
 }
 
-/// Reads every array of a `.npz` file, as (name, f32 array), in file order.
+/// Reads every numeric array of a `.npz` file, as (name, f32 array), in file order.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
     let what = path.display().to_string();
     let file = File::open(path).map_err(|e| input(format!("{what}: {e}")))?;
@@ -53,8 +53,11 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
         let key = entry.name().trim_end_matches(".npy").to_string();
         let mut bytes = Vec::new();
         std::io::copy(&mut entry, &mut bytes).map_err(|e| input(format!("{what}[{key}]: {e}")))?;
-        let arr = read_any(|| Ok(std::io::Cursor::new(bytes.as_slice())), &format!("{what}[{key}]"))?;
-        out.push((key, arr));
+        // Arrays that are not numbers (labels as strings, say) are left out; asking for one by name then fails
+        // with the list of what the file does hold.
+        if let Ok(arr) = read_any(|| Ok(std::io::Cursor::new(bytes.as_slice())), &format!("{what}[{key}]")) {
+            out.push((key, arr));
+        }
     }
     Ok(out)
 }

@@ -4,16 +4,21 @@ use std::path::Path;
 
 use kiln_compiler::error::Error;
 use kiln_compiler::import::import_onnx;
-use kiln_compiler::ir::{Activation, BinaryKind, ConvAttrs, DataFormat, Graph, Node, Op, PoolAttrs, PoolKind, UnaryKind};
+use kiln_compiler::ir::{
+    Activation, BinaryKind, ConvAttrs, DataFormat, Graph, Node, Op, PoolAttrs, PoolKind, UnaryKind,
+};
 use kiln_tests::onnx::{attr, iota, tensor_f32, Dim, OnnxBuilder};
+use tract_onnx::pb::ModelProto;
 
 // ----- helpers ------------------------------------------------------------------------------------------------
 
+/// Imports the model, and checks the IR computes what tract computes from the ONNX model.
 fn import(b: &OnnxBuilder) -> Graph {
     let (_dir, path) = b.write_temp().expect("write model");
     match import_onnx(&path) {
         Ok(g) => {
             println!("{g}");
+            assert_same_as_tract(&b.model(), &g);
             g
         }
         Err(e) => panic!("import failed: {e}"),
@@ -112,7 +117,10 @@ fn conv2d_nchw_batch2_with_bias() {
     let n = single(&g);
     let c = conv(n);
     assert_eq!(c.data_format, DataFormat::ChannelsFirst);
-    assert_eq!((c.kernel.as_slice(), c.strides.as_slice(), c.dilations.as_slice()), (&[3, 3][..], &[1, 1][..], &[1, 1][..]));
+    assert_eq!(
+        (c.kernel.as_slice(), c.strides.as_slice(), c.dilations.as_slice()),
+        (&[3, 3][..], &[1, 1][..], &[1, 1][..])
+    );
     assert_eq!((c.pads_begin.as_slice(), c.pads_end.as_slice()), (&[1, 1][..], &[1, 1][..]));
     assert_eq!((c.group, c.out_channels), (1, 4));
     assert_eq!(c.bias, Some(vec![1.0, 2.0, 3.0, 4.0]));
@@ -130,7 +138,10 @@ fn conv1d_nchw_batch2_stride2_without_bias() {
     assert_wired(&g);
     let n = single(&g);
     let c = conv(n);
-    assert_eq!((c.kernel.clone(), c.strides.clone(), c.pads_begin.clone(), c.pads_end.clone()), (vec![3], vec![2], vec![0], vec![0]));
+    assert_eq!(
+        (c.kernel.clone(), c.strides.clone(), c.pads_begin.clone(), c.pads_end.clone()),
+        (vec![3], vec![2], vec![0], vec![0])
+    );
     assert_eq!(c.bias, None);
     assert_ohwi(c, 3);
     assert_eq!(out_shape(&g, n), vec![2, 4, 7]);
@@ -168,8 +179,9 @@ fn conv2d_grouped() {
 
 #[test]
 fn conv2d_auto_pad() {
-    let cases: [(&str, usize, [usize; 2], [usize; 2], usize); 5] = [
-        // auto_pad, input size, pads_begin, pads_end, output size (kernel 3, stride 2)
+    // auto_pad, input size, pads_begin, pads_end, output size (kernel 3, stride 2)
+    type Case = (&'static str, usize, [usize; 2], [usize; 2], usize);
+    let cases: [Case; 5] = [
         ("SAME_UPPER", 8, [0, 0], [1, 1], 4),
         ("SAME_UPPER", 7, [1, 1], [1, 1], 4),
         ("SAME_LOWER", 8, [1, 1], [0, 0], 4),
@@ -261,7 +273,12 @@ fn gemm_trans_b_alpha_beta_bias() {
         .input("x", &[2, 5])
         .initializer("w", &[3, 5], &iota(15))
         .initializer("c", &[3], &[1.0, 2.0, 3.0])
-        .node("Gemm", &["x", "w", "c"], &["y"], vec![attr::int("transB", 1), attr::float("alpha", 2.0), attr::float("beta", 0.5)])
+        .node(
+            "Gemm",
+            &["x", "w", "c"],
+            &["y"],
+            vec![attr::int("transB", 1), attr::float("alpha", 2.0), attr::float("beta", 0.5)],
+        )
         .output_unshaped("y");
     let g = import(&b);
     assert_wired(&g);
@@ -289,6 +306,19 @@ fn gemm_plain() {
             assert_eq!(w[ni * 4 + ki], (ki * 3 + ni) as f32);
         }
     }
+}
+
+#[test]
+fn gemm_full_matrix_c_stays_an_add() {
+    let b = OnnxBuilder::new(13)
+        .input("x", &[2, 4])
+        .initializer("w", &[4, 3], &iota(12))
+        .initializer("c", &[2, 3], &iota(6))
+        .node("Gemm", &["x", "w", "c"], &["y"], vec![attr::float("beta", 2.0)])
+        .output_unshaped("y");
+    let g = import(&b);
+    assert_eq!(kinds(&g), vec!["Dense", "Add"]);
+    assert_eq!(g.tensors[g.nodes[1].inputs[1]].value, Some(iota(6).iter().map(|v| v * 2.0).collect()));
 }
 
 #[test]
@@ -330,7 +360,10 @@ fn matmul_on_transposed_activation_is_rejected() {
         .node("Gemm", &["x", "w"], &["y"], vec![attr::int("transA", 1)])
         .output_unshaped("y");
     let m = import_input_error(&gemm_trans_a);
-    assert!(m.contains("node 'y.ab' (tract op EinSum, from ONNX Gemm node 'y')") && m.contains("transposed activation"), "{m}");
+    assert!(
+        m.contains("node 'y.ab' (tract op EinSum, from ONNX Gemm node 'y')") && m.contains("transposed activation"),
+        "{m}"
+    );
 
     let weights_first = OnnxBuilder::new(13)
         .input("x", &[5, 2])
@@ -515,7 +548,10 @@ fn slice_step_1() {
 
 #[test]
 fn flatten() {
-    let b = OnnxBuilder::new(13).input("x", &[2, 3, 4, 4]).node("Flatten", &["x"], &["y"], vec![attr::int("axis", 1)]).output_unshaped("y");
+    let b = OnnxBuilder::new(13)
+        .input("x", &[2, 3, 4, 4])
+        .node("Flatten", &["x"], &["y"], vec![attr::int("axis", 1)])
+        .output_unshaped("y");
     let g = import(&b);
     assert_wired(&g);
     assert_eq!((single(&g).op.clone(), out_shape(&g, single(&g))), (Op::Reshape, vec![2, 48]));
@@ -525,7 +561,12 @@ fn flatten() {
 fn reshape_squeeze_unsqueeze() {
     let reshape = OnnxBuilder::new(13)
         .input("x", &[2, 6, 5])
-        .node("Constant", &[], &["shape"], vec![attr::tensor("value", kiln_tests::onnx::tensor_i64("", &[3], &[2, 3, -1]))])
+        .node(
+            "Constant",
+            &[],
+            &["shape"],
+            vec![attr::tensor("value", kiln_tests::onnx::tensor_i64("", &[3], &[2, 3, -1]))],
+        )
         .node("Reshape", &["x", "shape"], &["y"], vec![])
         .output_unshaped("y");
     let g = import(&reshape);
@@ -604,6 +645,50 @@ fn reduce_mean_keepdims() {
 }
 
 #[test]
+fn reduce_mean_of_square() {
+    // tract folds this into one Reduce<MeanOfSquares>.
+    let b = OnnxBuilder::new(13)
+        .input("x", &[2, 3, 4])
+        .node("Mul", &["x", "x"], &["sq"], vec![])
+        .node("ReduceMean", &["sq"], &["y"], vec![attr::ints("axes", &[-1]), attr::int("keepdims", 0)])
+        .output_unshaped("y");
+    let g = import(&b);
+    assert_eq!(kinds(&g), vec!["Mul", "ReduceMean"]);
+    assert_eq!(g.nodes[0].inputs, vec![g.inputs[0], g.inputs[0]]);
+    assert_eq!(g.nodes[1].op, Op::ReduceMean { axes: vec![2] });
+    assert_eq!(out_shape(&g, &g.nodes[1]), vec![2, 3]);
+}
+
+#[test]
+fn opset18_axes_as_inputs() {
+    let reduce = OnnxBuilder::new(18)
+        .input("x", &[2, 3, 4])
+        .initializer_i64("axes", &[1], &[-1])
+        .node("ReduceMean", &["x", "axes"], &["y"], vec![attr::int("keepdims", 0)])
+        .output_unshaped("y");
+    let g = import(&reduce);
+    assert_eq!(single(&g).op, Op::ReduceMean { axes: vec![2] });
+    assert_eq!(out_shape(&g, single(&g)), vec![2, 3]);
+
+    let split = OnnxBuilder::new(18)
+        .input("x", &[1, 6, 2])
+        .node("Split", &["x"], &["a", "b"], vec![attr::int("axis", 1), attr::int("num_outputs", 2)])
+        .output_unshaped("a")
+        .output_unshaped("b");
+    let g = import(&split);
+    assert_eq!(g.nodes[1].op, Op::Slice { axis: 1, start: 3, end: 6 });
+
+    let pad = OnnxBuilder::new(18)
+        .input("x", &[1, 3, 4])
+        .initializer_i64("pads", &[2], &[1, 2])
+        .initializer_i64("axes", &[1], &[2])
+        .node("Pad", &["x", "pads", "", "axes"], &["y"], vec![])
+        .output_unshaped("y");
+    let g = import(&pad);
+    assert_eq!(single(&g).op, Op::Pad { pads_begin: vec![0, 0, 1], pads_end: vec![0, 0, 2], value: 0.0 });
+}
+
+#[test]
 fn pad_constant() {
     let b = OnnxBuilder::new(13)
         .input("x", &[1, 3, 4, 5])
@@ -643,7 +728,10 @@ fn concat() {
 #[test]
 fn softmax_and_log_softmax() {
     let softmax = |opset, op: &str, axis| {
-        OnnxBuilder::new(opset).input("x", &[2, 3, 4]).node(op, &["x"], &["y"], vec![attr::int("axis", axis)]).output_unshaped("y")
+        OnnxBuilder::new(opset)
+            .input("x", &[2, 3, 4])
+            .node(op, &["x"], &["y"], vec![attr::int("axis", axis)])
+            .output_unshaped("y")
     };
     let g = import(&softmax(13, "Softmax", 1));
     assert_wired(&g);
@@ -670,16 +758,30 @@ fn pool_model(op: &str, x: &[usize], attrs: Vec<tract_onnx::pb::AttributeProto>)
 
 #[test]
 fn max_pool_2d_and_1d() {
-    let g = import(&pool_model("MaxPool", &[1, 3, 8, 8], vec![attr::ints("kernel_shape", &[2, 2]), attr::ints("strides", &[2, 2])]));
+    let g = import(&pool_model(
+        "MaxPool",
+        &[1, 3, 8, 8],
+        vec![attr::ints("kernel_shape", &[2, 2]), attr::ints("strides", &[2, 2])],
+    ));
     assert_wired(&g);
     let p = pool(single(&g));
     assert_eq!((p.kind, p.data_format), (PoolKind::Max, DataFormat::ChannelsFirst));
-    assert_eq!((p.kernel.clone(), p.strides.clone(), p.pads_begin.clone(), p.pads_end.clone()), (vec![2, 2], vec![2, 2], vec![0, 0], vec![0, 0]));
+    assert_eq!(
+        (p.kernel.clone(), p.strides.clone(), p.pads_begin.clone(), p.pads_end.clone()),
+        (vec![2, 2], vec![2, 2], vec![0, 0], vec![0, 0])
+    );
     assert_eq!(out_shape(&g, single(&g)), vec![1, 3, 4, 4]);
 
-    let g = import(&pool_model("MaxPool", &[2, 3, 9], vec![attr::ints("kernel_shape", &[3]), attr::ints("strides", &[2]), attr::ints("pads", &[1, 1])]));
+    let g = import(&pool_model(
+        "MaxPool",
+        &[2, 3, 9],
+        vec![attr::ints("kernel_shape", &[3]), attr::ints("strides", &[2]), attr::ints("pads", &[1, 1])],
+    ));
     let p = pool(single(&g));
-    assert_eq!((p.kernel.clone(), p.strides.clone(), p.pads_begin.clone(), p.pads_end.clone()), (vec![3], vec![2], vec![1], vec![1]));
+    assert_eq!(
+        (p.kernel.clone(), p.strides.clone(), p.pads_begin.clone(), p.pads_end.clone()),
+        (vec![3], vec![2], vec![1], vec![1])
+    );
     assert_eq!(out_shape(&g, single(&g)), vec![2, 3, 5]);
 }
 
@@ -706,10 +808,17 @@ fn average_pool_2d_and_1d() {
     assert_wired(&g);
     let p = pool(single(&g));
     assert_eq!(p.kind, PoolKind::Avg { count_include_pad: true });
-    assert_eq!((p.kernel.clone(), p.strides.clone(), p.pads_begin.clone(), p.pads_end.clone()), (vec![3, 3], vec![1, 1], vec![1, 1], vec![1, 1]));
+    assert_eq!(
+        (p.kernel.clone(), p.strides.clone(), p.pads_begin.clone(), p.pads_end.clone()),
+        (vec![3, 3], vec![1, 1], vec![1, 1], vec![1, 1])
+    );
     assert_eq!(out_shape(&g, single(&g)), vec![1, 3, 8, 8]);
 
-    let g = import(&pool_model("AveragePool", &[1, 3, 8], vec![attr::ints("kernel_shape", &[3]), attr::ints("pads", &[1, 0])]));
+    let g = import(&pool_model(
+        "AveragePool",
+        &[1, 3, 8],
+        vec![attr::ints("kernel_shape", &[3]), attr::ints("pads", &[1, 0])],
+    ));
     let p = pool(single(&g));
     assert_eq!(p.kind, PoolKind::Avg { count_include_pad: false });
     assert_eq!((p.kernel.clone(), p.pads_begin.clone(), p.pads_end.clone()), (vec![3], vec![1], vec![0]));
@@ -718,7 +827,9 @@ fn average_pool_2d_and_1d() {
 
 #[test]
 fn global_pools_2d_and_1d() {
-    for (op, kind) in [("GlobalAveragePool", PoolKind::Avg { count_include_pad: false }), ("GlobalMaxPool", PoolKind::Max)] {
+    for (op, kind) in
+        [("GlobalAveragePool", PoolKind::Avg { count_include_pad: false }), ("GlobalMaxPool", PoolKind::Max)]
+    {
         let g = import(&pool_model(op, &[1, 3, 8, 6], vec![]));
         assert_wired(&g);
         let p = pool(single(&g));
@@ -790,6 +901,15 @@ fn names_follow_the_model() {
     assert_eq!(g.tensors[g.inputs[0]].name, "x");
     assert_eq!(g.tensors[g.outputs[0]].name, "y");
     assert_eq!(single(&g).name, "y");
+
+    // Gemm expands to `y.ab` (EinSum), `y.alpha_ab` (Mul) and `y` (Add): the Dense takes the ONNX name.
+    let b = OnnxBuilder::new(13)
+        .input("x", &[1, 2])
+        .initializer("w", &[2, 2], &iota(4))
+        .initializer("c", &[2], &[1.0, 1.0])
+        .node("Gemm", &["x", "w", "c"], &["y"], vec![attr::float("alpha", 2.0)])
+        .output_unshaped("y");
+    assert_eq!(single(&import(&b)).name, "y");
 }
 
 // ----- errors ---------------------------------------------------------------------------------------------------
@@ -863,7 +983,8 @@ fn not_onnx_and_missing_files() {
 
 #[test]
 fn non_float_input_is_rejected() {
-    let mut model = OnnxBuilder::new(13).input("x", &[1, 4]).node("Relu", &["x"], &["y"], vec![]).output_unshaped("y").model();
+    let mut model =
+        OnnxBuilder::new(13).input("x", &[1, 4]).node("Relu", &["x"], &["y"], vec![]).output_unshaped("y").model();
     if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
         model.graph.as_mut().unwrap().input[0].r#type.as_mut().unwrap().value.as_mut()
     {
@@ -886,15 +1007,17 @@ fn builder_tensor_helpers() {
 
 // ----- real models ----------------------------------------------------------------------------------------------
 
+/// The MLPerf Tiny models, in `shared/models` next to the workspace.
 fn import_shared(name: &str) -> Option<Graph> {
-    let dir = Path::new("/work/shared/models");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models");
     if !dir.is_dir() {
         println!("SKIPPED: {} is absent", dir.display());
         return None;
     }
     let path = dir.join(name);
-    let g = import_onnx(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let g = import_onnx(&path).unwrap_or_else(|e| panic!("{e}"));
     println!("==== {name}: {} nodes, {} MACs\n{g}", g.nodes.len(), g.nodes.iter().map(|n| g.macs(n)).sum::<u64>());
+    assert_same_as_tract(&decode(&path), &g);
     Some(g)
 }
 
@@ -909,7 +1032,11 @@ fn real_model_kws_dscnn() {
     assert!(k.contains(&"Dense") && k.contains(&"AveragePool"), "{k:?}");
     // tf2onnx's NHWC-to-NCHW reshape of the input, and the flatten before the classifier.
     assert_eq!(k.iter().filter(|&&k| k == "Reshape").count(), 2, "{k:?}");
-    assert!(g.nodes.iter().filter_map(|n| if let Op::Conv(c) = &n.op { Some(c) } else { None }).all(|c| c.data_format == DataFormat::ChannelsFirst));
+    assert!(g
+        .nodes
+        .iter()
+        .filter_map(|n| if let Op::Conv(c) = &n.op { Some(c) } else { None })
+        .all(|c| c.data_format == DataFormat::ChannelsFirst));
 }
 
 #[test]
@@ -922,12 +1049,355 @@ fn real_model_ic_resnet8() {
     assert_eq!(k.iter().filter(|&&k| k == "Add").count(), 3, "{k:?}");
     assert_eq!(k.last(), Some(&"Softmax"));
     // The NHWC input's transpose, and the flatten before the classifier.
-    assert_eq!((k.iter().filter(|&&k| k == "Transpose").count(), k.iter().filter(|&&k| k == "Reshape").count()), (1, 1), "{k:?}");
+    assert_eq!(
+        (k.iter().filter(|&&k| k == "Transpose").count(), k.iter().filter(|&&k| k == "Reshape").count()),
+        (1, 1),
+        "{k:?}"
+    );
     // The two strided 1x1 shortcut convolutions keep their stride.
-    let strided_1x1 = g
-        .nodes
-        .iter()
-        .filter(|n| matches!(&n.op, Op::Conv(c) if c.kernel == [1, 1] && c.strides == [2, 2]))
-        .count();
+    let strided_1x1 =
+        g.nodes.iter().filter(|n| matches!(&n.op, Op::Conv(c) if c.kernel == [1, 1] && c.strides == [2, 2])).count();
     assert_eq!(strided_1x1, 2);
+}
+
+#[test]
+fn bundled_mnist_cnn() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mnist_cnn.onnx");
+    let g = import_onnx(&path).unwrap_or_else(|e| panic!("{e}"));
+    println!("{g}");
+    assert_same_as_tract(&decode(&path), &g);
+    assert_eq!(kinds(&g), vec!["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Reshape", "Dense"]);
+    assert_eq!(g.outputs.len(), 1);
+}
+
+// ----- numerical check against tract ------------------------------------------------------------------------------
+
+fn decode(path: &Path) -> ModelProto {
+    prost::Message::decode(&*std::fs::read(path).expect("read model")).expect("decode model")
+}
+
+/// Deterministic values in [-1, 1).
+fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Runs the ONNX model with tract (its own optimised path) and the IR with [`eval`] on the same inputs.
+fn assert_same_as_tract(model: &ModelProto, g: &Graph) {
+    use tract_onnx::prelude::*;
+    let inputs: Vec<(Vec<usize>, Vec<f32>)> = g
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let shape = g.tensors[t].shape.clone();
+            let data = pseudo_random(shape.iter().product(), i as u64 + 1);
+            (shape, data)
+        })
+        .collect();
+    let mut m = tract_onnx::onnx().model_for_proto_model(model).expect("tract loads the model");
+    for (i, (shape, _)) in inputs.iter().enumerate() {
+        m.set_input_fact(i, f32::fact(shape.clone()).into()).unwrap();
+    }
+    let plan = m.into_optimized().unwrap().into_runnable().unwrap();
+    let feed: TVec<TValue> = inputs.iter().map(|(s, d)| Tensor::from_shape(s, d).unwrap().into()).collect();
+    let want = plan.run(feed).expect("tract runs the model");
+    let got = eval::run(g, &inputs);
+    assert_eq!(want.len(), got.len());
+    for (w, (shape, data)) in want.iter().zip(&got) {
+        assert_eq!(w.shape(), shape.as_slice());
+        let w: Vec<f32> = w.to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+        let scale = w.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in w.iter().zip(data).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * scale, "output element {i}: tract {a}, IR {b}");
+        }
+    }
+}
+
+/// A direct float interpreter of the IR, written from the IR's documentation (no layout changes, no fusion).
+mod eval {
+    use super::*;
+
+    type T = (Vec<usize>, Vec<f32>);
+
+    fn strides(shape: &[usize]) -> Vec<usize> {
+        let mut s = vec![1; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            s[i] = s[i + 1] * shape[i + 1];
+        }
+        s
+    }
+
+    fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+        let mut idx = vec![0; shape.len()];
+        for i in (0..shape.len()).rev() {
+            idx[i] = flat % shape[i];
+            flat /= shape[i];
+        }
+        idx
+    }
+
+    fn ravel(idx: &[usize], shape: &[usize]) -> usize {
+        idx.iter().zip(strides(shape)).map(|(i, s)| i * s).sum()
+    }
+
+    fn act(a: Activation, v: f32) -> f32 {
+        let (lo, hi) = a.range();
+        v.max(lo).min(hi)
+    }
+
+    pub fn run(g: &Graph, inputs: &[T]) -> Vec<T> {
+        let mut vals: Vec<Option<Vec<f32>>> = g.tensors.iter().map(|t| t.value.clone()).collect();
+        for (&t, (_, d)) in g.inputs.iter().zip(inputs) {
+            vals[t] = Some(d.clone());
+        }
+        for n in &g.nodes {
+            let ins: Vec<T> = n
+                .inputs
+                .iter()
+                .map(|&t| {
+                    (
+                        g.tensors[t].shape.clone(),
+                        vals[t].clone().unwrap_or_else(|| panic!("{} unset", g.tensors[t].name)),
+                    )
+                })
+                .collect();
+            let out_shape = g.tensors[n.output].shape.clone();
+            let out = node(&n.op, &ins, &out_shape);
+            assert_eq!(out.len(), out_shape.iter().product::<usize>(), "{}", n.name);
+            vals[n.output] = Some(out);
+        }
+        g.outputs.iter().map(|&t| (g.tensors[t].shape.clone(), vals[t].clone().unwrap())).collect()
+    }
+
+    fn node(op: &Op, ins: &[T], out_shape: &[usize]) -> Vec<f32> {
+        let len: usize = out_shape.iter().product();
+        let x = &ins[0];
+        match op {
+            Op::Reshape => x.1.clone(),
+            Op::Unary(k) => x.1.iter().map(|&v| k.apply(v)).collect(),
+            Op::Binary { kind, act: a } => {
+                let (b, r) = (&ins[1], out_shape.len());
+                let at = |t: &T, idx: &[usize]| {
+                    let off = r - t.0.len();
+                    let i: Vec<usize> =
+                        t.0.iter().enumerate().map(|(j, &d)| if d == 1 { 0 } else { idx[off + j] }).collect();
+                    t.1[ravel(&i, &t.0)]
+                };
+                (0..len)
+                    .map(|f| {
+                        let idx = unravel(f, out_shape);
+                        let (u, v) = (at(x, &idx), at(b, &idx));
+                        let y = match kind {
+                            BinaryKind::Add => u + v,
+                            BinaryKind::Sub => u - v,
+                            BinaryKind::Mul => u * v,
+                            BinaryKind::PRelu => {
+                                if u > 0.0 {
+                                    u
+                                } else {
+                                    u * v
+                                }
+                            }
+                        };
+                        act(*a, y)
+                    })
+                    .collect()
+            }
+            Op::Dense { weights, in_features, out_features, bias, act: a } => {
+                let rows = x.1.len() / in_features;
+                let mut y = vec![0.0; rows * out_features];
+                for r in 0..rows {
+                    for o in 0..*out_features {
+                        let mut acc = bias.as_ref().map_or(0.0, |b| b[o]);
+                        for k in 0..*in_features {
+                            acc += x.1[r * in_features + k] * weights[o * in_features + k];
+                        }
+                        y[r * out_features + o] = act(*a, acc);
+                    }
+                }
+                y
+            }
+            Op::Conv(c) => conv(c, x, out_shape),
+            Op::Pool(p) => pool(p, x, out_shape),
+            Op::Softmax { axis, log } => {
+                let (d, s) = (x.0[*axis], strides(&x.0)[*axis]);
+                let mut y = x.1.clone();
+                for f in 0..len {
+                    if unravel(f, &x.0)[*axis] != 0 {
+                        continue;
+                    }
+                    let m = (0..d).map(|i| x.1[f + i * s]).fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = (0..d).map(|i| (x.1[f + i * s] - m).exp()).sum();
+                    for i in 0..d {
+                        let e = x.1[f + i * s] - m;
+                        y[f + i * s] = if *log { e - sum.ln() } else { e.exp() / sum };
+                    }
+                }
+                y
+            }
+            Op::Pad { pads_begin, pads_end: _, value } => (0..len)
+                .map(|f| {
+                    let idx = unravel(f, out_shape);
+                    let src: Option<Vec<usize>> = idx
+                        .iter()
+                        .zip(pads_begin)
+                        .zip(&x.0)
+                        .map(|((&i, &p), &d)| i.checked_sub(p).filter(|&i| i < d))
+                        .collect();
+                    src.map_or(*value, |s| x.1[ravel(&s, &x.0)])
+                })
+                .collect(),
+            Op::Concat { axis } => (0..len)
+                .map(|f| {
+                    let mut idx = unravel(f, out_shape);
+                    for t in ins {
+                        if idx[*axis] < t.0[*axis] {
+                            return t.1[ravel(&idx, &t.0)];
+                        }
+                        idx[*axis] -= t.0[*axis];
+                    }
+                    unreachable!()
+                })
+                .collect(),
+            Op::Slice { axis, start, end: _ } => (0..len)
+                .map(|f| {
+                    let mut idx = unravel(f, out_shape);
+                    idx[*axis] += start;
+                    x.1[ravel(&idx, &x.0)]
+                })
+                .collect(),
+            Op::Transpose { perm } => (0..len)
+                .map(|f| {
+                    let idx = unravel(f, out_shape);
+                    let mut src = vec![0; perm.len()];
+                    for (i, &p) in perm.iter().enumerate() {
+                        src[p] = idx[i];
+                    }
+                    x.1[ravel(&src, &x.0)]
+                })
+                .collect(),
+            Op::ReduceMean { axes } => {
+                let kept: Vec<usize> =
+                    x.0.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+                let n: usize = axes.iter().map(|&a| x.0[a]).product();
+                let mut y = vec![0.0; kept.iter().product()];
+                for f in 0..x.1.len() {
+                    let mut idx = unravel(f, &x.0);
+                    axes.iter().for_each(|&a| idx[a] = 0);
+                    y[ravel(&idx, &kept)] += x.1[f] / n as f32;
+                }
+                y
+            }
+        }
+    }
+
+    /// `(batch, channels, spatial shape, index of (b, c, spatial) in a tensor)` of a conv/pool tensor.
+    fn layout(shape: &[usize], cl: bool) -> (usize, usize, Vec<usize>) {
+        let r = shape.len();
+        if cl {
+            (shape[0], shape[r - 1], shape[1..r - 1].to_vec())
+        } else {
+            (shape[0], shape[1], shape[2..].to_vec())
+        }
+    }
+
+    fn at(shape: &[usize], cl: bool, b: usize, c: usize, sp: &[usize]) -> usize {
+        let (_, ch, spatial) = layout(shape, cl);
+        let s = ravel(sp, &spatial);
+        let area: usize = spatial.iter().product();
+        if cl {
+            (b * area + s) * ch + c
+        } else {
+            (b * ch + c) * area + s
+        }
+    }
+
+    /// The input position read by output position `o` and kernel position `k`, if inside the input.
+    fn source(
+        o: &[usize],
+        k: &[usize],
+        st: &[usize],
+        dil: &[usize],
+        pb: &[usize],
+        dims: &[usize],
+    ) -> Option<Vec<usize>> {
+        (0..o.len())
+            .map(|j| {
+                let p = (o[j] * st[j] + k[j] * dil[j]) as isize - pb[j] as isize;
+                (p >= 0 && (p as usize) < dims[j]).then_some(p as usize)
+            })
+            .collect()
+    }
+
+    fn conv(c: &ConvAttrs, x: &T, out_shape: &[usize]) -> Vec<f32> {
+        let cl = c.data_format == DataFormat::ChannelsLast;
+        let (n, cin, xsp) = layout(&x.0, cl);
+        let (_, cout, osp) = layout(out_shape, cl);
+        let (cin_g, cout_g) = (cin / c.group, cout / c.group);
+        let ksize: usize = c.kernel.iter().product();
+        let mut y = vec![0.0; out_shape.iter().product()];
+        for b in 0..n {
+            for o in 0..cout {
+                let grp = o / cout_g;
+                for of in 0..osp.iter().product() {
+                    let opos = unravel(of, &osp);
+                    let mut acc = c.bias.as_ref().map_or(0.0, |b| b[o]);
+                    for kf in 0..ksize {
+                        let kpos = unravel(kf, &c.kernel);
+                        let Some(src) = source(&opos, &kpos, &c.strides, &c.dilations, &c.pads_begin, &xsp) else {
+                            continue;
+                        };
+                        for i in 0..cin_g {
+                            acc +=
+                                x.1[at(&x.0, cl, b, grp * cin_g + i, &src)] * c.weights[(o * ksize + kf) * cin_g + i];
+                        }
+                    }
+                    y[at(out_shape, cl, b, o, &opos)] = act(c.act, acc);
+                }
+            }
+        }
+        y
+    }
+
+    fn pool(p: &PoolAttrs, x: &T, out_shape: &[usize]) -> Vec<f32> {
+        let cl = p.data_format == DataFormat::ChannelsLast;
+        let (n, ch, xsp) = layout(&x.0, cl);
+        let (_, _, osp) = layout(out_shape, cl);
+        let ones = vec![1; p.kernel.len()];
+        let mut y = vec![0.0; out_shape.iter().product()];
+        for b in 0..n {
+            for c in 0..ch {
+                for of in 0..osp.iter().product() {
+                    let opos = unravel(of, &osp);
+                    let (mut max, mut sum, mut count, mut padded_count) = (f32::NEG_INFINITY, 0.0, 0usize, 0usize);
+                    for kf in 0..p.kernel.iter().product() {
+                        let kpos = unravel(kf, &p.kernel);
+                        let in_padded = (0..kpos.len()).all(|j| {
+                            let q = opos[j] * p.strides[j] + kpos[j];
+                            q < xsp[j] + p.pads_begin[j] + p.pads_end[j]
+                        });
+                        padded_count += in_padded as usize;
+                        if let Some(src) = source(&opos, &kpos, &p.strides, &ones, &p.pads_begin, &xsp) {
+                            let v = x.1[at(&x.0, cl, b, c, &src)];
+                            max = max.max(v);
+                            sum += v;
+                            count += 1;
+                        }
+                    }
+                    y[at(out_shape, cl, b, c, &opos)] = match p.kind {
+                        PoolKind::Max => max,
+                        PoolKind::Avg { count_include_pad: true } => sum / padded_count as f32,
+                        PoolKind::Avg { count_include_pad: false } => sum / count as f32,
+                    };
+                }
+            }
+        }
+        y
+    }
 }

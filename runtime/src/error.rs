@@ -28,6 +28,8 @@ pub enum Error {
     BadMagic { found: [u8; 4] },
     /// The file was written for a format version this runtime does not read.
     UnsupportedVersion { found: u16, supported: u16 },
+    /// The header's flags field holds bits this runtime does not know.
+    UnknownFlags { flags: u16 },
     /// The payload checksum does not match: the file is corrupted or was tampered with.
     ChecksumMismatch { stored: u32, computed: u32 },
     /// The metadata at `offset` could not be decoded.
@@ -74,6 +76,7 @@ impl core::fmt::Display for Error {
             UnsupportedVersion { found, supported } => {
                 write!(f, "format version {found} is not supported (this runtime reads version {supported})")
             }
+            UnknownFlags { flags } => write!(f, "unknown header flags {flags:#06x}"),
             ChecksumMismatch { stored, computed } => write!(
                 f,
                 "checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is corrupted or was modified"

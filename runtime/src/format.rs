@@ -4,7 +4,7 @@
 //! offset  size  field (little-endian)
 //!  0      4     magic "KILN"
 //!  4      2     format version
-//!  6      2     flags (0)
+//!  6      2     flags: 0 (a reader refuses bits it does not know)
 //!  8      4     file length in bytes (the whole file, header included)
 //! 12      4     CRC-32 (IEEE) of bytes 16..file length
 //! 16      4     metadata length M (postcard-encoded `ModelDef`, starting at byte 24)
@@ -359,7 +359,8 @@ pub struct SoftmaxF32 {
 }
 
 /// int8 Softmax / LogSoftmax over the middle axis of `[outer, len, inner]`, integer only. The host tabulates
-/// `exp(-input_scale * d)` for `d = max - x` in `0..=255`; see `kernels::softmax` for the exact arithmetic.
+/// `round(2^24 * exp(-input_scale * d))` for `d = max - x` in `0..=255` (`table[0] = 2^24`, no entry above it);
+/// see `kernels::softmax` for the exact arithmetic.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SoftmaxS8 {
     pub outer: u32,
@@ -368,7 +369,9 @@ pub struct SoftmaxS8 {
     pub log: bool,
     /// `u32[256]`.
     pub exp_table: Span,
-    /// Extra host-computed constants, meaning defined by `kernels::softmax`.
+    /// Host-computed constants (`crate::host::softmax_s8` / `log_softmax_s8`), see `kernels::softmax`: empty for
+    /// Softmax (output scale 1/256); `[diff_mult, log_mult]` for LogSoftmax, `diff_mult = round(2^16 * input_scale /
+    /// output_scale)`, `log_mult = round(2^16 * ln 2 / output_scale)`, both `>= 0`.
     pub params: heapless::Vec<i32, 8>,
     pub output_zero_point: i32,
 }

@@ -294,9 +294,11 @@ pub struct SoftmaxS8Host {
 }
 
 impl SoftmaxS8Host {
-    /// The exp table as little-endian bytes (1024).
+    /// The exp table as little-endian bytes, without its trailing zero entries (the kernel reads past the end
+    /// as 0): 4 to 1024 bytes.
     pub fn exp_table_bytes(&self) -> Vec<u8> {
-        self.exp_table.iter().flat_map(|v| v.to_le_bytes()).collect()
+        let len = self.exp_table.iter().rposition(|&v| v != 0).map_or(1, |i| i + 1);
+        self.exp_table[..len].iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
     /// The op over the middle axis of `[outer, len, inner]`, with the table stored at `exp_table`.

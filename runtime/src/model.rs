@@ -53,6 +53,10 @@ impl<'a> Model<'a> {
         if version != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
         }
+        let flags = u16_at(bytes, 6);
+        if flags != 0 {
+            return Err(Error::UnknownFlags { flags });
+        }
         let file_len = u32_at(bytes, 8);
         if have < file_len || file_len < HEADER_LEN as u32 {
             return Err(Error::Truncated { have, need: file_len.max(HEADER_LEN as u32) });

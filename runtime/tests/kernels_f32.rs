@@ -232,7 +232,7 @@ proptest! {
         log in any::<bool>(),
     ) {
         let mut y = vec![0f32; x.len()];
-        kernels::softmax_f32(outer as u32, len as u32, inner as u32, log, &x, &mut y);
+        kernels::softmax_f32([outer as u32, len as u32, inner as u32], log, &x, &mut y);
         let mut want = vec![0f64; x.len()];
         for o in 0..outer {
             for j in 0..inner {

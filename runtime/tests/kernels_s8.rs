@@ -504,7 +504,7 @@ proptest! {
         zo in zero_point(),
     ) {
         let mut y = vec![0i8; x.len()];
-        kernels::softmax_s8(outer as u32, len as u32, inner as u32, mode, &table, zo, &x, &mut y);
+        kernels::softmax_s8([outer as u32, len as u32, inner as u32], mode, &table, zo, &x, &mut y);
         compare(&format!("softmax_s8 {mode:?}"), &y, &ref_softmax(outer, len, inner, mode, &table, zo, &x))?;
     }
 
@@ -518,7 +518,7 @@ proptest! {
     ) {
         let h = host::softmax_s8(scale, beta).unwrap();
         let mut y = vec![0i8; x.len()];
-        kernels::softmax_s8(1, x.len() as u32, 1, SoftmaxS8Mode::Softmax, &h.exp_table, h.output.zero_point, &x, &mut y);
+        kernels::softmax_s8([1, x.len() as u32, 1], SoftmaxS8Mode::Softmax, &h.exp_table, h.output.zero_point, &x, &mut y);
         let s = scale as f64 * beta as f64;
         let max = *x.iter().max().unwrap() as f64;
         let e: Vec<f64> = x.iter().map(|&v| ((v as f64 - max) * s).exp()).collect();
@@ -544,7 +544,7 @@ proptest! {
         let h = host::log_softmax_s8(scale, 1.0, oq).unwrap();
         let mode = kiln_runtime::ops::softmax_mode(&h.clone().into_op(1, x.len() as u32, 1, Span::default())).unwrap();
         let mut y = vec![0i8; x.len()];
-        kernels::softmax_s8(1, x.len() as u32, 1, mode, &h.exp_table, zo, &x, &mut y);
+        kernels::softmax_s8([1, x.len() as u32, 1], mode, &h.exp_table, zo, &x, &mut y);
         let s = scale as f64;
         let max = *x.iter().max().unwrap() as f64;
         let ln_sum = x.iter().map(|&v| ((v as f64 - max) * s).exp()).sum::<f64>().ln();
@@ -756,7 +756,7 @@ proptest! {
         let funcs: [fn(f32) -> f32; 5] = [
             |x| 1.0 / (1.0 + (-x).exp()),
             |x| x.tanh(),
-            |x| x.max(0.0).min(6.0),
+            |x| x.clamp(0.0, 6.0),
             |x| if x >= 0.0 { x } else { 0.1 * x },
             |x| x * 0.5 * (1.0 + (x / std::f32::consts::SQRT_2).tanh()), // any function: a GELU-ish one
         ];
@@ -921,7 +921,7 @@ proptest! {
         let inputs: Vec<Vec<u8>> = parts
             .iter()
             .enumerate()
-            .map(|(k, &p)| (0..outer * p * inner).map(|b| (b as u8).wrapping_mul(7).wrapping_add(seed ^ k as u8 * 31)).collect())
+            .map(|(k, &p)| (0..outer * p * inner).map(|b| (b as u8).wrapping_mul(7).wrapping_add(seed ^ (k as u8 * 31))).collect())
             .collect();
         let total: u32 = parts.iter().sum();
         let p = ConcatParams { outer, inner_bytes: inner, parts: heapless::Vec::from_slice(&parts).unwrap() };

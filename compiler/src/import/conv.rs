@@ -28,7 +28,14 @@ struct Geometry {
 }
 
 /// Output length of a window sweep, `None` when the window does not fit.
-fn swept_len(input: usize, kernel: usize, stride: usize, dilation: usize, pad_begin: usize, pad_end: usize) -> Option<usize> {
+fn swept_len(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad_begin: usize,
+    pad_end: usize,
+) -> Option<usize> {
     let span = dilation * (kernel - 1) + 1;
     let padded = input + pad_begin + pad_end;
     (padded >= span && stride > 0).then(|| (padded - span) / stride + 1)
@@ -83,7 +90,14 @@ impl Lowerer<'_> {
 
     /// Checks `geo` against tract's output shape. For pools in ONNX `ceil_mode`, the extra last window is
     /// expressed as end padding (which Max pools ignore and Avg pools without count_include_pad do not count).
-    fn fit_output(&self, geo: &mut Geometry, x_shape: &[usize], y_shape: &[usize], pool: Option<PoolKind>, ceil: bool) -> LResult<()> {
+    fn fit_output(
+        &self,
+        geo: &mut Geometry,
+        x_shape: &[usize],
+        y_shape: &[usize],
+        pool: Option<PoolKind>,
+        ceil: bool,
+    ) -> LResult<()> {
         let h = geo.h_axis;
         for j in 0..geo.kernel.len() {
             let (input, want) = (x_shape[h + j], y_shape[h + j]);
@@ -201,7 +215,9 @@ impl Lowerer<'_> {
         let (x_slot, w) = match (self.konst(node.inputs[0])?, self.konst(node.inputs[1])?) {
             (None, Some(w)) => (0, w),
             (Some(w), None) => (1, w),
-            (None, None) => unsupported!("matrix product of two activations (Kiln supports MatMul and Gemm with constant weights)"),
+            (None, None) => {
+                unsupported!("matrix product of two activations (Kiln supports MatMul and Gemm with constant weights)")
+            }
             (Some(_), Some(_)) => return Err(Fail::Internal(anyhow!("einsum of two constants was not folded"))),
         };
         let w_slot = 1 - x_slot;
@@ -228,19 +244,31 @@ impl Lowerer<'_> {
             let dim = x.map(|p| x_shape[p]).or(w.map(|p| w_shape[p])).or(y.map(|p| y_shape[p])).unwrap_or(1);
             axes.push(Ax { x, w, y, dim });
         }
-        let pick = |candidates: Vec<usize>, what: &str| -> LResult<usize> {
-            let big: Vec<usize> = candidates.iter().copied().filter(|&i| axes[i].dim > 1).collect();
-            match (big.as_slice(), candidates.first()) {
-                ([one], _) => Ok(*one),
-                ([], Some(&first)) => Ok(first),
-                ([], None) => unsupported!("einsum {expr} has no {what} axis"),
-                _ => unsupported!("einsum {expr} has several {what} axes"),
-            }
+        let is_k = |a: &Ax| a.x.is_some() && a.w.is_some() && a.y.is_none();
+        let is_n = |a: &Ax| a.x.is_none() && a.w.is_some() && a.y.is_some();
+        // In activation and output (and in the weights only with size 1): rows of the product.
+        let is_m = |a: &Ax| a.x.is_some() && a.y.is_some() && a.w.is_none_or(|p| w_shape[p] == 1);
+        // Contracted axes, in the activation's order: several when tract folded a Flatten into the product.
+        // Unit ones are left out (unless all are unit): they are reshapes.
+        let mut ks: Vec<usize> = (0..axes.len()).filter(|&i| is_k(&axes[i])).collect();
+        if ks.iter().any(|&i| axes[i].dim > 1) {
+            ks.retain(|&i| axes[i].dim > 1);
+        } else {
+            ks.truncate(1);
+        }
+        ks.sort_by_key(|&i| axes[i].x);
+        let ns: Vec<usize> = (0..axes.len()).filter(|&i| is_n(&axes[i])).collect();
+        let big_ns: Vec<usize> = ns.iter().copied().filter(|&i| axes[i].dim > 1).collect();
+        let n = match (big_ns.as_slice(), ns.first()) {
+            ([one], _) => *one,
+            ([], Some(&first)) => first,
+            _ => unsupported!("einsum {expr} needs exactly one output-feature axis"),
         };
-        let k = pick((0..axes.len()).filter(|&i| axes[i].x.is_some() && axes[i].w.is_some() && axes[i].y.is_none()).collect(), "contracted")?;
-        let n = pick((0..axes.len()).filter(|&i| axes[i].x.is_none() && axes[i].w.is_some() && axes[i].y.is_some()).collect(), "output-feature")?;
+        if ks.is_empty() {
+            unsupported!("einsum {expr} contracts no axis");
+        }
         for (i, a) in axes.iter().enumerate() {
-            if i == k || n == i || a.dim == 1 || (a.x.is_some() && a.y.is_some() && a.w.is_none()) {
+            if ks.contains(&i) || i == n || a.dim == 1 || is_m(a) {
                 continue;
             }
             if a.x.is_some() && a.y.is_some() {
@@ -248,41 +276,57 @@ impl Lowerer<'_> {
             }
             unsupported!("einsum {expr}: axis of size {} is summed or broadcast", a.dim);
         }
-        let (kk, nn) = (axes[k].dim, axes[n].dim);
+        let k_dims: Vec<usize> = ks.iter().map(|&i| axes[i].dim).collect();
+        let (kk, nn): (usize, usize) = (k_dims.iter().product(), axes[n].dim);
 
-        // weights[n][k]; every other weight axis has size 1.
+        // weights[n][k], k running over the contracted axes row-major in the activation's order; every other
+        // weight axis has size 1.
         let wf = w.cast_to::<f32>()?;
         let wv = wf.to_plain_array_view::<f32>()?;
-        let (wk, wn) = (axes[k].w.unwrap_or(0), axes[n].w.unwrap_or(0));
         let mut weights = Vec::with_capacity(nn * kk);
         let mut idx = vec![0; w_shape.len()];
         for ni in 0..nn {
-            for ki in 0..kk {
-                idx[wn] = ni;
-                idx[wk] = ki;
+            if let Some(p) = axes[n].w {
+                idx[p] = ni;
+            }
+            for kf in 0..kk {
+                let mut rest = kf;
+                for (&a, &d) in ks.iter().zip(&k_dims).rev() {
+                    if let Some(p) = axes[a].w {
+                        idx[p] = rest % d;
+                    }
+                    rest /= d;
+                }
                 weights.push(wv[IxDyn(&idx)]);
             }
         }
 
-        // The activation's and the output's significant axes, in their order.
-        let is_m = |a: &Ax| a.x.is_some() && a.y.is_some();
-        let mut xs: Vec<usize> = (0..axes.len()).filter(|&i| i == k || is_m(&axes[i])).collect();
+        // The activation's and the output's significant axes, in their order. The contracted axes must be
+        // adjacent in the activation, and the output must list the activation's axes in the same order, with the
+        // features where the contracted axes were.
+        let mut xs: Vec<usize> = (0..axes.len()).filter(|&i| ks.contains(&i) || is_m(&axes[i])).collect();
         xs.sort_by_key(|&i| axes[i].x);
         let mut ys: Vec<usize> = (0..axes.len()).filter(|&i| i == n || is_m(&axes[i])).collect();
         ys.sort_by_key(|&i| axes[i].y);
-        let p = xs.iter().position(|&i| i == k).unwrap_or(0);
-        let r = xs.len();
-        let same_order = xs.iter().map(|&i| if i == k { n } else { i }).eq(ys.iter().copied());
-        if !same_order {
+        let p = xs.iter().position(|&i| i == ks[0]).unwrap_or(0);
+        if xs.get(p..p + ks.len()) != Some(&ks[..]) {
+            unsupported!("einsum {expr} contracts axes that are not adjacent in the activation");
+        }
+        let mut merged: Vec<usize> = xs[..p].to_vec();
+        merged.push(n);
+        merged.extend_from_slice(&xs[p + ks.len()..]);
+        if merged != ys {
             unsupported!(
                 "einsum {expr} needs the activation transposed: a matrix product on a transposed activation (Gemm transA, MatMul with the weights first) is not supported"
             );
         }
-        let xs_shape: Vec<usize> = xs.iter().map(|&i| axes[i].dim).collect();
-        let ys_shape: Vec<usize> = ys.iter().map(|&i| axes[i].dim).collect();
+        let mut xs_shape: Vec<usize> = xs[..p].iter().map(|&i| axes[i].dim).collect();
+        xs_shape.push(kk);
+        xs_shape.extend(xs[p + ks.len()..].iter().map(|&i| axes[i].dim));
+        let r = xs_shape.len();
         let from_conv = self.origin_op(node) == Some("Conv");
         let conv_format = if from_conv || (p == 1 && r >= 3) {
-            if !(3..=4).contains(&r) {
+            if !(3..=4).contains(&r) || ks.len() != 1 {
                 unsupported!("einsum {expr} as a 1x1 convolution over a rank {r} tensor");
             }
             match p {
@@ -297,6 +341,7 @@ impl Lowerer<'_> {
                 "einsum {expr} contracts axis {p} of the activation (shape {xs_shape:?}), not its last: a matrix product on a transposed activation (Gemm transA, MatMul with the weights first) is not supported"
             );
         };
+        let ys_shape: Vec<usize> = ys.iter().map(|&i| axes[i].dim).collect();
 
         // Fold Gemm's alpha (a scalar Mul) and a per-feature bias Add.
         let mut bias: Option<Vec<f32>> = None;
@@ -378,7 +423,15 @@ impl Lowerer<'_> {
     }
 
     /// Emits the Dense/Conv for an EinSum, reshaping away unit axes the contraction dropped or added.
-    fn emit_einsum_result(&mut self, node: &TypedNode, op: Op, x: TensorId, in_shape: &[usize], ys_shape: &[usize], out: OutletId) -> LResult<()> {
+    fn emit_einsum_result(
+        &mut self,
+        node: &TypedNode,
+        op: Op,
+        x: TensorId,
+        in_shape: &[usize],
+        ys_shape: &[usize],
+        out: OutletId,
+    ) -> LResult<()> {
         let x = self.reshape_tmp(&format!("{}.squeeze", node.name), x, in_shape.to_vec())?;
         if self.shape(out)? == ys_shape {
             return self.emit(node, op, vec![x], out).map(drop);

@@ -11,6 +11,7 @@
 //! | PRelu                    | `Iff(0 > x, x * slope, x)`                     | `Binary(PRelu)`                  |
 //! | LogSoftmax               | `Softmax` then `Ln`                            | `Softmax { log: true }`          |
 //! | ReduceMean               | `Reduce<Sum>` then `Mul(1/n)` [then `Rm` axes] | `ReduceMean`                     |
+//! | ReduceMean of Mul(x, x)  | `Reduce<MeanOfSquares>` [then `Rm` axes]       | `Binary(Mul)` then `ReduceMean`  |
 //! | GlobalAveragePool        | `Reduce<Sum>` then `Mul(1/n)`                  | `Pool(Avg)` over the whole input |
 //! | GlobalMaxPool            | `Reduce<Max>`                                  | `Pool(Max)` over the whole input |
 //! | MatMul / Gemm            | `EinSum` [then `Mul(alpha)`] [then `Add(c)`]   | `Dense` (see [`super::conv`])    |
@@ -75,18 +76,18 @@ enum Pattern {
 }
 
 pub(super) struct Lowerer<'a> {
-    pub model: &'a TypedModel,
+    pub(super) model: &'a TypedModel,
     /// ONNX node name -> op type, to say which ONNX node a tract node came from.
     onnx_ops: HashMap<String, String>,
-    pub g: ir::Graph,
+    pub(super) g: ir::Graph,
     /// The IR tensor holding each lowered tract outlet.
     values: HashMap<OutletId, TensorId>,
     /// tract nodes folded into an IR node emitted for another tract node.
-    pub absorbed: HashSet<usize>,
+    pub(super) absorbed: HashSet<usize>,
     patterns: HashMap<usize, Pattern>,
     /// Outputs of tract `Downsample` ops. They are not lowered: the convolutions reading them fold them into
     /// their strides (tract turns a strided 1x1 convolution into `Downsample`s and an unstrided one).
-    pub downsampled: HashSet<OutletId>,
+    pub(super) downsampled: HashSet<OutletId>,
     model_outputs: HashSet<OutletId>,
     used_names: HashSet<String>,
 }
@@ -95,7 +96,12 @@ pub(super) struct Lowerer<'a> {
 pub(super) fn lower(file: &str, graph: &pb::GraphProto, model: &TypedModel) -> Result<ir::Graph> {
     let mut l = Lowerer {
         model,
-        onnx_ops: graph.node.iter().enumerate().map(|(ix, n)| (super::onnx_node_name(n, ix), n.op_type.clone())).collect(),
+        onnx_ops: graph
+            .node
+            .iter()
+            .enumerate()
+            .map(|(ix, n)| (super::onnx_node_name(n, ix), n.op_type.clone()))
+            .collect(),
         g: ir::Graph::default(),
         values: HashMap::new(),
         absorbed: HashSet::new(),
@@ -166,7 +172,34 @@ pub(super) fn lower(file: &str, graph: &pb::GraphProto, model: &TypedModel) -> R
             Err(Fail::Internal(e)) => return Err(Error::Internal(e.context("model output"))),
         }
     }
+    compact(&mut l.g);
     Ok(l.g)
+}
+
+/// Drops tensors nothing refers to (outputs of nodes merged away), renumbering the rest in order.
+fn compact(g: &mut ir::Graph) {
+    let mut used = vec![false; g.tensors.len()];
+    for n in &g.nodes {
+        n.inputs.iter().chain([&n.output]).for_each(|&t| used[t] = true);
+    }
+    g.inputs.iter().chain(&g.outputs).for_each(|&t| used[t] = true);
+    if used.iter().all(|&u| u) {
+        return;
+    }
+    let mut new_id = vec![usize::MAX; g.tensors.len()];
+    let mut kept = Vec::new();
+    for (t, tensor) in std::mem::take(&mut g.tensors).into_iter().enumerate() {
+        if used[t] {
+            new_id[t] = kept.len();
+            kept.push(tensor);
+        }
+    }
+    g.tensors = kept;
+    for n in &mut g.nodes {
+        n.inputs.iter_mut().for_each(|t| *t = new_id[*t]);
+        n.output = new_id[n.output];
+    }
+    g.inputs.iter_mut().chain(g.outputs.iter_mut()).for_each(|t| *t = new_id[*t]);
 }
 
 impl<'a> Lowerer<'a> {
@@ -183,7 +216,7 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    pub fn origin_op(&self, node: &TypedNode) -> Option<&str> {
+    pub(super) fn origin_op(&self, node: &TypedNode) -> Option<&str> {
         self.origin(&node.name).map(|(_, op)| op)
     }
 
@@ -220,7 +253,7 @@ impl<'a> Lowerer<'a> {
 
     // ----- facts and constants -------------------------------------------------------------------------------
 
-    pub fn shape(&self, outlet: OutletId) -> LResult<Vec<usize>> {
+    pub(super) fn shape(&self, outlet: OutletId) -> LResult<Vec<usize>> {
         let fact = self.model.outlet_fact(outlet)?;
         match fact.shape.as_concrete() {
             Some(s) => Ok(s.to_vec()),
@@ -229,7 +262,7 @@ impl<'a> Lowerer<'a> {
     }
 
     /// The constant value of an outlet, if tract knows it.
-    pub fn konst(&self, outlet: OutletId) -> LResult<Option<Arc<Tensor>>> {
+    pub(super) fn konst(&self, outlet: OutletId) -> LResult<Option<Arc<Tensor>>> {
         Ok(self.model.outlet_fact(outlet)?.konst.clone())
     }
 
@@ -244,7 +277,7 @@ impl<'a> Lowerer<'a> {
     }
 
     /// The IR tensor for a tract outlet; constants are materialised on first use.
-    pub fn tensor(&mut self, outlet: OutletId) -> LResult<TensorId> {
+    pub(super) fn tensor(&mut self, outlet: OutletId) -> LResult<TensorId> {
         if let Some(&t) = self.values.get(&outlet) {
             return Ok(t);
         }
@@ -254,14 +287,16 @@ impl<'a> Lowerer<'a> {
             return Ok(t);
         }
         if self.downsampled.contains(&outlet) {
-            unsupported!("reads a strided subsampling (tract Downsample) of its input, which Kiln only folds into convolutions");
+            unsupported!(
+                "reads a strided subsampling (tract Downsample) of its input, which Kiln only folds into convolutions"
+            );
         }
         Err(Fail::Internal(anyhow!("no IR tensor for {outlet:?} ('{}')", self.outlet_name(outlet))))
     }
 
     /// The node consuming `outlet`, if it is the only consumer and `outlet` is not a model output: such a
     /// consumer can be folded into the node producing `outlet`.
-    pub fn sole_consumer(&self, outlet: OutletId) -> Option<&'a TypedNode> {
+    pub(super) fn sole_consumer(&self, outlet: OutletId) -> Option<&'a TypedNode> {
         let succ = self.model.outlet_successors(outlet);
         if succ.len() != 1 || self.model_outputs.contains(&outlet) {
             return None;
@@ -271,7 +306,7 @@ impl<'a> Lowerer<'a> {
     }
 
     /// For a binary node with one constant, uniform operand: `(other operand, constant value)`.
-    pub fn var_and_uniform(&self, node: &TypedNode) -> LResult<Option<(OutletId, f32)>> {
+    pub(super) fn var_and_uniform(&self, node: &TypedNode) -> LResult<Option<(OutletId, f32)>> {
         if node.inputs.len() != 2 {
             return Ok(None);
         }
@@ -288,18 +323,30 @@ impl<'a> Lowerer<'a> {
     // ----- emitting ------------------------------------------------------------------------------------------
 
     /// Emits an IR node named after `node`, whose output is the value of tract outlet `out`.
-    pub fn emit(&mut self, node: &TypedNode, op: Op, inputs: Vec<TensorId>, out: OutletId) -> LResult<TensorId> {
+    pub(super) fn emit(&mut self, node: &TypedNode, op: Op, inputs: Vec<TensorId>, out: OutletId) -> LResult<TensorId> {
         let shape = self.shape(out)?;
         self.check_reshape(&op, &inputs, &shape)?;
         let t = self.g.add_tensor(self.outlet_name(out), shape, None);
-        let name = self.unique_name(&node.name);
+        // A folded composite is named after its first tract node, unless only the node producing its result
+        // carries an ONNX node's own name (Gemm's `y.ab` ... `y`; a 1x1 Conv's `c.einsum` ... `c`).
+        let model = self.model;
+        let last = &model.node(out.node).name;
+        let base =
+            if !self.onnx_ops.contains_key(&node.name) && self.onnx_ops.contains_key(last) { last } else { &node.name };
+        let name = self.unique_name(base);
         self.g.nodes.push(ir::Node { name, op, inputs, output: t });
         self.values.insert(out, t);
         Ok(t)
     }
 
     /// Emits an IR node with a fresh intermediate output tensor (no tract outlet holds its value).
-    pub fn emit_tmp(&mut self, name: &str, op: Op, inputs: Vec<TensorId>, shape: Vec<usize>) -> LResult<TensorId> {
+    pub(super) fn emit_tmp(
+        &mut self,
+        name: &str,
+        op: Op,
+        inputs: Vec<TensorId>,
+        shape: Vec<usize>,
+    ) -> LResult<TensorId> {
         self.check_reshape(&op, &inputs, &shape)?;
         let name = self.unique_name(name);
         let t = self.g.add_tensor(name.clone(), shape, None);
@@ -319,14 +366,14 @@ impl<'a> Lowerer<'a> {
     }
 
     /// A reshape of `t` to `shape` (no node when the shape is already right).
-    pub fn reshape_tmp(&mut self, name: &str, t: TensorId, shape: Vec<usize>) -> LResult<TensorId> {
+    pub(super) fn reshape_tmp(&mut self, name: &str, t: TensorId, shape: Vec<usize>) -> LResult<TensorId> {
         if self.g.tensors[t].shape == shape {
             return Ok(t);
         }
         self.emit_tmp(name, Op::Reshape, vec![t], shape)
     }
 
-    pub fn mark_absorbed(&mut self, node: &TypedNode) {
+    pub(super) fn mark_absorbed(&mut self, node: &TypedNode) {
         self.absorbed.insert(node.id);
     }
 
@@ -395,11 +442,14 @@ impl<'a> Lowerer<'a> {
         if t != x {
             return Ok(None);
         }
-        let Some(mul) = self.private_producer(f) else { return Ok(None) };
-        if !self.bin_op(mul).is_some_and(|b| b.0.is::<Mul>()) {
-            return Ok(None);
-        }
-        let Some((minus_one, alpha)) = self.var_and_uniform(mul)? else { return Ok(None) };
+        let Some(f_node) = self.private_producer(f) else { return Ok(None) };
+        // `alpha * (exp(x) - 1)`; tract drops the multiplication when alpha is 1 (ONNX's default).
+        let (mul, minus_one, alpha) = if self.bin_op(f_node).is_some_and(|b| b.0.is::<Mul>()) {
+            let Some((minus_one, alpha)) = self.var_and_uniform(f_node)? else { return Ok(None) };
+            (Some(f_node), minus_one, alpha)
+        } else {
+            (None, f, 1.0)
+        };
         let Some(sub) = self.private_producer(minus_one) else { return Ok(None) };
         if !self.bin_op(sub).is_some_and(|b| b.0.is::<Sub>()) || self.uniform(sub.inputs[1])? != Some(1.0) {
             return Ok(None);
@@ -409,7 +459,9 @@ impl<'a> Lowerer<'a> {
         if !is_exp || exp.inputs[0] != x {
             return Ok(None);
         }
-        Ok(Some((Pattern::Elu { x, alpha }, vec![test.id, mul.id, sub.id, exp.id])))
+        let mut consumed = vec![test.id, sub.id, exp.id];
+        consumed.extend(mul.map(|m| m.id));
+        Ok(Some((Pattern::Elu { x, alpha }, consumed)))
     }
 
     /// PRelu: `Iff(x < 0, x * slope, x)`.
@@ -526,7 +578,8 @@ impl<'a> Lowerer<'a> {
             self.values.insert(out, x);
             return Ok(());
         }
-        unsupported!("Kiln has no lowering for tract op {:?}", node.op)
+        let info = node.op.info().unwrap_or_default().join("; ");
+        unsupported!("Kiln has no lowering for this op{}", if info.is_empty() { info } else { format!(" ({info})") })
     }
 
     /// Add, Sub and Mul map directly; Max and Min with a constant bound are Relu or Clip.
@@ -570,7 +623,8 @@ impl<'a> Lowerer<'a> {
                 }
             }
         }
-        let kind = if lo == 0.0 && hi == f32::INFINITY { UnaryKind::Relu } else { UnaryKind::Clip { min: lo, max: hi } };
+        let kind =
+            if lo == 0.0 && hi == f32::INFINITY { UnaryKind::Relu } else { UnaryKind::Clip { min: lo, max: hi } };
         let x = self.tensor(x)?;
         self.emit(node, Op::Unary(kind), vec![x], out).map(drop)
     }
@@ -587,7 +641,8 @@ impl<'a> Lowerer<'a> {
             Op::Unary(UnaryKind::LeakyRelu { alpha: l.alpha })
         } else if mini.is::<Square>() {
             // tract's form of Mul(x, x).
-            return self.emit(node, Op::Binary { kind: BinaryKind::Mul, act: ir::Activation::None }, vec![x, x], out)
+            return self
+                .emit(node, Op::Binary { kind: BinaryKind::Mul, act: ir::Activation::None }, vec![x, x], out)
                 .map(drop);
         } else {
             unsupported!("element-wise {} (not an activation Kiln supports)", mini.name());
@@ -595,41 +650,60 @@ impl<'a> Lowerer<'a> {
         self.emit(node, op, vec![x], out).map(drop)
     }
 
-    /// Squeeze, Unsqueeze, Reshape and Flatten are reshapes; Transpose is a chain of axis moves, merged here.
+    /// Squeeze, Unsqueeze, Reshape and Flatten are reshapes; Transpose is a chain of axis moves. Consecutive
+    /// reshapes, and consecutive transposes, merge into one node (or none when they cancel out).
     fn lower_axis_op(&mut self, node: &TypedNode, op: &AxisOp) -> LResult<()> {
         let input = node.inputs[0];
         let out = OutletId::new(node.id, 0);
         let x = self.tensor(input)?;
+        let out_shape = self.shape(out)?;
         // The IR node producing our input, if we may rewrite it: its output is read by this node only.
         let producer = match self.sole_consumer(input) {
             Some(_) if !self.g.inputs.contains(&x) && !self.g.is_const(x) => self.g.producer(x),
             _ => None,
         };
-        match op {
-            AxisOp::Move(from, to) => {
-                let rank = self.shape(input)?.len();
-                let mut perm: Vec<usize> = (0..rank).collect();
-                let axis = perm.remove(*from);
-                perm.insert(*to, axis);
-                if let Some(p) = producer {
-                    if let Op::Transpose { perm: prev } = &self.g.nodes[p].op {
-                        // out[i] = mid[perm[i]] = x[prev[perm[i]]]
-                        let merged = perm.iter().map(|&i| prev[i]).collect();
-                        self.g.nodes[p].op = Op::Transpose { perm: merged };
-                        return self.retarget(x, out);
+        let identity = |perm: &[usize]| perm.iter().enumerate().all(|(i, &p)| i == p);
+        if let AxisOp::Move(from, to) = op {
+            let mut perm: Vec<usize> = (0..self.g.tensors[x].shape.len()).collect();
+            let axis = perm.remove(*from);
+            perm.insert(*to, axis);
+            if let Some(p) = producer {
+                if let Op::Transpose { perm: prev } = &self.g.nodes[p].op {
+                    // out[i] = mid[perm[i]] = x[prev[perm[i]]]
+                    let merged: Vec<usize> = perm.iter().map(|&i| prev[i]).collect();
+                    if identity(&merged) {
+                        return self.bypass(p, out);
                     }
+                    self.g.nodes[p].op = Op::Transpose { perm: merged };
+                    return self.retarget(x, out);
                 }
-                self.emit(node, Op::Transpose { perm }, vec![x], out).map(drop)
             }
-            _ => {
-                if let Some(p) = producer {
-                    if self.g.nodes[p].op == Op::Reshape {
-                        return self.retarget(x, out);
-                    }
+            if identity(&perm) {
+                self.values.insert(out, x);
+                return Ok(());
+            }
+            return self.emit(node, Op::Transpose { perm }, vec![x], out).map(drop);
+        }
+        if let Some(p) = producer {
+            if self.g.nodes[p].op == Op::Reshape {
+                if self.g.tensors[self.g.nodes[p].inputs[0]].shape == out_shape {
+                    return self.bypass(p, out);
                 }
-                self.emit(node, Op::Reshape, vec![x], out).map(drop)
+                return self.retarget(x, out);
             }
         }
+        if self.g.tensors[x].shape == out_shape {
+            self.values.insert(out, x);
+            return Ok(());
+        }
+        self.emit(node, Op::Reshape, vec![x], out).map(drop)
+    }
+
+    /// Removes IR node `p` (a reshape or transpose undone by the node being lowered): `out` is `p`'s input.
+    fn bypass(&mut self, p: usize, out: OutletId) -> LResult<()> {
+        let src = self.g.nodes.remove(p).inputs[0];
+        self.values.insert(out, src);
+        Ok(())
     }
 
     /// Makes IR tensor `t` (the output of a node just rewritten to compute `out`'s value) hold outlet `out`.
@@ -653,24 +727,31 @@ impl<'a> Lowerer<'a> {
         let origin = self.origin_op(node).unwrap_or("").to_string();
         let mut out = OutletId::new(node.id, 0);
         match op.reducer {
-            Reducer::Sum => {
-                let n: usize = axes.iter().map(|&a| x_shape[a]).product();
-                let scale = match self.sole_consumer(out) {
-                    Some(mul) if self.bin_op(mul).is_some_and(|b| b.0.is::<Mul>()) => {
-                        self.var_and_uniform(mul)?.filter(|(v, _)| *v == out).map(|(_, c)| (mul, c))
+            Reducer::Sum | Reducer::MeanOfSquares => {
+                let squared = op.reducer == Reducer::MeanOfSquares;
+                if !squared {
+                    let n: usize = axes.iter().map(|&a| x_shape[a]).product();
+                    let scale = match self.sole_consumer(out) {
+                        Some(mul) if self.bin_op(mul).is_some_and(|b| b.0.is::<Mul>()) => {
+                            self.var_and_uniform(mul)?.filter(|(v, _)| *v == out).map(|(_, c)| (mul, c))
+                        }
+                        _ => None,
+                    };
+                    let Some((mul, c)) = scale else {
+                        unsupported!("sum reduction over axes {axes:?} (Kiln supports mean reductions)");
+                    };
+                    if ((c * n as f32) - 1.0).abs() > 1e-5 {
+                        unsupported!("sum reduction over axes {axes:?} scaled by {c} (a mean would be 1/{n})");
                     }
-                    _ => None,
-                };
-                let Some((mul, c)) = scale else {
-                    unsupported!("sum reduction over axes {axes:?} (Kiln supports mean reductions)");
-                };
-                if ((c * n as f32) - 1.0).abs() > 1e-5 {
-                    unsupported!("sum reduction over axes {axes:?} scaled by {c} (a mean would be 1/{n})");
+                    self.mark_absorbed(mul);
+                    out = OutletId::new(mul.id, 0);
                 }
-                self.mark_absorbed(mul);
-                out = OutletId::new(mul.id, 0);
-                let x = self.tensor(input)?;
-                if global && origin == "GlobalAveragePool" {
+                let mut x = self.tensor(input)?;
+                if squared {
+                    // tract's fold of ReduceMean(Mul(x, x)).
+                    let op = Op::Binary { kind: BinaryKind::Mul, act: ir::Activation::None };
+                    x = self.emit_tmp(&format!("{}.square", node.name), op, vec![x, x], x_shape.clone())?;
+                } else if global && origin == "GlobalAveragePool" {
                     let op = global_pool(PoolKind::Avg { count_include_pad: false }, &x_shape);
                     return self.emit(node, op, vec![x], out).map(drop);
                 }

@@ -85,7 +85,8 @@ fn check_supported(file: &str, graph: &pb::GraphProto) -> Result<()> {
         .enumerate()
         .filter(|(_, n)| !(is_default_domain(&n.domain) && SUPPORTED_OPS.contains(&n.op_type.as_str())))
         .map(|(ix, n)| {
-            let op = if is_default_domain(&n.domain) { n.op_type.clone() } else { format!("{}.{}", n.domain, n.op_type) };
+            let op =
+                if is_default_domain(&n.domain) { n.op_type.clone() } else { format!("{}.{}", n.domain, n.op_type) };
             format!("  node '{}' (op {op})", onnx_node_name(n, ix))
         })
         .collect();

@@ -23,6 +23,9 @@ pub fn broadcast<A: Copy, B: Copy, O>(bc: &Broadcast, a: &[A], b: &[B], out: &mu
         }
         return;
     }
+    if dims[..rank].contains(&0) {
+        return; // empty output: never loop over the other axes
+    }
     let last = rank - 1;
     let (n, step_a, step_b) = (dims[last], sa[last], sb[last]);
     let mut o = 0usize;

@@ -186,6 +186,7 @@ pub fn conv2d_f32(
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn geom(in_h: u32, in_w: u32, in_c: u32, out_h: u32, out_w: u32, out_c: u32, k: u32, pad: u32) -> ConvGeom {
         ConvGeom {
             batch: 1,

@@ -131,6 +131,7 @@ pub(crate) fn dims_usize(dims: &[u32]) -> ([usize; MAX_RANK], usize) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use std::vec::Vec;

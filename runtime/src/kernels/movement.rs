@@ -23,8 +23,8 @@ pub fn pad(p: &PadParams, input: &[u8], output: &mut [u8]) {
     let (dims, rank) = dims_usize(&p.dims);
     let (before, _) = dims_usize(&p.before);
     let (after, _) = dims_usize(&p.after);
-    if rank == 0 {
-        return;
+    if rank == 0 || dims[..rank].contains(&0) {
+        return; // nothing to copy (and no loop over the other axes of an empty input)
     }
     let mut out_dims = [0usize; MAX_RANK];
     for d in 0..rank {
@@ -50,6 +50,9 @@ pub fn pad(p: &PadParams, input: &[u8], output: &mut [u8]) {
 /// bytes, `output` `outer * sum(parts) * inner_bytes`; `inputs` and `parts` have the same length.
 pub fn concat(p: &ConcatParams, inputs: &[&[u8]], output: &mut [u8]) {
     let inner = p.inner_bytes as usize;
+    if output.is_empty() {
+        return; // every part is empty: no loop over `outer`
+    }
     let mut o = 0usize;
     for r in 0..p.outer as usize {
         for (&part, input) in p.parts.iter().zip(inputs) {
@@ -66,6 +69,9 @@ pub fn concat(p: &ConcatParams, inputs: &[&[u8]], output: &mut [u8]) {
 pub fn slice(p: &SliceParams, input: &[u8], output: &mut [u8]) {
     let inner = p.inner_bytes as usize;
     let n = p.len as usize * inner;
+    if n == 0 {
+        return;
+    }
     for r in 0..p.outer as usize {
         let src = (r * p.axis_len as usize + p.start as usize) * inner;
         output[r * n..(r + 1) * n].copy_from_slice(&input[src..src + n]);
@@ -78,7 +84,7 @@ pub fn slice(p: &SliceParams, input: &[u8], output: &mut [u8]) {
 pub fn transpose(p: &TransposeParams, input: &[u8], output: &mut [u8]) {
     let eb = p.elem_bytes as usize;
     let (dims, rank) = dims_usize(&p.dims);
-    if eb == 0 || rank == 0 {
+    if eb == 0 || rank == 0 || dims[..rank].contains(&0) {
         return;
     }
     let in_strides = row_major_strides(&dims[..rank]);

@@ -3,7 +3,8 @@
 //! # int8 arithmetic
 //!
 //! The host tabulates, for the input scale `s` (times softmax's `beta`),
-//! `table[d] = round(2^EXP_BITS * exp(-s * d))` for `d` in `0..=255` (so `table[0] = 2^24`), see
+//! `table[d] = round(2^EXP_BITS * exp(-s * d))` for `d` in `0..=255` (so `table[0] = 2^24`; the host drops the
+//! trailing zero entries, and an entry past the table's end is 0), see
 //! `crate::host::softmax_s8`. For each of the `outer * inner` rows (the `len` elements `x_i` at stride `inner`):
 //!
 //! 1. `m = max_i x_i`, `d_i = m - x_i` (in `0..=255`), `sum = sum_i table[d_i]` (`u64`; `sum >= 2^24` for a valid
@@ -43,21 +44,19 @@ pub enum SoftmaxS8Mode {
     LogSoftmax { diff_mult: i32, log_mult: i32 },
 }
 
-/// int8 Softmax or LogSoftmax over the middle axis of `[outer, len, inner]`, integer only, exactly as described in
+/// int8 Softmax or LogSoftmax over the middle axis of `shape = [outer, len, inner]`, integer only, exactly as described in
 /// the module documentation. `input` and `output` hold `outer * len * inner` elements.
 pub fn softmax_s8(
-    outer: u32,
-    len: u32,
-    inner: u32,
+    [outer, len, inner]: [u32; 3],
     mode: SoftmaxS8Mode,
-    table: &[u32; 256],
+    table: &[u32],
     output_zero_point: i32,
     input: &[i8],
     output: &mut [i8],
 ) {
     let (outer, len, inner) = (outer as usize, len as usize, inner as usize);
-    if len == 0 {
-        return;
+    if outer == 0 || len == 0 || inner == 0 {
+        return; // empty: no row loop over a zero-length axis
     }
     let zo = output_zero_point as i64;
     for o in 0..outer {
@@ -69,9 +68,11 @@ pub fn softmax_s8(
                 max = max.max(input[row(i)]);
             }
             let diff = |x: i8| (max as i32 - x as i32) as u8 as usize;
+            // The table stops where exp has rounded to 0: entries past its end are 0.
+            let exp = |d: usize| table.get(d).copied().unwrap_or(0) as u64;
             let mut sum = 0u64;
             for i in 0..len {
-                sum += table[diff(input[row(i)])] as u64;
+                sum += exp(diff(input[row(i)]));
             }
             let sum = sum.max(1);
             match mode {
@@ -79,7 +80,7 @@ pub fn softmax_s8(
                     let r = ((1u64 << RECIP_BITS) + sum / 2) / sum;
                     let shift = RECIP_BITS - 8;
                     for i in 0..len {
-                        let t = table[diff(input[row(i)])] as u64;
+                        let t = exp(diff(input[row(i)]));
                         let q = t.saturating_mul(r).saturating_add(1 << (shift - 1)) >> shift;
                         output[row(i)] = (q as i64 + zo).clamp(-128, 127) as i8;
                     }
@@ -121,9 +122,12 @@ pub fn log2_q16(v: u64) -> u32 {
 }
 
 /// f32 Softmax (`y = exp(x - max) / sum exp(x - max)`) or LogSoftmax (`y = x - max - ln(sum exp(x - max))`) over
-/// the middle axis of `[outer, len, inner]`; `input` and `output` hold `outer * len * inner` elements.
-pub fn softmax_f32(outer: u32, len: u32, inner: u32, log: bool, input: &[f32], output: &mut [f32]) {
+/// the middle axis of `shape = [outer, len, inner]`; `input` and `output` hold `outer * len * inner` elements.
+pub fn softmax_f32([outer, len, inner]: [u32; 3], log: bool, input: &[f32], output: &mut [f32]) {
     let (outer, len, inner) = (outer as usize, len as usize, inner as usize);
+    if outer == 0 || len == 0 || inner == 0 {
+        return;
+    }
     for o in 0..outer {
         for j in 0..inner {
             let base = o * len * inner + j;
@@ -174,11 +178,11 @@ mod tests {
         let mut table = [0u32; 256];
         table[0] = EXP_ONE;
         let mut y = [0i8; 4];
-        softmax_s8(1, 4, 1, SoftmaxS8Mode::Softmax, &table, -128, &[7; 4], &mut y);
+        softmax_s8([1, 4, 1], SoftmaxS8Mode::Softmax, &table, -128, &[7; 4], &mut y);
         assert_eq!(y, [-64; 4]);
         // One element alone saturates to 127 (1.0 is not representable).
         let mut y = [0i8; 1];
-        softmax_s8(1, 1, 1, SoftmaxS8Mode::Softmax, &table, -128, &[-3], &mut y);
+        softmax_s8([1, 1, 1], SoftmaxS8Mode::Softmax, &table, -128, &[-3], &mut y);
         assert_eq!(y, [127]);
     }
 
@@ -187,10 +191,10 @@ mod tests {
         // [1, 2, 2]: softmax over axis 1 pairs (0, 2) and (1, 3).
         let x = [0.0f32, 1.0, 0.0, 3.0];
         let mut y = [0f32; 4];
-        softmax_f32(1, 2, 2, false, &x, &mut y);
+        softmax_f32([1, 2, 2], false, &x, &mut y);
         assert!((y[0] - 0.5).abs() < 1e-6 && (y[2] - 0.5).abs() < 1e-6);
         assert!((y[1] - 0.119_202_92).abs() < 1e-6 && (y[3] - 0.880_797).abs() < 1e-6);
-        softmax_f32(1, 2, 2, true, &x, &mut y);
+        softmax_f32([1, 2, 2], true, &x, &mut y);
         assert!((y[0] + core::f32::consts::LN_2).abs() < 1e-6);
     }
 }

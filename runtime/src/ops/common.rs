@@ -12,6 +12,11 @@ pub const EVAL_OP: u16 = u16::MAX;
 /// on 32-bit targets.
 pub const MAX_COORD: u64 = i32::MAX as u64;
 
+/// Whether `d` divides `n` (false for `d = 0`).
+pub fn divides(d: u32, n: u32) -> bool {
+    n.checked_rem(d) == Some(0)
+}
+
 /// `a * b * ...` without overflow; `None` if it overflows `u64`.
 pub fn prod(items: impl IntoIterator<Item = u64>) -> Option<u64> {
     items.into_iter().try_fold(1u64, |acc, x| acc.checked_mul(x))
@@ -74,7 +79,7 @@ impl<'o, 'a> Ck<'o, 'a> {
     }
 
     fn aligned(&self, field: Field, offset: u32, align: u32) -> Result<(), Error> {
-        if align > 1 && offset % align != 0 {
+        if align > 1 && !divides(align, offset) {
             return Err(Error::Misaligned { op: self.op, field, offset, align });
         }
         Ok(())
@@ -165,7 +170,7 @@ pub fn input<'x>(inputs: &[&'x [u8]], i: usize) -> Result<&'x [u8], Error> {
 }
 
 /// A blob span's bytes (checked at load; this only turns an impossible miss into an error).
-pub fn span<'x>(blob: &'x [u8], s: Span, field: Field) -> Result<&'x [u8], Error> {
+pub fn span(blob: &[u8], s: Span, field: Field) -> Result<&[u8], Error> {
     let end = s.offset.saturating_add(s.len);
     blob.get(s.offset as usize..end as usize).ok_or(Error::OutOfBounds {
         op: EVAL_OP,
@@ -188,10 +193,6 @@ pub fn cast_mut<T: bytemuck::Pod>(bytes: &mut [u8], field: Field) -> Result<&mut
 }
 
 /// An optional blob span cast to `T`.
-pub fn opt_span<'x, T: bytemuck::Pod>(
-    blob: &'x [u8],
-    s: Option<Span>,
-    field: Field,
-) -> Result<Option<&'x [T]>, Error> {
+pub fn opt_span<T: bytemuck::Pod>(blob: &[u8], s: Option<Span>, field: Field) -> Result<Option<&[T]>, Error> {
     s.map(|s| cast(span(blob, s, field)?, field)).transpose()
 }

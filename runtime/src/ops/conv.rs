@@ -1,6 +1,6 @@
 //! `Conv2dS8`, `Conv2dF32`, `FullyConnectedS8`, `FullyConnectedF32`.
 
-use super::common::{cast, cast_mut, input, opt_span, prod, span, Ck, MAX_COORD};
+use super::common::{cast, cast_mut, divides, input, opt_span, prod, span, Ck, MAX_COORD};
 use super::OpIo;
 use crate::error::{Error, Field};
 use crate::format::{ConvF32, ConvGeom, ConvS8, FcGeom, FullyConnectedF32, FullyConnectedS8};
@@ -16,10 +16,11 @@ fn check_geom(ck: &Ck, g: &ConvGeom, elem: u64, weights: crate::format::Span, bi
     for v in nonzero {
         ck.ensure(v > 0, p, v)?;
     }
-    ck.ensure(g.in_c % g.groups == 0 && g.out_c % g.groups == 0, p, g.groups)?;
+    ck.ensure(divides(g.groups, g.in_c) && divides(g.groups, g.out_c), p, g.groups)?;
     // Largest padded coordinate a tap reaches, and the padded extent: both far from overflowing usize.
     let reach = |out: u32, stride: u32, k: u32, dil: u32| {
-        (out as u64 - 1) * stride as u64 + (k as u64 - 1) * dil as u64 + 1
+        let last_start = (out as u64 - 1).saturating_mul(stride as u64);
+        last_start.saturating_add((k as u64 - 1).saturating_mul(dil as u64)).saturating_add(1)
     };
     ck.ensure(reach(g.out_h, g.stride_h, g.kernel_h, g.dilation_h) <= MAX_COORD, p, g.out_h)?;
     ck.ensure(reach(g.out_w, g.stride_w, g.kernel_w, g.dilation_w) <= MAX_COORD, p, g.out_w)?;

@@ -31,8 +31,9 @@ pub fn check_pool(ck: &Ck, p: &Pool2d, kind: PoolKind) -> Result<(), Error> {
         let (in_, out, k, s, pad) = (in_ as u64, out as u64, k as u64, s as u64, pad as u64);
         // The first window ends inside the input, the last starts inside it.
         ck.ensure(pad < k, f, pad)?;
-        ck.ensure((out - 1) * s < pad + in_, f, out)?;
-        ck.ensure((out - 1) * s + k <= MAX_COORD && pad + in_ <= MAX_COORD, f, out)?;
+        let last_start = (out - 1).saturating_mul(s);
+        ck.ensure(last_start < pad + in_, f, out)?;
+        ck.ensure(last_start.saturating_add(k) <= MAX_COORD && pad + in_ <= MAX_COORD, f, out)?;
     }
     ck.ensure(p.kernel_h as u64 * p.kernel_w as u64 <= MAX_SUM_LEN as u64, f, p.kernel_h)?;
     if kind == PoolKind::AvgS8 {

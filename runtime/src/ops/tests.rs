@@ -56,7 +56,7 @@ struct Blob(Vec<u8>);
 
 impl Blob {
     fn push(&mut self, bytes: &[u8]) -> Span {
-        while self.0.len() % 4 != 0 {
+        while self.0.len() & 3 != 0 {
             self.0.push(0);
         }
         let span = Span { offset: self.0.len() as u32, len: bytes.len() as u32 };
@@ -171,6 +171,7 @@ fn conv_s8_op_matches_kernel() {
 }
 
 #[test]
+#[cfg(feature = "std")] // host tables
 fn softmax_ops_match_kernel() {
     for log in [false, true] {
         let h = if log {
@@ -186,7 +187,7 @@ fn softmax_ops_match_kernel() {
         let input: Vec<i8> = (0..30).map(|i| (i * 71 % 256) as u8 as i8).collect();
         let got = run(&o, &blob.0, &[bytemuck::cast_slice(&input)]);
         let mut want = vec![0i8; 30];
-        kernels::softmax_s8(2, 5, 3, mode, &h.exp_table, h.output.zero_point, &input, &mut want);
+        kernels::softmax_s8([2, 5, 3], mode, &h.exp_table, h.output.zero_point, &input, &mut want);
         assert_eq!(got, bytemuck::cast_slice::<i8, u8>(&want), "log {log}");
     }
 }
@@ -414,6 +415,7 @@ fn rejects_bad_shapes_and_params_of_other_ops() {
 }
 
 #[test]
+#[cfg(feature = "std")] // host tables
 fn rejects_bad_softmax_tables_and_params() {
     let h = crate::host::softmax_s8(0.1, 1.0).unwrap();
     let mut blob = Blob::default();
@@ -441,9 +443,14 @@ fn rejects_bad_softmax_tables_and_params() {
 // ---- fuzz: random OpDefs either fail check or evaluate without panicking ----
 
 const FUZZ_BLOB: usize = 16384;
-const MAX_FUZZ_BYTES: u32 = 1 << 16;
+const MAX_FUZZ_BYTES: u32 = 4096;
+/// Blob regions (see [`fuzz_blob`]).
+const R_MULT: u32 = 0;
+const R_SMALL: u32 = 4096;
+const R_EXP: u32 = 8192;
+const R_NOISE: u32 = 12288;
 
-/// Regions: valid multipliers (0x5000_0000), small bytes (valid shifts), valid exp table entries (2^24), noise.
+/// Regions: valid multipliers (0x5000_xxxx), small bytes (valid shifts), valid exp table entries (2^24), noise.
 fn fuzz_blob(seed: u64) -> Buf {
     let mut b = Buf::new(FUZZ_BLOB);
     let mut x = seed | 1;
@@ -451,43 +458,43 @@ fn fuzz_blob(seed: u64) -> Buf {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        *w = match i * 4 / 4096 {
-            0 => 0x5000_0000 | (x as u32 & 0xffff),
-            1 => u32::from_le_bytes([0, 1, 0xfe, ((x % 62) as i32 - 31) as u8]),
-            2 => 1 << 24,
+        *w = match (i * 4) as u32 {
+            o if o < R_SMALL => 0x5000_0000 | (x as u32 & 0xffff),
+            o if o < R_EXP => u32::from_le_bytes([0, 1, 0xfe, ((x % 62) as i32 - 31) as u8]),
+            o if o < R_NOISE => 1 << 24,
             _ => x as u32,
         };
     }
     b
 }
 
+/// Mostly small sizes, sometimes 0 or huge.
 fn small() -> impl Strategy<Value = u32> {
-    prop_oneof![12 => 1u32..5, 2 => Just(0u32), 1 => 5u32..40, 1 => Just(u32::MAX), 1 => any::<u32>()]
+    prop_oneof![16 => 1u32..5, 1 => Just(0u32), 1 => 5u32..40, 1 => Just(u32::MAX), 1 => any::<u32>()]
 }
 
-fn small_dims() -> impl Strategy<Value = Dims> {
-    prop_oneof![10 => pvec(small(), 1..=4), 1 => pvec(small(), 0..=6)].prop_map(|v| Dims::from_slice(&v).unwrap())
+fn small_vec(len: usize) -> impl Strategy<Value = Vec<u32>> {
+    pvec(small(), len)
 }
 
 fn zp() -> impl Strategy<Value = i32> {
-    prop_oneof![6 => -128i32..=127, 1 => any::<i32>(), 1 => Just(128)]
+    prop_oneof![12 => -128i32..=127, 1 => any::<i32>(), 1 => Just(128)]
 }
 
 fn mult() -> impl Strategy<Value = (i32, i8)> {
     prop_oneof![
-        6 => ((1i32 << 30)..=i32::MAX, -31i8..=30),
+        8 => ((1i32 << 30)..=i32::MAX, -31i8..=30),
         1 => Just((0, 0)),
         1 => (any::<i32>(), any::<i8>()),
     ]
 }
 
-fn span() -> impl Strategy<Value = Span> {
-    let offset = prop_oneof![
-        4 => prop_oneof![Just(0u32), Just(4096), Just(8192), Just(12288)],
-        1 => 0u32..FUZZ_BLOB as u32,
-        1 => any::<u32>(),
-    ];
-    (offset, 0u32..64).prop_map(|(offset, len)| Span { offset, len })
+/// A span (length 0: `check`'s size errors repair it) near `base`, sometimes anywhere.
+fn span_in(base: u32) -> impl Strategy<Value = Span> {
+    prop_oneof![
+        8 => (0u32..16).prop_map(move |k| Span { offset: base + 4 * k, len: 0 }),
+        1 => (prop_oneof![0u32..FUZZ_BLOB as u32, any::<u32>()], 0u32..64).prop_map(|(offset, len)| Span { offset, len }),
+    ]
 }
 
 fn f32_range() -> impl Strategy<Value = (f32, f32)> {
@@ -497,56 +504,109 @@ fn f32_range() -> impl Strategy<Value = (f32, f32)> {
     ]
 }
 
+fn act_s8() -> impl Strategy<Value = (i8, i8)> {
+    prop_oneof![6 => any::<(i8, i8)>().prop_map(|(a, b)| (a.min(b), a.max(b))), 1 => any::<(i8, i8)>()]
+}
+
+/// Output size along an axis for a window `k` (dilated) with padding before/after.
+fn fuzz_out(input: u32, dk: u32, stride: u32, before: u32, after: u32) -> u32 {
+    ((input + before + after).max(dk) - dk) / stride + 1
+}
+
 fn conv_geom_any() -> impl Strategy<Value = ConvGeom> {
-    (
-        (small(), small(), small(), small(), small(), small(), small()),
-        (small(), small(), small(), small(), small(), small()),
-        (prop_oneof![Just(0u32), small()], prop_oneof![Just(0u32), small()], small()),
+    let consistent = (
+        (1u32..=2, 1u32..=5, 1u32..=5),
+        (any::<bool>(), 1u32..=3, 1u32..=3, 1u32..=3),
+        (1u32..=3, 1u32..=3, 1u32..=2, 1u32..=2, 1u32..=2, 1u32..=2),
+        (0u32..=3, 0u32..=3, 0u32..=3, 0u32..=3),
     )
-        .prop_map(|((batch, in_h, in_w, in_c, out_h, out_w, out_c), (kh, kw, sh, sw, dh, dw), (pt, pl, groups))| {
+        .prop_map(|((batch, in_h, in_w), (dw, groups, cin_g, cout_g), (kh, kw, sh, sw, dh, dwi), (pt, pl, pb, pr))| {
+            let (groups, cin_g) = if dw { (cin_g, 1) } else { (groups, cin_g) };
             ConvGeom {
                 batch,
                 in_h,
                 in_w,
-                in_c,
-                out_h,
-                out_w,
-                out_c,
+                in_c: groups * cin_g,
+                out_h: fuzz_out(in_h, (kh - 1) * dh + 1, sh, pt, pb),
+                out_w: fuzz_out(in_w, (kw - 1) * dwi + 1, sw, pl, pr),
+                out_c: groups * cout_g,
                 kernel_h: kh,
                 kernel_w: kw,
                 stride_h: sh,
                 stride_w: sw,
                 dilation_h: dh,
-                dilation_w: dw,
+                dilation_w: dwi,
                 pad_top: pt,
                 pad_left: pl,
                 groups,
             }
-        })
+        });
+    let random = (small_vec(7), small_vec(6), (prop_oneof![Just(0u32), small()], prop_oneof![Just(0u32), small()], small()))
+        .prop_map(|(a, b, (pad_top, pad_left, groups))| ConvGeom {
+            batch: a[0],
+            in_h: a[1],
+            in_w: a[2],
+            in_c: a[3],
+            out_h: a[4],
+            out_w: a[5],
+            out_c: a[6],
+            kernel_h: b[0],
+            kernel_w: b[1],
+            stride_h: b[2],
+            stride_w: b[3],
+            dilation_h: b[4],
+            dilation_w: b[5],
+            pad_top,
+            pad_left,
+            groups,
+        });
+    prop_oneof![3 => consistent, 1 => random]
 }
 
 fn pool_any() -> impl Strategy<Value = Pool2d> {
-    (
-        (small(), small(), small(), small(), small(), small()),
-        (small(), small(), small(), small(), prop_oneof![Just(0u32), small()], prop_oneof![Just(0u32), small()]),
+    let consistent = (
+        (1u32..=2, 1u32..=6, 1u32..=6, 1u32..=3),
+        (1u32..=4, 1u32..=4, 1u32..=3, 1u32..=3),
+        (0u32..4, 0u32..4, 0u32..4, 0u32..4),
         (any::<bool>(), zp()),
     )
-        .prop_map(|((batch, in_h, in_w, channels, out_h, out_w), (kh, kw, sh, sw, pt, pl), (inc, zero_point))| Pool2d {
-            batch,
-            in_h,
-            in_w,
-            channels,
-            out_h,
-            out_w,
-            kernel_h: kh,
-            kernel_w: kw,
-            stride_h: sh,
-            stride_w: sw,
-            pad_top: pt,
-            pad_left: pl,
+        .prop_map(|((batch, in_h, in_w, channels), (kh, kw, sh, sw), (pt, pl, pb, pr), (inc, zero_point))| {
+            let (pt, pl, pb, pr) = (pt % kh, pl % kw, pb % kh, pr % kw);
+            Pool2d {
+                batch,
+                in_h,
+                in_w,
+                channels,
+                out_h: fuzz_out(in_h, kh, sh, pt, pb),
+                out_w: fuzz_out(in_w, kw, sw, pl, pr),
+                kernel_h: kh,
+                kernel_w: kw,
+                stride_h: sh,
+                stride_w: sw,
+                pad_top: pt,
+                pad_left: pl,
+                count_include_pad: inc,
+                zero_point,
+            }
+        });
+    let random = (small_vec(6), small_vec(4), (prop_oneof![Just(0u32), small()], prop_oneof![Just(0u32), small()]), (any::<bool>(), zp()))
+        .prop_map(|(a, b, (pad_top, pad_left), (inc, zero_point))| Pool2d {
+            batch: a[0],
+            in_h: a[1],
+            in_w: a[2],
+            channels: a[3],
+            out_h: a[4],
+            out_w: a[5],
+            kernel_h: b[0],
+            kernel_w: b[1],
+            stride_h: b[2],
+            stride_w: b[3],
+            pad_top,
+            pad_left,
             count_include_pad: inc,
             zero_point,
-        })
+        });
+    prop_oneof![3 => consistent, 1 => random]
 }
 
 fn binary_kind() -> impl Strategy<Value = BinaryKind> {
@@ -554,36 +614,54 @@ fn binary_kind() -> impl Strategy<Value = BinaryKind> {
 }
 
 fn bcast_any() -> impl Strategy<Value = Broadcast> {
-    (1usize..=4)
+    // Consistent: each input full or broadcast along each axis, row-major strides.
+    let consistent = (1usize..=4)
+        .prop_flat_map(|r| (pvec(0u32..=4, r), pvec(any::<bool>(), r), pvec(any::<bool>(), r)))
+        .prop_map(|(out, fa, fb)| {
+            let strides = |full: &[bool]| {
+                let mut s = vec![0u32; out.len()];
+                let mut n = 1u32;
+                for d in (0..out.len()).rev() {
+                    if full[d] {
+                        s[d] = n;
+                        n *= out[d].max(1);
+                    }
+                }
+                s
+            };
+            Broadcast { out: dims(&out), a_strides: dims(&strides(&fa)), b_strides: dims(&strides(&fb)) }
+        });
+    let random = (1usize..=4)
         .prop_flat_map(|r| (Just(r), prop_oneof![8 => Just(r), 1 => 0usize..=6], prop_oneof![8 => Just(r), 1 => 0usize..=6]))
         .prop_flat_map(|(r, na, nb)| {
             let stride = || prop_oneof![Just(0u32), small()];
             (pvec(small(), r), pvec(stride(), na), pvec(stride(), nb))
                 .prop_map(|(o, a, b)| Broadcast { out: dims(&o), a_strides: dims(&a), b_strides: dims(&b) })
-        })
+        });
+    prop_oneof![3 => consistent, 1 => random]
+}
+
+/// A rank (mostly `r`, sometimes another) for a list that must match rank `r`.
+fn rank_like(r: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![8 => Just(r), 1 => 0usize..=6]
 }
 
 fn op_kind() -> impl Strategy<Value = OpKind> {
-    let rq = || (span(), span()).prop_map(|(multipliers, shifts)| PerChannel { multipliers, shifts });
+    let rq = || (span_in(R_MULT), span_in(R_SMALL)).prop_map(|(multipliers, shifts)| PerChannel { multipliers, shifts });
     let fc_geom = || (small(), small(), small()).prop_map(|(rows, i, o)| FcGeom { rows, in_features: i, out_features: o });
-    let conv_s8 = (conv_geom_any(), span(), proptest::option::of(span()), rq(), zp(), zp(), any::<(i8, i8)>())
-        .prop_map(|(geom, weights, bias, requant, izp, ozp, (lo, hi))| {
-            OpKind::Conv2dS8(ConvS8 {
-                geom,
-                weights,
-                bias,
-                requant,
-                input_zero_point: izp,
-                output_zero_point: ozp,
-                act_min: lo.min(hi),
-                act_max: hi.max(lo),
-            })
-        });
-    let conv_f32 = (conv_geom_any(), span(), proptest::option::of(span()), f32_range()).prop_map(
+    let weights = || span_in(R_SMALL);
+    let bias = || proptest::option::of(prop_oneof![span_in(R_MULT), span_in(R_NOISE)]);
+    let f32_data = || prop_oneof![span_in(R_EXP), span_in(R_NOISE)];
+    let conv_s8 = (conv_geom_any(), weights(), bias(), rq(), zp(), zp(), act_s8()).prop_map(
+        |(geom, weights, bias, requant, izp, ozp, (act_min, act_max))| {
+            OpKind::Conv2dS8(ConvS8 { geom, weights, bias, requant, input_zero_point: izp, output_zero_point: ozp, act_min, act_max })
+        },
+    );
+    let conv_f32 = (conv_geom_any(), f32_data(), proptest::option::of(f32_data()), f32_range()).prop_map(
         |(geom, weights, bias, (lo, hi))| OpKind::Conv2dF32(ConvF32 { geom, weights, bias, act_min: lo, act_max: hi }),
     );
-    let fc_s8 = (fc_geom(), span(), proptest::option::of(span()), rq(), zp(), zp(), any::<(i8, i8)>()).prop_map(
-        |(geom, weights, bias, requant, izp, ozp, (lo, hi))| {
+    let fc_s8 = (fc_geom(), weights(), bias(), rq(), zp(), zp(), act_s8()).prop_map(
+        |(geom, weights, bias, requant, izp, ozp, (act_min, act_max))| {
             OpKind::FullyConnectedS8(FullyConnectedS8 {
                 geom,
                 weights,
@@ -591,23 +669,23 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
                 requant,
                 input_zero_point: izp,
                 output_zero_point: ozp,
-                act_min: lo.min(hi),
-                act_max: hi.max(lo),
+                act_min,
+                act_max,
             })
         },
     );
-    let fc_f32 = (fc_geom(), span(), proptest::option::of(span()), f32_range()).prop_map(|(geom, weights, bias, (lo, hi))| {
+    let fc_f32 = (fc_geom(), f32_data(), proptest::option::of(f32_data()), f32_range()).prop_map(|(geom, weights, bias, (lo, hi))| {
         OpKind::FullyConnectedF32(FullyConnectedF32 { geom, weights, bias, act_min: lo, act_max: hi })
     });
     let bin_s8 = (
         binary_kind(),
         bcast_any(),
         (zp(), zp(), zp()),
-        prop_oneof![Just(20u8), any::<u8>()],
+        prop_oneof![4 => Just(20u8), 2 => 0u8..=23, 1 => any::<u8>()],
         (mult(), mult(), mult()),
-        any::<(i8, i8)>(),
+        act_s8(),
     )
-        .prop_map(|(kind, bcast, (za, zb, zo), ls, ((am, ash), (bm, bsh), (om, osh)), (lo, hi))| {
+        .prop_map(|(kind, bcast, (za, zb, zo), ls, ((am, ash), (bm, bsh), (om, osh)), (act_min, act_max))| {
             OpKind::BinaryS8(BinaryS8 {
                 kind,
                 bcast,
@@ -621,8 +699,8 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
                 b_shift: bsh,
                 out_multiplier: om,
                 out_shift: osh,
-                act_min: lo.min(hi),
-                act_max: hi.max(lo),
+                act_min,
+                act_max,
             })
         });
     let bin_f32 = (binary_kind(), bcast_any(), f32_range())
@@ -636,14 +714,20 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
         any::<f32>().prop_map(|alpha| UnaryF32::Elu { alpha }),
     ]
     .prop_map(OpKind::UnaryF32);
-    let params = prop_oneof![
-        Just(Vec::new()),
-        (any::<i32>(), any::<i32>()).prop_map(|(a, b)| vec![a, b]),
-        (0..i32::MAX, 0..i32::MAX).prop_map(|(a, b)| vec![a, b]),
-        pvec(any::<i32>(), 0..=8),
-    ];
-    let softmax_s8 = ((small(), small(), small()), any::<bool>(), span(), params, zp()).prop_map(
-        |((outer, len, inner), log, exp_table, params, z)| {
+    let softmax_s8 = ((small(), small(), small()), any::<bool>(), span_in(R_EXP), zp())
+        .prop_flat_map(|(shape, log, table, z)| {
+            let params = if log {
+                prop_oneof![
+                    6 => (0..i32::MAX, 0..i32::MAX).prop_map(|(a, b)| vec![a, b]),
+                    1 => pvec(any::<i32>(), 0..=8),
+                ]
+                .boxed()
+            } else {
+                prop_oneof![6 => Just(Vec::new()), 1 => pvec(any::<i32>(), 0..=8)].boxed()
+            };
+            (Just((shape, log, table, z)), params)
+        })
+        .prop_map(|(((outer, len, inner), log, exp_table, z), params)| {
             OpKind::SoftmaxS8(SoftmaxS8 {
                 outer,
                 len,
@@ -653,8 +737,7 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
                 params: HVec::from_slice(&params).unwrap(),
                 output_zero_point: z,
             })
-        },
-    );
+        });
     let softmax_f32 = ((small(), small(), small()), any::<bool>())
         .prop_map(|((outer, len, inner), log)| OpKind::SoftmaxF32(SoftmaxF32 { outer, len, inner, log }));
     let pools = (pool_any(), 0u8..4).prop_map(|(p, k)| match k {
@@ -663,35 +746,49 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
         2 => OpKind::AvgPoolS8(p),
         _ => OpKind::AvgPoolF32(p),
     });
-    let reduce = (small_dims(), any::<u8>(), zp(), zp(), mult(), any::<bool>()).prop_map(|(dims, axes, zi, zo, (m, s), f)| {
-        if f {
-            OpKind::ReduceMeanF32(ReduceMeanF32 { dims, axes })
-        } else {
-            OpKind::ReduceMeanS8(ReduceMeanS8 {
-                dims,
-                axes,
-                input_zero_point: zi,
-                output_zero_point: zo,
-                multiplier: m,
-                shift: s,
-            })
-        }
-    });
-    let pad = (small_dims(), small_dims(), small_dims(), 0u8..=5, any::<u32>())
-        .prop_map(|(dims, before, after, elem_bytes, value)| OpKind::Pad(PadParams { dims, before, after, elem_bytes, value }));
-    let concat = (small(), small(), pvec(small(), 0..=8)).prop_map(|(outer, inner_bytes, parts)| {
-        OpKind::Concat(ConcatParams { outer, inner_bytes, parts: HVec::from_slice(&parts).unwrap() })
-    });
-    let slice = (small(), small(), small(), small(), small()).prop_map(|(outer, axis_len, start, len, inner_bytes)| {
-        OpKind::Slice(SliceParams { outer, axis_len, start, len, inner_bytes })
-    });
-    let transpose = (1usize..=6, 0u8..=5, any::<bool>()).prop_flat_map(|(r, eb, shuffle)| {
+    let reduce = (0usize..=6)
+        .prop_flat_map(|r| {
+            let axes = prop_oneof![4 => 0u8..=((1u16 << r) - 1) as u8, 1 => any::<u8>()];
+            (small_vec(r), axes, zp(), zp(), mult(), any::<bool>())
+        })
+        .prop_map(|(d, axes, zi, zo, (m, s), f)| {
+            let dims = dims(&d);
+            if f {
+                OpKind::ReduceMeanF32(ReduceMeanF32 { dims, axes })
+            } else {
+                OpKind::ReduceMeanS8(ReduceMeanS8 { dims, axes, input_zero_point: zi, output_zero_point: zo, multiplier: m, shift: s })
+            }
+        });
+    let pad = (0usize..=6)
+        .prop_flat_map(|r| {
+            let edge = || prop_oneof![4 => 0u32..3, 1 => small()];
+            (small_vec(r), rank_like(r).prop_flat_map(move |n| pvec(edge(), n)), rank_like(r).prop_flat_map(move |n| pvec(edge(), n)))
+        })
+        .prop_flat_map(|(d, b, a)| (Just((d, b, a)), prop_oneof![6 => 1u8..=4, 1 => Just(0u8), 1 => 5u8..=255], any::<u32>()))
+        .prop_map(|((d, b, a), elem_bytes, value)| {
+            OpKind::Pad(PadParams { dims: dims(&d), before: dims(&b), after: dims(&a), elem_bytes, value })
+        });
+    let concat = (small(), small(), prop_oneof![6 => pvec(0u32..5, 1..=8), 1 => pvec(small(), 0..=8)]).prop_map(
+        |(outer, inner_bytes, parts)| OpKind::Concat(ConcatParams { outer, inner_bytes, parts: HVec::from_slice(&parts).unwrap() }),
+    );
+    let slice = (small(), small(), small(), any::<(u32, u32)>(), any::<bool>()).prop_map(
+        |(outer, axis_len, inner_bytes, (x, y), fit)| {
+            let (start, len) = if fit && axis_len > 0 {
+                let start = x % axis_len.saturating_add(1);
+                (start, y % (axis_len - start).saturating_add(1))
+            } else {
+                (x, y)
+            };
+            OpKind::Slice(SliceParams { outer, axis_len, start, len, inner_bytes })
+        },
+    );
+    let transpose = (1usize..=6, prop_oneof![6 => 1u8..=8, 1 => Just(0u8)], any::<bool>()).prop_flat_map(|(r, eb, shuffle)| {
         let perm = if shuffle {
             Just((0..r as u32).collect::<Vec<_>>()).prop_shuffle().boxed()
         } else {
-            pvec(0u32..=6, r).boxed()
+            rank_like(r).prop_flat_map(|n| pvec(0u32..=6, n)).boxed()
         };
-        (pvec(small(), r), perm).prop_map(move |(d, p)| {
+        (small_vec(r), perm).prop_map(move |(d, p)| {
             OpKind::Transpose(TransposeParams { dims: dims(&d), perm: dims(&p), elem_bytes: eb })
         })
     });
@@ -702,7 +799,7 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
         fc_f32,
         bin_s8,
         bin_f32,
-        span().prop_map(|table| OpKind::LookupS8(LookupS8 { table })),
+        prop_oneof![span_in(R_SMALL), span_in(R_NOISE)].prop_map(|table| OpKind::LookupS8(LookupS8 { table })),
         unary,
         softmax_s8,
         softmax_f32,
@@ -749,11 +846,12 @@ fn random_op_defs_fail_check_or_eval_without_panicking() {
         ];
         names.iter().position(|&n| n == k.name()).unwrap()
     };
-    let cases = std::env::var("KILN_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(6000);
+    let cases = std::env::var("KILN_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let strategy = (
         op_kind(),
-        pvec((prop_oneof![4 => Just(0u32), 1 => Just(4), 1 => 0u32..8], 0u32..64), 0..=8),
+        prop_oneof![4 => 1usize..=2, 1 => 0usize..=8]
+            .prop_flat_map(|n| pvec((prop_oneof![4 => Just(0u32), 1 => Just(4), 1 => 0u32..8], 0u32..64), n)),
         prop_oneof![4 => Just(0u32), 1 => 0u32..8],
         any::<u64>(),
         any::<u64>(),
