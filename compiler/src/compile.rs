@@ -110,7 +110,21 @@ pub fn lower_onnx(path: &Path) -> Result<Program> {
     })
 }
 
+/// Makes an input error name the model file (import and lowering messages already do).
+fn naming(path: &Path) -> impl Fn(crate::error::Error) -> crate::error::Error + '_ {
+    move |e| match e {
+        crate::error::Error::Input(m) if !m.starts_with(&path.display().to_string()) => {
+            input(format!("{}: {m}", path.display()))
+        }
+        other => other,
+    }
+}
+
 pub fn compile(path: &Path, opts: &Options) -> Result<Compiled> {
+    compile_program(path, opts).map_err(naming(path))
+}
+
+fn compile_program(path: &Path, opts: &Options) -> Result<Compiled> {
     let program = lower_onnx(path)?;
     let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let float = emit::emit(&program, Precision::F32, None, &name)?;

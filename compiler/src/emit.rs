@@ -118,6 +118,10 @@ impl Blob {
     fn push_i8(&mut self, v: &[i8]) -> Span {
         self.push(&v.iter().map(|&x| x as u8).collect::<Vec<u8>>())
     }
+
+    fn push_i16(&mut self, v: &[i16]) -> Span {
+        self.push(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    }
 }
 
 /// A tensor of the emitted model.
@@ -318,7 +322,7 @@ impl<'p> Emitter<'p> {
                 self.push(&s.name, kind, vec![x], out, macs, weights.len() * 4, bias.as_ref().map_or(0, |b| b.len() * 4));
             }
             (StepKind::Conv { geom, weights, bias, act }, true) => {
-                let pc = self.per_channel(weights, bias.as_deref(), geom.out_c as usize, in_q, out_q);
+                let pc = self.per_channel(weights, bias.as_deref(), geom.out_c as usize, in_q, out_q)?;
                 let (act_min, act_max) = act_range_s8(*act, out_q);
                 let kind = OpKind::Conv2dS8(ConvS8 {
                     geom: geom.clone(),
@@ -346,7 +350,7 @@ impl<'p> Emitter<'p> {
                 self.push(&s.name, kind, vec![x], out, macs, weights.len() * 4, bias.as_ref().map_or(0, |b| b.len() * 4));
             }
             (StepKind::Fc { geom, weights, bias, act }, true) => {
-                let pc = self.per_channel(weights, bias.as_deref(), geom.out_features as usize, in_q, out_q);
+                let pc = self.per_channel(weights, bias.as_deref(), geom.out_features as usize, in_q, out_q)?;
                 let (act_min, act_max) = act_range_s8(*act, out_q);
                 let kind = OpKind::FullyConnectedS8(FullyConnectedS8 {
                     geom: geom.clone(),
@@ -502,30 +506,41 @@ impl<'p> Emitter<'p> {
     }
 
     /// Symmetric per-output-channel int8 weights, int32 bias at `in_scale * w_scale[c]`, and the requantisation
-    /// multipliers to the output scale.
-    fn per_channel(&mut self, weights: &[f32], bias: Option<&[f32]>, channels: usize, in_q: Quant, out_q: Quant) -> PerChannelOut {
+    /// multipliers to the output scale (15-bit, from `host::per_channel_multipliers`).
+    fn per_channel(
+        &mut self,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        channels: usize,
+        in_q: Quant,
+        out_q: Quant,
+    ) -> Result<PerChannelOut> {
+        if let Some(bad) = weights.iter().chain(bias.unwrap_or(&[])).find(|v| !v.is_finite()) {
+            return Err(input(format!("a weight or bias is {bad}")));
+        }
         let per = weights.len() / channels.max(1);
         let mut qw = Vec::with_capacity(weights.len());
         let mut qb = Vec::with_capacity(channels);
-        let mut mult = Vec::with_capacity(channels);
-        let mut shift = Vec::with_capacity(channels);
+        let mut w_scales = Vec::with_capacity(channels);
         for c in 0..channels {
             let block = &weights[c * per..(c + 1) * per];
             let absmax = block.iter().fold(0f32, |m, &w| m.max(w.abs()));
+            // An all-zero channel gets scale 1: its weights quantise to 0, its bias to round(b / in_scale).
             let w_scale = if absmax > 0.0 { absmax as f64 / 127.0 } else { 1.0 };
             qw.extend(block.iter().map(|&w| (w as f64 / w_scale).round().clamp(-127.0, 127.0) as i8));
             let acc_scale = in_q.scale as f64 * w_scale;
             let b = bias.map_or(0.0, |b| b[c] as f64);
             qb.push((b / acc_scale).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32);
-            let (m, s) = host::quantize_multiplier(acc_scale / out_q.scale as f64);
-            mult.push(m);
-            shift.push(s);
+            w_scales.push(w_scale);
         }
-        PerChannelOut {
+        let w_scales_f32: Vec<f32> = w_scales.iter().map(|&w| w as f32).collect();
+        let (mult, shift) = host::per_channel_multipliers(in_q.scale, &w_scales_f32, out_q.scale)
+            .map_err(|e| input(format!("int8 parameters: {e}")))?;
+        Ok(PerChannelOut {
             weights: self.blob.push_i8(&qw),
             bias: self.blob.push_i32(&qb),
-            requant: PerChannel { multipliers: self.blob.push_i32(&mult), shifts: self.blob.push_i8(&shift) },
-        }
+            requant: PerChannel { multipliers: self.blob.push_i16(&mult), shifts: self.blob.push_i8(&shift) },
+        })
     }
 
     fn finish(mut self, name: &str) -> Result<Emitted> {

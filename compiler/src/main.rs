@@ -12,6 +12,19 @@ use kiln_compiler::reference::Reference;
 use kiln_compiler::runner::{ModelBuf, Runner};
 use ndarray::ArrayD;
 
+/// Prints a line to stdout; a closed pipe (`kiln inspect m.kiln | head`) ends the program quietly instead of
+/// panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 const AFTER_HELP: &str = "\
 Exit codes: 0 success, 2 bad input (unreadable file, unsupported operator, wrong shape, corrupted model),
 1 internal error. Nothing is written on failure.
@@ -169,7 +182,7 @@ fn run(cli: Cli) -> Result<()> {
                 )));
             }
             let correct = predict.iter().zip(y.iter()).filter(|(&p, &l)| p as f32 == l).count();
-            println!(
+            say!(
                 "{}: top-1 accuracy {:.2}% ({correct}/{}) on {}",
                 model.display(),
                 100.0 * correct as f64 / y.len().max(1) as f64,
@@ -182,9 +195,9 @@ fn run(cli: Cli) -> Result<()> {
             let buf = ModelBuf::read(&model)?;
             let info = kiln_compiler::inspect::inspect(&buf.model()?);
             if json {
-                println!("{}", serde_json::to_string_pretty(&info).map_err(|e| Error::Internal(e.into()))?);
+                say!("{}", serde_json::to_string_pretty(&info).map_err(|e| Error::Internal(e.into()))?);
             } else {
-                print!("{}", kiln_compiler::inspect::render(&info, &model));
+                say!("{}", kiln_compiler::inspect::render(&info, &model).trim_end());
             }
             Ok(())
         }
@@ -269,8 +282,8 @@ fn write_outputs(paths: &[PathBuf], outs: &[ArrayD<f32>]) -> Result<()> {
 }
 
 fn print_summary(r: &compile::Report, out: &Path) {
-    println!("wrote {} ({} bytes, {}, format v{}, crc32 {})", out.display(), r.file_bytes, r.precision, r.format_version, r.checksum);
-    println!(
+    say!("wrote {} ({} bytes, {}, format v{}, crc32 {})", out.display(), r.file_bytes, r.precision, r.format_version, r.checksum);
+    say!(
         "  weights {} B + biases {} B, arena {} B (lower bound {} B), {} MACs, {} ops",
         r.weight_bytes,
         r.bias_bytes,
@@ -280,7 +293,7 @@ fn print_summary(r: &compile::Report, out: &Path) {
         r.ops.len()
     );
     if let Some(a) = &r.agreement {
-        println!(
+        say!(
             "  float vs int8 on {} samples: top-1 agreement {:.2}%, SQNR {:.1} dB, max abs error {:.4}",
             a.samples,
             a.top1 * 100.0,
@@ -288,7 +301,7 @@ fn print_summary(r: &compile::Report, out: &Path) {
             a.max_abs_error
         );
         if let Some(worst) = a.per_layer.iter().min_by(|x, y| x.sqnr_db.total_cmp(&y.sqnr_db)) {
-            println!("  lowest layer SQNR: {:.1} dB at '{}'", worst.sqnr_db, worst.op);
+            say!("  lowest layer SQNR: {:.1} dB at '{}'", worst.sqnr_db, worst.op);
         }
     }
 }

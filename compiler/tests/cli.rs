@@ -233,3 +233,27 @@ fn inspect_json_and_report_describe_the_model() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("arena") && text.contains("conv2d_s8"), "{text}");
 }
+
+#[test]
+fn unsupported_model_lists_every_node_and_exits_2() {
+    use kiln_tests::onnx::OnnxBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("odd.onnx");
+    OnnxBuilder::new(13)
+        .input("x", &[1, 4])
+        .named_node("first_odd", "Hardmax", &["x"], &["a"], vec![])
+        .named_node("fine", "Relu", &["a"], &["b"], vec![])
+        .named_node("second_odd", "Erf", &["b"], &["y"], vec![])
+        .output("y", &[1, 4])
+        .write(&model)
+        .unwrap();
+    let out = dir.path().join("odd.kiln");
+    let o = kiln(&["compile", s(&model), "-o", s(&out), "--precision", "f32"]);
+    assert_exit(&o, 2, "unsupported ops");
+    let e = stderr(&o);
+    assert!(e.contains("odd.onnx"), "{e}");
+    assert!(e.contains("first_odd") && e.contains("Hardmax"), "{e}");
+    assert!(e.contains("second_odd") && e.contains("Erf"), "{e}");
+    assert!(!e.contains("'fine'"), "{e}");
+    assert!(!out.exists());
+}

@@ -217,10 +217,13 @@ pub struct ConvGeom {
     pub groups: u32,
 }
 
-/// Per-output-channel requantisation: `real multiplier = multiplier * 2^(shift - 31)`, see [`crate::quant`].
+/// Per-output-channel requantisation with 15-bit mantissas (2 + 1 bytes per channel):
+/// `real multiplier = multiplier * 2^(shift - 15)`. The arithmetic is exactly
+/// [`crate::quant::requantize`]`(acc, (multiplier as i32) << 16, shift)`; the host builds the pairs with
+/// `host::per_channel_multipliers`. (Per-tensor multipliers elsewhere stay `i32`.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PerChannel {
-    /// `i32[out_c]`, each in `[2^30, 2^31)`.
+    /// `i16[out_c]` (2-aligned), each in `[2^14, 2^15)` or 0.
     pub multipliers: Span,
     /// `i8[out_c]`, each in `[-31, 30]`.
     pub shifts: Span,

@@ -2,7 +2,8 @@
 //! here, once, by the compiler, and stored in the model as integers.
 //!
 //! - [`quantize_multiplier`]: a real multiplier as the `(multiplier, shift)` pair [`crate::quant::requantize`] uses;
-//!   [`per_channel_multipliers`] for conv / fully connected layers; [`reduce_mean_multiplier`].
+//!   [`quantize_multiplier_q15`], its 15-bit form, and [`per_channel_multipliers`] for conv / fully connected
+//!   layers; [`reduce_mean_multiplier`].
 //! - [`lookup_table`]: any int8 -> int8 function (activations, requantisation) as a `LookupS8` table.
 //! - [`add_sub_s8`], [`mul_s8`], [`prelu_s8`]: the quantisation fields of a `BinaryS8`.
 //! - [`softmax_s8`], [`log_softmax_s8`]: the exp table and `params` of a `SoftmaxS8`.
@@ -96,14 +97,57 @@ pub fn multiplier_value(multiplier: i32, shift: i8) -> f64 {
     multiplier as f64 * 2f64.powi(shift as i32 - 31)
 }
 
+/// `real` as a per-channel `(multiplier, shift)` pair with a 15-bit mantissa: `real ≈ multiplier * 2^(shift - 15)`,
+/// `multiplier` in `[2^14, 2^15)`, `shift` in `[-31, 30]`; the device computes
+/// `requantize(acc, (multiplier as i32) << 16, shift)`. The mantissa is rounded once, to nearest (ties up), from
+/// `real` itself (relative error at most `2^-15`); a mantissa rounding up to `2^15` becomes `2^14` with the shift
+/// plus one. Out of range, as [`quantize_multiplier`]:
+/// - `real <= 0`, NaN, or below `2^-33` (half the smallest representable value `2^-32`): `(0, 0)`;
+/// - in `[2^-33, 2^-32)`: `(2^14, -31)`, i.e. `2^-32`;
+/// - rounding to `2^30` or more (shift above 30), or infinite: `(i16::MAX, 30)`, i.e. `2^30 - 2^15`.
+pub fn quantize_multiplier_q15(real: f64) -> (i16, i8) {
+    const SATURATED: (i16, i8) = (i16::MAX, SHIFT_MAX);
+    if real.is_nan() || real <= 0.0 {
+        return (0, 0);
+    }
+    if real.is_infinite() {
+        return SATURATED;
+    }
+    let bits = real.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i64;
+    if biased == 0 {
+        return (0, 0); // subnormal: far below 2^-33
+    }
+    // real = (mant / 2^53) * 2^e with mant / 2^53 in [0.5, 1); the 15-bit mantissa is round(mant / 2^38).
+    let mant = (bits & ((1u64 << 52) - 1)) | (1u64 << 52);
+    let mut e = biased - 1022;
+    let mut m = (mant + (1 << 37)) >> 38; // in [2^14, 2^15]
+    if m == 1 << 15 {
+        m = 1 << 14;
+        e += 1;
+    }
+    if e > SHIFT_MAX as i64 {
+        return SATURATED;
+    }
+    if e < SHIFT_MIN as i64 {
+        return if real >= 2f64.powi(-33) { (1 << 14, SHIFT_MIN) } else { (0, 0) };
+    }
+    (m as i16, e as i8)
+}
+
+/// The real value a per-channel `(multiplier, shift)` pair (15-bit mantissa) stands for.
+pub fn multiplier_q15_value(multiplier: i16, shift: i8) -> f64 {
+    multiplier as f64 * 2f64.powi(shift as i32 - 15)
+}
+
 /// Per-output-channel requantisation of a conv / fully connected layer: channel `c` gets
-/// `quantize_multiplier(input_scale * weight_scales[c] / output_scale)`. Returns `(multipliers, shifts)`, ready to
-/// be stored as the `i32` and `i8` arrays of a `PerChannel`.
+/// `quantize_multiplier_q15(input_scale * weight_scales[c] / output_scale)`. Returns `(multipliers, shifts)`,
+/// ready to be stored as the `i16` and `i8` arrays of a `PerChannel`.
 pub fn per_channel_multipliers(
     input_scale: f32,
     weight_scales: &[f32],
     output_scale: f32,
-) -> Result<(Vec<i32>, Vec<i8>), HostError> {
+) -> Result<(Vec<i16>, Vec<i8>), HostError> {
     let si = scale("input", input_scale)?;
     let so = scale("output", output_scale)?;
     let mut out = (Vec::with_capacity(weight_scales.len()), Vec::with_capacity(weight_scales.len()));
@@ -112,7 +156,7 @@ pub fn per_channel_multipliers(
         if !(w.is_finite() && w >= 0.0) {
             return Err(HostError::BadScale { what: "weights", value: w as f64 });
         }
-        let (m, s) = quantize_multiplier(si * w as f64 / so);
+        let (m, s) = quantize_multiplier_q15(si * w as f64 / so);
         out.0.push(m);
         out.1.push(s);
     }
@@ -396,6 +440,95 @@ mod tests {
                 assert!(((back - r) / r).abs() <= 2f64.powi(-31), "{r} -> {back}");
             }
             r *= 1.37;
+        }
+    }
+
+    #[test]
+    fn multiplier_q15_edge_cases() {
+        assert_eq!(quantize_multiplier_q15(0.0), (0, 0));
+        assert_eq!(quantize_multiplier_q15(-0.0), (0, 0));
+        assert_eq!(quantize_multiplier_q15(-0.5), (0, 0));
+        assert_eq!(quantize_multiplier_q15(f64::NAN), (0, 0));
+        assert_eq!(quantize_multiplier_q15(f64::NEG_INFINITY), (0, 0));
+        assert_eq!(quantize_multiplier_q15(0.5), (1 << 14, 0));
+        assert_eq!(quantize_multiplier_q15(1.0), (1 << 14, 1));
+        assert_eq!(quantize_multiplier_q15(0.75), (3 << 13, 0));
+        // Largest mantissa, exactly; then the tie just above it rounds up to 2^15 and renormalises.
+        assert_eq!(quantize_multiplier_q15(1.0 - 2f64.powi(-15)), (i16::MAX, 0));
+        assert_eq!(quantize_multiplier_q15(1.0 - 2f64.powi(-16)), (1 << 14, 1));
+        assert_eq!(quantize_multiplier_q15(1.0 - 2f64.powi(-16) - 2f64.powi(-40)), (i16::MAX, 0));
+        assert_eq!(quantize_multiplier_q15(1.0 - 1e-12), (1 << 14, 1));
+        // Ties round up: 2^14 + 0.5 and 2^14 + 1.5 (in units of 2^-15).
+        assert_eq!(quantize_multiplier_q15(0.5 + 2f64.powi(-16)), ((1 << 14) + 1, 0));
+        assert_eq!(quantize_multiplier_q15(0.5 + 3.0 * 2f64.powi(-16)), ((1 << 14) + 2, 0));
+        // Tiny.
+        assert_eq!(quantize_multiplier_q15(2f64.powi(-32)), (1 << 14, -31));
+        assert_eq!(quantize_multiplier_q15(2f64.powi(-33) * 1.01), (1 << 14, -31));
+        assert_eq!(quantize_multiplier_q15(2f64.powi(-33)), (1 << 14, -31));
+        assert_eq!(quantize_multiplier_q15(2f64.powi(-34)), (0, 0));
+        assert_eq!(quantize_multiplier_q15(1e-300), (0, 0));
+        assert_eq!(quantize_multiplier_q15(f64::MIN_POSITIVE / 4.0), (0, 0)); // subnormal
+        // Large: saturates at just under 2^30.
+        assert_eq!(quantize_multiplier_q15(2f64.powi(29) * 1.5), (3 << 13, 30));
+        assert_eq!(quantize_multiplier_q15(2f64.powi(30) - 2f64.powi(15)), (i16::MAX, 30));
+        assert_eq!(quantize_multiplier_q15(2f64.powi(30) - 2f64.powi(14)), (i16::MAX, 30)); // rounds to 2^30
+        assert_eq!(quantize_multiplier_q15(2f64.powi(30)), (i16::MAX, 30));
+        assert_eq!(quantize_multiplier_q15(1e300), (i16::MAX, 30));
+        assert_eq!(quantize_multiplier_q15(f64::INFINITY), (i16::MAX, 30));
+    }
+
+    #[test]
+    fn multipliers_q15_are_nearest_and_valid() {
+        let mut r = 1.234_567e-9f64;
+        while r < 1e9 {
+            let (m, s) = quantize_multiplier_q15(r);
+            assert!(m >= 1 << 14 && (SHIFT_MIN..=SHIFT_MAX).contains(&s), "{r}: {m} {s}");
+            assert!(valid_multiplier((m as i32) << 16, s), "{r}: {m} {s}");
+            if r < 2f64.powi(30) - 2f64.powi(14) {
+                // Nearest: the exact mantissa is within half a unit (scaling by a power of two is exact).
+                let exact = r * 2f64.powi(15 - s as i32);
+                assert!((m as f64 - exact).abs() <= 0.5, "{r}: {m} vs {exact}");
+                let back = multiplier_q15_value(m, s);
+                assert!(((back - r) / r).abs() <= 2f64.powi(-15), "{r} -> {back}");
+                // The same real value as the 31-bit pair it widens to.
+                assert_eq!(multiplier_value((m as i32) << 16, s), back);
+                // Never further than one 15-bit step from the 31-bit pair's mantissa.
+                let (m31, s31) = quantize_multiplier(r);
+                let diff = multiplier_value(m31, s31) - back;
+                assert!(diff.abs() <= 2f64.powi(s as i32 - 15), "{r}: {m31} {s31} vs {m} {s}");
+            }
+            r *= 1.013;
+        }
+        // Every mantissa round-trips exactly.
+        for m in (1i16 << 14)..=i16::MAX {
+            for s in [-31i8, -7, 0, 30] {
+                assert_eq!(quantize_multiplier_q15(multiplier_q15_value(m, s)), (m, s));
+            }
+        }
+    }
+
+    #[test]
+    fn per_channel_multipliers_q15() {
+        let (m, s) = per_channel_multipliers(0.5, &[0.25, 0.0, 3.0], 0.125).unwrap();
+        assert_eq!(m, [1 << 14, 0, 3 << 13]);
+        assert_eq!(s, [1, 0, 4]); // 1.0, 0 (all-zero channel), 12.0
+        assert!(per_channel_multipliers(0.5, &[f32::NAN], 0.125).is_err());
+        assert!(per_channel_multipliers(0.5, &[-1.0], 0.125).is_err());
+        assert!(per_channel_multipliers(0.5, &[f32::INFINITY], 0.125).is_err());
+        assert!(per_channel_multipliers(0.0, &[1.0], 0.125).is_err());
+        assert!(per_channel_multipliers(0.5, &[1.0], f32::INFINITY).is_err());
+        assert_eq!(per_channel_multipliers(0.5, &[], 0.125).unwrap(), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn requantize_with_q15_multiplier_rounds_like_float() {
+        for &real in &[0.003_921_f64, 0.1, 0.333, 0.5, 0.9999, 1.5, 7.25] {
+            let (m, s) = quantize_multiplier_q15(real);
+            for acc in [-100_000i32, -1001, -3, 0, 1, 2, 77, 12_345, 1_000_000] {
+                let exact = acc as f64 * real;
+                let got = requantize(acc, (m as i32) << 16, s) as f64;
+                assert!((got - exact).abs() <= 0.5 + exact.abs() * 2f64.powi(-15), "{acc} * {real}: {got}");
+            }
         }
     }
 

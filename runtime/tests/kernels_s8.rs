@@ -54,6 +54,24 @@ fn ref_out(acc: i64, multiplier: i32, shift: i8, zp: i32, lo: i8, hi: i8) -> i8 
     (sat32(ref_requant(acc, multiplier, shift)) + zp as i64).clamp(lo as i64, hi as i64) as i8
 }
 
+/// Per-channel (15-bit mantissa) requantisation, straight from its definition: `round(acc * m16 * 2^(shift - 15))`,
+/// ties towards +inf, computed exactly with i128 (a left shift when `shift >= 15`, no rounding then).
+fn ref_requant_q15(acc: i64, m16: i16, shift: i8) -> i64 {
+    let num = acc as i128 * m16 as i128;
+    let e = shift as i32 - 15;
+    if e >= 0 {
+        return sat32((num << e).clamp(i64::MIN as i128, i64::MAX as i128) as i64);
+    }
+    let den = 1i128 << -e;
+    // floor(num / den + 1/2)
+    sat32((2 * num + den).div_euclid(2 * den) as i64)
+}
+
+/// Per-channel requantisation (saturated to i32), + zero point, clamped to the activation range.
+fn ref_out_q15(acc: i64, m16: i16, shift: i8, zp: i32, lo: i8, hi: i8) -> i8 {
+    (ref_requant_q15(acc, m16, shift) + zp as i64).clamp(lo as i64, hi as i64) as i8
+}
+
 fn zero_point() -> impl Strategy<Value = i32> {
     prop_oneof![4 => -128i32..=127, 1 => Just(-128), 1 => Just(127), 1 => Just(0)]
 }
@@ -64,6 +82,15 @@ fn multiplier() -> impl Strategy<Value = (i32, i8)> {
         8 => ((1i32 << 30)..=i32::MAX, -14i8..=1),
         1 => Just((0, 0)),
         1 => ((1i32 << 30)..=i32::MAX, prop_oneof![Just(-31i8), Just(30i8), -31i8..=30]),
+    ]
+}
+
+/// Valid per-channel requantisation pairs (15-bit mantissas), distributed like [`multiplier`]'s.
+fn multiplier_q15() -> impl Strategy<Value = (i16, i8)> {
+    prop_oneof![
+        8 => ((1i16 << 14)..=i16::MAX, -14i8..=1),
+        1 => Just((0, 0)),
+        1 => ((1i16 << 14)..=i16::MAX, prop_oneof![Just(-31i8), Just(30i8), -31i8..=30]),
     ]
 }
 
@@ -89,7 +116,7 @@ struct ConvCase {
     input: Vec<i8>,
     weights: Vec<i8>,
     bias: Option<Vec<i32>>,
-    rq: Vec<(i32, i8)>,
+    rq: Vec<(i16, i8)>,
 }
 
 /// Output size along one axis for a random padding after (or `None` if the window never fits).
@@ -151,7 +178,7 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
             vec(any::<i8>(), n_in),
             vec(any::<i8>(), n_w),
             proptest::option::of(vec(bias_value(), oc)),
-            vec(multiplier(), oc),
+            vec(multiplier_q15(), oc),
         )
             .prop_map(|(g, q, input, weights, bias, rq)| ConvCase { g, q, input, weights, bias, rq })
     })
@@ -186,7 +213,7 @@ fn ref_conv(c: &ConvCase) -> Vec<i8> {
                         }
                     }
                     let (m, s) = c.rq[o as usize];
-                    out.push(ref_out(sat32(acc), m, s, c.q.output_zero_point, c.q.act_min, c.q.act_max));
+                    out.push(ref_out_q15(sat32(acc), m, s, c.q.output_zero_point, c.q.act_min, c.q.act_max));
                 }
             }
         }
@@ -194,7 +221,7 @@ fn ref_conv(c: &ConvCase) -> Vec<i8> {
     out
 }
 
-fn split_rq(rq: &[(i32, i8)]) -> (Vec<i32>, Vec<i8>) {
+fn split_rq(rq: &[(i16, i8)]) -> (Vec<i16>, Vec<i8>) {
     rq.iter().copied().unzip()
 }
 
@@ -222,7 +249,7 @@ struct FcCase {
     input: Vec<i8>,
     weights: Vec<i8>,
     bias: Option<Vec<i32>>,
-    rq: Vec<(i32, i8)>,
+    rq: Vec<(i16, i8)>,
 }
 
 fn fc_case() -> impl Strategy<Value = FcCase> {
@@ -233,7 +260,7 @@ fn fc_case() -> impl Strategy<Value = FcCase> {
             vec(any::<i8>(), (rows * k) as usize),
             vec(any::<i8>(), (n * k) as usize),
             proptest::option::of(vec(bias_value(), n as usize)),
-            vec(multiplier(), n as usize),
+            vec(multiplier_q15(), n as usize),
         )
             .prop_map(|(g, q, input, weights, bias, rq)| FcCase { g, q, input, weights, bias, rq })
     })
@@ -249,7 +276,7 @@ fn ref_fc(c: &FcCase) -> Vec<i8> {
                 acc += (c.input[r * k + i] as i64 - c.q.input_zero_point as i64) * c.weights[j * k + i] as i64;
             }
             let (m, s) = c.rq[j];
-            out.push(ref_out(sat32(acc), m, s, c.q.output_zero_point, c.q.act_min, c.q.act_max));
+            out.push(ref_out_q15(sat32(acc), m, s, c.q.output_zero_point, c.q.act_min, c.q.act_max));
         }
     }
     out
@@ -282,7 +309,7 @@ fn fully_connected_s8_longest_dot_product() {
             input: vec![x; k as usize],
             weights: vec![w; k as usize],
             bias: Some(vec![bias]),
-            rq: vec![(1 << 30, -23)],
+            rq: vec![(1 << 14, -23)],
         };
         let want = ref_fc(&c);
         assert_eq!(run_fc(&c), want, "x {x} zp {zp} w {w} bias {bias}");
@@ -817,7 +844,9 @@ proptest! {
         };
         let y = run_fc(&c)[0];
         let real: f64 = x.iter().zip(&w).map(|(&a, &b)| si as f64 * (a as i32 - zi) as f64 * sw as f64 * b as f64).sum();
-        within_half_lsb(y, real, Quant { scale: so, zero_point: zo }, 1e-6).map_err(TestCaseError::fail)?;
+        // The 15-bit multiplier is within 2^-15 relative; checked outputs are at most 255.5 steps from the zero
+        // point, so the rounding point moves by at most 255.5 * 2^-15 < 2^-7 of a step.
+        within_half_lsb(y, real, Quant { scale: so, zero_point: zo }, 2f64.powi(-7) + 1e-6).map_err(TestCaseError::fail)?;
     }
 }
 

@@ -120,22 +120,36 @@ fn kws_dscnn_int8_keeps_float_accuracy() {
 }
 
 #[test]
-fn ic_resnet8_int8_agrees_with_float() {
+fn ic_resnet8_int8_keeps_float_accuracy() {
     let Some(model) = shared_model("ic_resnet8_f32.onnx") else { return };
-    let images = repo().join("../shared/data/natural_images_nhwc_32x32x3_0to255.npy");
-    let x = npy::read_npy(&images).expect("images");
-    // No labelled CIFAR-10 data is available here: measure top-1 agreement with float on the 26 natural images
-    // and their mirror images, calibrating on all of them.
-    let mirrored = x.slice(ndarray::s![.., .., ..;-1, ..]).to_owned().into_dyn();
-    let all = ndarray::concatenate(Axis(0), &[x.view(), mirrored.view()]).unwrap();
+    // Labelled: the 20 CIFAR-10 test images the foolbox wheel ships (scripts/make_cifar_eval.py). Unlabelled: the
+    // 26 natural images of ../shared and their mirror images, out of the model's distribution, so many are near
+    // ties between two classes: there agreement measures int8 noise against the model's own margins.
+    let (cifar, labels) = labelled(&repo().join("data/cifar10_eval.npz"), &[1, 32, 32, 3]);
+    let images = npy::read_npy(&repo().join("../shared/data/natural_images_nhwc_32x32x3_0to255.npy")).expect("images");
+    let mirrored = images.slice(ndarray::s![.., .., ..;-1, ..]).to_owned().into_dyn();
+    let natural = ndarray::concatenate(Axis(0), &[images.view(), mirrored.view()]).unwrap();
+    let mut all: Vec<ArrayD<f32>> = cifar.clone();
+    all.extend(npy::split(&natural, npy::Batching::Leading(natural.shape()[0]), &[1, 32, 32, 3]));
     let dir = tempfile::tempdir().unwrap();
     let calib = dir.path().join("calib.npy");
-    npy::write_npy(&calib, &all).unwrap();
-    let eval: Vec<_> = npy::split(&all, npy::Batching::Leading(all.shape()[0]), &[1, 32, 32, 3]);
-    let o = int8_vs_float(&model, &calib, &eval);
-    let agree = agreement(&o.float, &o.int8);
-    eprintln!("ic_resnet8: top-1 agreement {agree:.2}% on {} images", eval.len());
-    assert!(agree >= 99.5, "int8 top-1 agreement with float is {agree:.2}%");
+    let views: Vec<_> = all.iter().map(|a| a.view()).collect();
+    npy::write_npy(&calib, &ndarray::concatenate(Axis(0), &views).unwrap()).unwrap();
+    let o = int8_vs_float(&model, &calib, &all);
+    let n = cifar.len();
+    let (fa, qa) = (accuracy(&o.float[..n], &labels), accuracy(&o.int8[..n], &labels));
+    let cifar_agree = agreement(&o.float[..n], &o.int8[..n]);
+    let natural_agree = agreement(&o.float[n..], &o.int8[n..]);
+    eprintln!(
+        "ic_resnet8: CIFAR-10 float {fa:.2}%, int8 {qa:.2}% (agreement {cifar_agree:.2}%) on {n} images; natural \
+         images agreement {natural_agree:.2}% on {}",
+        all.len() - n
+    );
+    assert!(qa >= fa - 0.5, "int8 accuracy {qa:.2}% is more than 0.5 points below float {fa:.2}%");
+    assert!(cifar_agree >= 99.5, "int8 disagrees with float on CIFAR-10 images: {cifar_agree:.2}%");
+    // Out of distribution, flips between near-tied classes are expected at 8 bits; a broken int8 path lands far
+    // below this.
+    assert!(natural_agree >= 85.0, "int8 agreement with float on natural images is {natural_agree:.2}%");
     check_size("ic_resnet8", &o.report);
 }
 

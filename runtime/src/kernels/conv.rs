@@ -109,8 +109,9 @@ impl Geom {
 /// For output `(b, oy, ox, o)` in group `g = o / (out_c / groups)`:
 /// `acc = sat_i32(bias[o] + sum_{ky,kx,i} (x[b, iy, ix, g * cin_g + i] - input_zero_point) * w[o, ky, kx, i])`
 /// with `iy = oy * stride_h + ky * dilation_h - pad_top` (likewise `ix`); taps outside the input (padding)
-/// contribute 0. Then `y = clamp(requantize(acc, multipliers[o], shifts[o]) + output_zero_point, act_min, act_max)`
-/// (saturating add). The sum itself is exact: at most [`super::MAX_DOT_LEN`] terms, each within `±255 * 128`.
+/// contribute 0. Then `y = clamp(requantize(acc, multipliers[o] << 16, shifts[o]) + output_zero_point, act_min,
+/// act_max)` (saturating add; see [`Requant`]). The sum itself is exact: at most [`super::MAX_DOT_LEN`] terms, each
+/// within `±255 * 128`.
 ///
 /// Slices: `input` `[batch][in_h][in_w][in_c]`, `weights` `[out_c][kernel_h][kernel_w][in_c / groups]`, `bias` and
 /// requantisation `[out_c]`, `output` `[batch][out_h][out_w][out_c]`. `groups` divides `in_c` and `out_c`.
@@ -139,14 +140,8 @@ pub fn conv2d_s8(
                 Some(b) => b[oc].saturating_add(sum),
                 None => sum,
             };
-            output[out] = output_s8(
-                acc,
-                requant.multipliers[oc],
-                requant.shifts[oc],
-                q.output_zero_point,
-                q.act_min,
-                q.act_max,
-            );
+            let (multiplier, shift) = requant.pair(oc);
+            output[out] = output_s8(acc, multiplier, shift, q.output_zero_point, q.act_min, q.act_max);
             sum = 0;
         }
     });
@@ -226,7 +221,7 @@ mod tests {
         let w = [1i8; 9];
         let mut y = [0i8; 1];
         // acc = 3 + (20 - 10) * 1 = 13; * 0.5 = 6.5 -> 7; + (-5) = 2.
-        let rq = Requant { multipliers: &[1 << 30], shifts: &[0] };
+        let rq = Requant { multipliers: &[1 << 14], shifts: &[0] };
         conv2d_s8(&g, &q, rq, &[20], &w, Some(&[3]), &mut y);
         assert_eq!(y, [2]);
     }
@@ -237,7 +232,7 @@ mod tests {
         let mut g = geom(1, 1, 2, 1, 1, 4, 1, 0);
         g.groups = 2;
         let q = QuantS8 { input_zero_point: 0, output_zero_point: 0, act_min: -128, act_max: 127 };
-        let rq = Requant { multipliers: &[1 << 30; 4], shifts: &[1; 4] }; // x1.0
+        let rq = Requant { multipliers: &[1 << 14; 4], shifts: &[1; 4] }; // x1.0
         let mut y = [0i8; 4];
         conv2d_s8(&g, &q, rq, &[3, 5], &[1, 2, 3, 4], None, &mut y);
         assert_eq!(y, [3, 6, 15, 20]);
@@ -247,7 +242,7 @@ mod tests {
     fn s8_clamps_to_activation_range() {
         let g = geom(1, 1, 1, 1, 1, 1, 1, 0);
         let q = QuantS8 { input_zero_point: -128, output_zero_point: 0, act_min: 0, act_max: 100 };
-        let rq = Requant { multipliers: &[1 << 30], shifts: &[1] };
+        let rq = Requant { multipliers: &[1 << 14], shifts: &[1] };
         let mut y = [0i8; 1];
         conv2d_s8(&g, &q, rq, &[127], &[127], Some(&[i32::MAX]), &mut y);
         assert_eq!(y, [100]);

@@ -5,8 +5,8 @@ use crate::format::FcGeom;
 
 /// int8 fully connected: for each row `r` and output `n`,
 /// `acc = sat_i32(bias[n] + sum_k (x[r][k] - input_zero_point) * w[n][k])` (the sum exact: at most
-/// [`super::MAX_DOT_LEN`] terms), `y[r][n] = clamp(requantize(acc, multipliers[n], shifts[n]) + output_zero_point,
-/// act_min, act_max)` (saturating add).
+/// [`super::MAX_DOT_LEN`] terms), `y[r][n] = clamp(requantize(acc, multipliers[n] << 16, shifts[n]) +
+/// output_zero_point, act_min, act_max)` (saturating add; see [`Requant`]).
 ///
 /// Slices: `input` `[rows][in_features]`, `weights` `[out_features][in_features]`, `bias` and requantisation
 /// `[out_features]`, `output` `[rows][out_features]`.
@@ -34,14 +34,8 @@ pub fn fully_connected_s8(
                 Some(b) => b[n].saturating_add(sum),
                 None => sum,
             };
-            *out = output_s8(
-                acc,
-                requant.multipliers[n],
-                requant.shifts[n],
-                q.output_zero_point,
-                q.act_min,
-                q.act_max,
-            );
+            let (multiplier, shift) = requant.pair(n);
+            *out = output_s8(acc, multiplier, shift, q.output_zero_point, q.act_min, q.act_max);
         }
     }
 }
@@ -81,7 +75,7 @@ mod tests {
     fn s8_two_rows() {
         let g = FcGeom { rows: 2, in_features: 3, out_features: 2 };
         let q = QuantS8 { input_zero_point: 1, output_zero_point: 2, act_min: -128, act_max: 127 };
-        let rq = Requant { multipliers: &[1 << 30, 1 << 30], shifts: &[1, 0] }; // x1, x0.5
+        let rq = Requant { multipliers: &[1 << 14, 1 << 14], shifts: &[1, 0] }; // x1, x0.5
         let mut y = [0i8; 4];
         // row 0: x - 1 = [0, 1, 2]; w0 = [1, 2, 3] -> 8 + 10 = 18 (x1) -> 20; w1 = [-1, 0, 1] -> 2 + 0 = 2 (x0.5) -> 1 + 2 = 3
         // row 1: x - 1 = [-3, 0, 3]; w0 -> 6 + 10 = 16 -> 18; w1 -> 6 (x0.5) = 3 -> 5

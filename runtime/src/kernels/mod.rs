@@ -38,11 +38,22 @@ pub const MAX_DOT_LEN: u32 = (i32::MAX as u32) / (255 * 128);
 /// Most taps an int8 average pool window, or elements an int8 mean, may sum: `255 * MAX_SUM_LEN < i32::MAX`.
 pub const MAX_SUM_LEN: u32 = 1 << 23;
 
-/// Per-output-channel requantisation parameters (`multipliers[c]`, `shifts[c]`), see [`requantize`].
+/// Per-output-channel requantisation parameters: channel `c` multiplies by `multipliers[c] * 2^(shifts[c] - 15)`,
+/// computed exactly as [`requantize`]`(acc, (multipliers[c] as i32) << 16, shifts[c])` (see [`Requant::pair`]).
+/// Multipliers are 15-bit mantissas in `[2^14, 2^15)` or 0, shifts in `[-31, 30]` (checked at load).
 #[derive(Clone, Copy, Debug)]
 pub struct Requant<'a> {
-    pub multipliers: &'a [i32],
+    pub multipliers: &'a [i16],
     pub shifts: &'a [i8],
+}
+
+impl Requant<'_> {
+    /// Channel `c`'s `(multiplier, shift)` for [`requantize`]: the 15-bit mantissa widened to 31 bits (a shift,
+    /// exact). Panics if `c` is out of range.
+    #[inline(always)]
+    pub fn pair(&self, c: usize) -> (i32, i8) {
+        ((self.multipliers[c] as i32) << 16, self.shifts[c])
+    }
 }
 
 /// Zero points and activation range of an int8 conv or fully connected layer.

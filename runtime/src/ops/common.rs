@@ -138,13 +138,19 @@ impl<'o, 'a> Ck<'o, 'a> {
         self.ensure(quant::valid_multiplier(multiplier, shift), Field::Multipliers, multiplier)
     }
 
-    /// Per-channel requantisation: `channels` multipliers (`i32`, 4-aligned) and shifts, all valid.
+    /// Per-channel requantisation: `channels` multipliers (`i16`, 2-aligned, each 0 or in `[2^14, 2^15)`) and
+    /// shifts (each in `[SHIFT_MIN, SHIFT_MAX]`). The pair `(m, s)` stands for `((m as i32) << 16, s)`, which is
+    /// then a valid [`quant::requantize`] pair.
     pub fn per_channel(&self, rq: &crate::format::PerChannel, channels: u64) -> Result<(), Error> {
-        let m = self.span(Field::Multipliers, rq.multipliers, channels.checked_mul(4), 4)?;
+        let m = self.span(Field::Multipliers, rq.multipliers, channels.checked_mul(2), 2)?;
         let s = self.span(Field::Shifts, rq.shifts, Some(channels), 1)?;
-        for (mb, &sb) in m.chunks_exact(4).zip(s) {
-            let multiplier = i32::from_le_bytes([mb[0], mb[1], mb[2], mb[3]]);
-            self.multiplier(multiplier, sb as i8)?;
+        for (mb, &sb) in m.chunks_exact(2).zip(s) {
+            let multiplier = i16::from_le_bytes([mb[0], mb[1]]);
+            let shift = sb as i8;
+            if !(quant::SHIFT_MIN..=quant::SHIFT_MAX).contains(&shift) {
+                return Err(self.bad(Field::Shifts, shift));
+            }
+            self.ensure(multiplier == 0 || multiplier >= 1 << 14, Field::Multipliers, multiplier)?;
         }
         Ok(())
     }

@@ -66,6 +66,9 @@ impl Blob {
     fn i32s(&mut self, v: &[i32]) -> Span {
         self.push(bytemuck::cast_slice(v))
     }
+    fn i16s(&mut self, v: &[i16]) -> Span {
+        self.push(bytemuck::cast_slice(v))
+    }
     fn i8s(&mut self, v: &[i8]) -> Span {
         self.push(bytemuck::cast_slice(v))
     }
@@ -115,7 +118,7 @@ fn conv_s8() -> (OpDef<'static>, Blob, Vec<u8>) {
     let weights: Vec<i8> = (0..3 * 9 * 2).map(|i| (i * 37 % 255 - 127) as i8).collect();
     let weights = blob.i8s(&weights);
     let bias = Some(blob.i32s(&[100, -2000, 30_000]));
-    let multipliers = blob.i32s(&[1 << 30, 1_500_000_000, 2_000_000_000]);
+    let multipliers = blob.i16s(&[1 << 14, 22_888, 30_518]);
     let shifts = blob.i8s(&[-6, -7, -8]);
     let p = ConvS8 {
         geom: conv_geom(),
@@ -248,6 +251,9 @@ fn rejects_wrong_sizes() {
     expect_err(&o, blob.bytes(), Error::SizeMismatch { op: 7, field: Field::Weights, expected: 54, found: 53 });
     let (o, blob) = with_conv(|p, _| p.requant.shifts.len = 2);
     expect_err(&o, blob.bytes(), Error::SizeMismatch { op: 7, field: Field::Shifts, expected: 3, found: 2 });
+    // Multipliers are i16: 2 bytes per channel.
+    let (o, blob) = with_conv(|p, _| p.requant.multipliers.len = 3);
+    expect_err(&o, blob.bytes(), Error::SizeMismatch { op: 7, field: Field::Multipliers, expected: 6, found: 3 });
     // Shapes whose size overflows are a size mismatch too, never an overflow.
     let (o, blob) = with_conv(|p, _| {
         p.geom.batch = u32::MAX;
@@ -276,12 +282,12 @@ fn rejects_misaligned_spans() {
         _ => unreachable!(),
     };
     expect_err(&o, blob.bytes(), Error::Misaligned { op: 7, field: Field::Bias, offset: off, align: 4 });
-    let (o, blob) = with_conv(|p, _| p.requant.multipliers.offset += 2);
+    let (o, blob) = with_conv(|p, _| p.requant.multipliers.offset += 1);
     let off = match &o.kind {
         OpKind::Conv2dS8(p) => p.requant.multipliers.offset,
         _ => unreachable!(),
     };
-    expect_err(&o, blob.bytes(), Error::Misaligned { op: 7, field: Field::Multipliers, offset: off, align: 4 });
+    expect_err(&o, blob.bytes(), Error::Misaligned { op: 7, field: Field::Multipliers, offset: off, align: 2 });
 }
 
 #[test]
@@ -292,12 +298,19 @@ fn rejects_bad_requantisation() {
     let s = p.requant.shifts.offset as usize;
     blob.bytes_mut()[s + 1] = 31;
     expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Shifts, value: 31 });
-    // A multiplier below 2^30 (and not 0).
-    let (o, mut blob) = with_conv(|_, _| {});
-    let OpKind::Conv2dS8(p) = &o.kind else { unreachable!() };
-    let m = p.requant.multipliers.offset as usize;
-    blob.bytes_mut()[m..m + 4].copy_from_slice(&12345i32.to_le_bytes());
-    expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Multipliers, value: 12345 });
+    // A multiplier below 2^14 (and not 0), or negative; 0 and the bounds are fine.
+    let cases = [(12345i16, true), (-1, true), (i16::MIN, true), ((1 << 14) - 1, true), (1 << 14, false), (i16::MAX, false), (0, false)];
+    for (m16, rejected) in cases {
+        let (o, mut blob) = with_conv(|_, _| {});
+        let OpKind::Conv2dS8(p) = &o.kind else { unreachable!() };
+        let m = p.requant.multipliers.offset as usize;
+        blob.bytes_mut()[m + 2..m + 4].copy_from_slice(&m16.to_le_bytes());
+        if rejected {
+            expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Multipliers, value: m16 as i32 });
+        } else {
+            assert_eq!(check(7, &o, blob.bytes()), Ok(()), "{m16}");
+        }
+    }
     // Zero points and activation range.
     let (o, blob) = with_conv(|p, _| p.input_zero_point = 128);
     expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Params, value: 128 });
@@ -310,7 +323,7 @@ fn rejects_dot_products_that_could_overflow() {
     let k = kernels::MAX_DOT_LEN + 1;
     let mut blob = Blob::default();
     let weights = blob.push(&vec![0u8; k as usize]);
-    let multipliers = blob.i32s(&[1 << 30]);
+    let multipliers = blob.i16s(&[1 << 14]);
     let shifts = blob.i8s(&[0]);
     let p = FullyConnectedS8 {
         geom: FcGeom { rows: 1, in_features: k, out_features: 1 },
@@ -450,7 +463,8 @@ const R_SMALL: u32 = 4096;
 const R_EXP: u32 = 8192;
 const R_NOISE: u32 = 12288;
 
-/// Regions: valid multipliers (0x5000_xxxx), small bytes (valid shifts), valid exp table entries (2^24), noise.
+/// Regions: valid per-channel (`i16`) multipliers (`0x4000..=0x7fff`, also read as `i32` bias), small bytes
+/// (valid shifts), valid exp table entries (2^24), noise.
 fn fuzz_blob(seed: u64) -> Buf {
     let mut b = Buf::new(FUZZ_BLOB);
     let mut x = seed | 1;
@@ -459,7 +473,7 @@ fn fuzz_blob(seed: u64) -> Buf {
         x ^= x >> 7;
         x ^= x << 17;
         *w = match (i * 4) as u32 {
-            o if o < R_SMALL => 0x5000_0000 | (x as u32 & 0xffff),
+            o if o < R_SMALL => 0x4000_4000 | (x as u32 & 0x3fff_3fff),
             o if o < R_EXP => u32::from_le_bytes([0, 1, 0xfe, ((x % 62) as i32 - 31) as u8]),
             o if o < R_NOISE => 1 << 24,
             _ => x as u32,
