@@ -126,7 +126,9 @@ pub fn compile(path: &Path, opts: &Options) -> Result<Compiled> {
 
 fn compile_program(path: &Path, opts: &Options) -> Result<Compiled> {
     let program = lower_onnx(path)?;
-    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let float = emit::emit(&program, Precision::F32, None, &name)?;
     let (emitted, calibration, agreement) = match opts.precision {
         Precision::F32 => (float, None, None),
@@ -143,7 +145,12 @@ fn compile_program(path: &Path, opts: &Options) -> Result<Compiled> {
             let ranges = calibrate(&program, &float, &samples, opts.method)?;
             let int8 = emit::emit(&program, Precision::Int8, Some(&ranges), &name)?;
             let agreement = agreement(&program, &float, &int8, &samples)?;
-            let how = format!("{} samples from {}, {:?}", samples.len(), calib.display(), opts.method);
+            let how = format!(
+                "{} samples from {}, {:?}",
+                samples.len(),
+                calib.display(),
+                opts.method
+            );
             (int8, Some(how), Some(agreement))
         }
     };
@@ -179,15 +186,28 @@ fn compile_program(path: &Path, opts: &Options) -> Result<Compiled> {
         calibration,
         agreement,
     };
-    Ok(Compiled { bytes: emitted.bytes, report })
+    Ok(Compiled {
+        bytes: emitted.bytes,
+        report,
+    })
 }
 
 /// Calibration samples: one `Vec` of input arrays per inference.
 pub fn load_samples(path: &Path, program: &Program) -> Result<Vec<Vec<ArrayD<f32>>>> {
     let what = path.display().to_string();
-    let shapes: Vec<Vec<usize>> = program.inputs.iter().map(|&i| program.tensors[i].shape.clone()).collect();
-    let names: Vec<String> = program.inputs.iter().map(|&i| program.tensors[i].name.clone()).collect();
-    let is_npz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+    let shapes: Vec<Vec<usize>> = program
+        .inputs
+        .iter()
+        .map(|&i| program.tensors[i].shape.clone())
+        .collect();
+    let names: Vec<String> = program
+        .inputs
+        .iter()
+        .map(|&i| program.tensors[i].name.clone())
+        .collect();
+    let is_npz = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
     let arrays: Vec<ArrayD<f32>> = if is_npz {
         let mut all = npy::read_npz(path)?;
         let mut picked = Vec::new();
@@ -201,7 +221,9 @@ pub fn load_samples(path: &Path, program: &Program) -> Result<Vec<Vec<ArrayD<f32
                 }
                 None => {
                     let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
-                    return Err(input(format!("{what}: no array named '{name}' (the model's input); it has {keys:?}")));
+                    return Err(input(format!(
+                        "{what}: no array named '{name}' (the model's input); it has {keys:?}"
+                    )));
                 }
             }
         }
@@ -217,17 +239,25 @@ pub fn load_samples(path: &Path, program: &Program) -> Result<Vec<Vec<ArrayD<f32
     };
     let mut per_input = Vec::new();
     for (i, a) in arrays.iter().enumerate() {
-        let b = npy::batching(a.shape(), &shapes[i], &format!("{what} (input '{}')", names[i]))?;
+        let b = npy::batching(
+            a.shape(),
+            &shapes[i],
+            &format!("{what} (input '{}')", names[i]),
+        )?;
         per_input.push(npy::split(a, b, &shapes[i]));
     }
     let n = per_input[0].len();
     if per_input.iter().any(|p| p.len() != n) {
-        return Err(input(format!("{what}: the inputs have different sample counts")));
+        return Err(input(format!(
+            "{what}: the inputs have different sample counts"
+        )));
     }
     if n == 0 {
         return Err(input(format!("{what}: no samples")));
     }
-    Ok((0..n).map(|s| per_input.iter().map(|p| p[s].clone()).collect()).collect())
+    Ok((0..n)
+        .map(|s| per_input.iter().map(|p| p[s].clone()).collect())
+        .collect())
 }
 
 /// Model-file tensor index -> program tensor.
@@ -247,7 +277,9 @@ fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
 }
 
 fn decode_f32(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 /// Runs the float model on every sample and picks each computed tensor's range.
@@ -263,7 +295,9 @@ pub fn calibrate(
     let mut runner = Runner::new(&model);
     let mut minmax: HashMap<PId, (f32, f32)> = HashMap::new();
     let mut widen = |p: PId, v: &mut dyn Iterator<Item = f32>| {
-        let e = minmax.entry(p).or_insert((f32::INFINITY, f32::NEG_INFINITY));
+        let e = minmax
+            .entry(p)
+            .or_insert((f32::INFINITY, f32::NEG_INFINITY));
         for x in v {
             e.0 = e.0.min(x);
             e.1 = e.1.max(x);
@@ -287,7 +321,10 @@ pub fn calibrate(
     let mut hists: HashMap<PId, Vec<u64>> = minmax.keys().map(|&k| (k, vec![0u64; BINS])).collect();
     let mut add = |p: PId, v: &mut dyn Iterator<Item = f32>| {
         let (lo, hi) = minmax[&p];
-        let h = hists.get_mut(&p).map(|h| h.as_mut_slice()).unwrap_or(&mut []);
+        let h = hists
+            .get_mut(&p)
+            .map(|h| h.as_mut_slice())
+            .unwrap_or(&mut []);
         if h.is_empty() || hi <= lo {
             return;
         }
@@ -395,7 +432,16 @@ impl ErrAcc {
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
 }
 
 /// Runs float and int8 models side by side on `samples`: output agreement and per-layer error.
@@ -410,7 +456,12 @@ pub fn agreement(
     let (fmodel, qmodel) = (fbuf.model()?, qbuf.model()?);
     let (fpid, qpid) = (pid_of(float), pid_of(int8));
     let qdefs: Vec<TensorDef<'_>> = qmodel.tensors().collect();
-    let names: HashMap<PId, String> = float.ops.iter().zip(fmodel.ops()).map(|(o, d)| (fpid[&d.output_tensor], o.name.clone())).collect();
+    let names: HashMap<PId, String> = float
+        .ops
+        .iter()
+        .zip(fmodel.ops())
+        .map(|(o, d)| (fpid[&d.output_tensor], o.name.clone()))
+        .collect();
     let mut frunner = Runner::new(&fmodel);
     let mut qrunner = Runner::new(&qmodel);
     let mut layers: HashMap<PId, ErrAcc> = HashMap::new();
@@ -424,7 +475,9 @@ pub fn agreement(
         })?;
         let qout = qrunner.run(s, |v| {
             let p = qpid[&v.tensor];
-            let (Some(f), Some(def)) = (fvals.get(&p), qdefs.get(v.tensor as usize)) else { return };
+            let (Some(f), Some(def)) = (fvals.get(&p), qdefs.get(v.tensor as usize)) else {
+                return;
+            };
             if def.dtype != DType::I8 {
                 return;
             }
@@ -434,10 +487,17 @@ pub fn agreement(
             }
         })?;
         for (f, q) in fout.iter().zip(&qout) {
-            f.iter().zip(q.iter()).for_each(|(&a, &b)| out_err.add(a, b));
+            f.iter()
+                .zip(q.iter())
+                .for_each(|(&a, &b)| out_err.add(a, b));
             let last = f.shape().last().copied().unwrap_or(1).max(1);
             let (fs, qs) = (f.as_standard_layout(), q.as_standard_layout());
-            for (fr, qr) in fs.as_slice().unwrap_or(&[]).chunks(last).zip(qs.as_slice().unwrap_or(&[]).chunks(last)) {
+            for (fr, qr) in fs
+                .as_slice()
+                .unwrap_or(&[])
+                .chunks(last)
+                .zip(qs.as_slice().unwrap_or(&[]).chunks(last))
+            {
                 rows += 1;
                 agree += usize::from(argmax(fr) == argmax(qr));
             }
@@ -449,7 +509,11 @@ pub fn agreement(
         .iter()
         .filter_map(|(p, acc)| {
             let op = names.get(p)?.clone();
-            let order = float.ops.iter().position(|o| o.name == op).unwrap_or(usize::MAX);
+            let order = float
+                .ops
+                .iter()
+                .position(|o| o.name == op)
+                .unwrap_or(usize::MAX);
             Some((
                 order,
                 LayerAgreement {
@@ -464,7 +528,11 @@ pub fn agreement(
     per_layer.sort_by_key(|(o, _)| *o);
     Ok(Agreement {
         samples: samples.len(),
-        top1: if rows == 0 { 1.0 } else { agree as f64 / rows as f64 },
+        top1: if rows == 0 {
+            1.0
+        } else {
+            agree as f64 / rows as f64
+        },
         sqnr_db: out_err.sqnr_db(),
         max_abs_error: out_err.max_abs,
         per_layer: per_layer.into_iter().map(|(_, l)| l).collect(),

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 
 use kiln_runtime::format::{
-    self, BinaryF32, ConcatParams, ConvF32, ConvS8, DType, Dims, FullyConnectedF32, FullyConnectedS8,
-    LookupS8, ModelDef, OpDef, OpKind, Operand, PadParams, PerChannel, Pool2d, Quant, ReduceMeanF32, ReduceMeanS8,
-    SliceParams, Space, Span, TensorDef, TransposeParams, UnaryF32, BLOB_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC,
+    self, BinaryF32, ConcatParams, ConvF32, ConvS8, DType, Dims, FullyConnectedF32,
+    FullyConnectedS8, LookupS8, ModelDef, OpDef, OpKind, Operand, PadParams, PerChannel, Pool2d,
+    Quant, ReduceMeanF32, ReduceMeanS8, SliceParams, Space, Span, TensorDef, TransposeParams,
+    UnaryF32, BLOB_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC,
 };
 use kiln_runtime::host;
 
@@ -76,7 +77,9 @@ pub struct Emitted {
 pub fn choose_quant(min: f32, max: f32) -> Quant {
     let (min, max) = (min.min(0.0), max.max(0.0));
     let scale = ((max as f64 - min as f64) / 255.0).max(1e-9) as f32;
-    let zero_point = (-128.0 - min as f64 / scale as f64).round().clamp(-128.0, 127.0) as i32;
+    let zero_point = (-128.0 - min as f64 / scale as f64)
+        .round()
+        .clamp(-128.0, 127.0) as i32;
     Quant { scale, zero_point }
 }
 
@@ -87,8 +90,16 @@ fn quantize_value(v: f32, q: Quant) -> i8 {
 /// The int8 clamp range of a fused activation on an output quantised with `q`.
 fn act_range_s8(act: Activation, q: Quant) -> (i8, i8) {
     let (lo, hi) = act.range();
-    let lo = if lo.is_finite() { quantize_value(lo, q) } else { -128 };
-    let hi = if hi.is_finite() { quantize_value(hi, q) } else { 127 };
+    let lo = if lo.is_finite() {
+        quantize_value(lo, q)
+    } else {
+        -128
+    };
+    let hi = if hi.is_finite() {
+        quantize_value(hi, q)
+    } else {
+        127
+    };
     (lo, hi)
 }
 
@@ -99,10 +110,13 @@ struct Blob {
 
 impl Blob {
     fn push(&mut self, data: &[u8]) -> Span {
-        while self.bytes.len() % 4 != 0 {
+        while !self.bytes.len().is_multiple_of(4) {
             self.bytes.push(0);
         }
-        let span = Span { offset: self.bytes.len() as u32, len: data.len() as u32 };
+        let span = Span {
+            offset: self.bytes.len() as u32,
+            len: data.len() as u32,
+        };
         self.bytes.extend_from_slice(data);
         span
     }
@@ -167,7 +181,12 @@ struct Emitter<'p> {
 ///
 /// # Errors
 /// [`crate::error::Error::Input`] for a model the format cannot hold.
-pub fn emit(p: &Program, precision: Precision, ranges: Option<&Ranges>, name: &str) -> Result<Emitted> {
+pub fn emit(
+    p: &Program,
+    precision: Precision,
+    ranges: Option<&Ranges>,
+    name: &str,
+) -> Result<Emitted> {
     let mut e = Emitter {
         p,
         precision,
@@ -188,7 +207,10 @@ pub fn emit(p: &Program, precision: Precision, ranges: Option<&Ranges>, name: &s
                 Precision::F32 => DType::F32,
                 Precision::Int8 => DType::I8,
             },
-            quant: Quant { scale: 1.0, zero_point: 0 },
+            quant: Quant {
+                scale: 1.0,
+                zero_point: 0,
+            },
             blob: None,
             alias_of: t.alias_of,
         })
@@ -209,13 +231,20 @@ pub fn emit(p: &Program, precision: Precision, ranges: Option<&Ranges>, name: &s
 
 impl<'p> Emitter<'p> {
     fn range_quant(&self, t: PId) -> Result<Quant> {
-        let ranges = self.ranges.ok_or_else(|| input("int8 needs calibration ranges"))?;
+        let ranges = self
+            .ranges
+            .ok_or_else(|| input("int8 needs calibration ranges"))?;
         let root = self.p.root(t);
         let (lo, hi) = ranges
             .get(&t)
             .or_else(|| ranges.get(&root))
             .copied()
-            .ok_or_else(|| input(format!("no calibration range for tensor '{}'", self.p.tensors[t].name)))?;
+            .ok_or_else(|| {
+                input(format!(
+                    "no calibration range for tensor '{}'",
+                    self.p.tensors[t].name
+                ))
+            })?;
         Ok(choose_quant(lo, hi))
     }
 
@@ -232,11 +261,15 @@ impl<'p> Emitter<'p> {
         if self.tensors[t].blob.is_some() || t >= self.p.tensors.len() {
             return;
         }
-        let Some(v) = &self.p.tensors[t].value else { return };
+        let Some(v) = &self.p.tensors[t].value else {
+            return;
+        };
         let span = match self.precision {
             Precision::F32 => self.blob.push_f32(v),
             Precision::Int8 => {
-                let (lo, hi) = v.iter().fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+                let (lo, hi) = v
+                    .iter()
+                    .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
                 let q = choose_quant(lo, hi);
                 self.tensors[t].quant = q;
                 let qv: Vec<i8> = v.iter().map(|&x| quantize_value(x, q)).collect();
@@ -246,19 +279,37 @@ impl<'p> Emitter<'p> {
         self.tensors[t].blob = Some(span);
     }
 
-    fn push(&mut self, name: &str, kind: OpKind, inputs: Vec<usize>, output: usize, macs: u64, wb: usize, bb: usize) {
+    /// Adds an op without weights.
+    fn push(&mut self, name: &str, kind: OpKind, inputs: Vec<usize>, output: usize) {
+        self.push_weighted(name, kind, inputs, output, Weighted::default());
+    }
+
+    fn push_weighted(
+        &mut self,
+        name: &str,
+        kind: OpKind,
+        inputs: Vec<usize>,
+        output: usize,
+        w: Weighted,
+    ) {
         for &i in &inputs {
             self.materialise(i);
         }
         let info = OpInfo {
             name: name.to_string(),
             kind: kind.name(),
-            macs,
-            weight_bytes: wb,
-            bias_bytes: bb,
+            macs: w.macs,
+            weight_bytes: w.weight_bytes,
+            bias_bytes: w.bias_bytes,
             output_bytes: self.tensors[output].bytes(),
         };
-        self.steps.push(EStep { name: name.to_string(), kind, inputs, output, info });
+        self.steps.push(EStep {
+            name: name.to_string(),
+            kind,
+            inputs,
+            output,
+            info,
+        });
     }
 
     /// `t` requantised to `q` (a lookup-table copy), or `t` itself when it already is.
@@ -281,7 +332,12 @@ impl<'p> Emitter<'p> {
         copy.alias_of = None;
         self.tensors.push(copy);
         let out = self.tensors.len() - 1;
-        self.push(&format!("{name}.requantise"), OpKind::LookupS8(LookupS8 { table: span }), vec![t], out, 0, 0, 0);
+        self.push(
+            &format!("{name}.requantise"),
+            OpKind::LookupS8(LookupS8 { table: span }),
+            vec![t],
+            out,
+        );
         self.requantised.insert(key, out);
         out
     }
@@ -297,13 +353,19 @@ impl<'p> Emitter<'p> {
         let pad_fits = match s.kind {
             StepKind::Pad { value, .. } => {
                 let q = in_q;
-                let (lo, hi) = (q.scale * (-128 - q.zero_point) as f32, q.scale * (127 - q.zero_point) as f32);
+                let (lo, hi) = (
+                    q.scale * (-128 - q.zero_point) as f32,
+                    q.scale * (127 - q.zero_point) as f32,
+                );
                 (lo - q.scale / 2.0..=hi + q.scale / 2.0).contains(&value)
             }
             _ => false,
         };
         let keeps_quant = pad_fits
-            || matches!(s.kind, StepKind::Pool { .. } | StepKind::Slice { .. } | StepKind::Transpose { .. });
+            || matches!(
+                s.kind,
+                StepKind::Pool { .. } | StepKind::Slice { .. } | StepKind::Transpose { .. }
+            );
         if int8 {
             self.tensors[out].quant = match &s.kind {
                 _ if keeps_quant => in_q,
@@ -314,15 +376,48 @@ impl<'p> Emitter<'p> {
         let out_q = self.quant(out);
         let macs = s.macs();
         match (&s.kind, int8) {
-            (StepKind::Conv { geom, weights, bias, act }, false) => {
+            (
+                StepKind::Conv {
+                    geom,
+                    weights,
+                    bias,
+                    act,
+                },
+                false,
+            ) => {
                 let (lo, hi) = act.range();
                 let w = self.blob.push_f32(weights);
                 let b = bias.as_ref().map(|b| self.blob.push_f32(b));
-                let kind = OpKind::Conv2dF32(ConvF32 { geom: geom.clone(), weights: w, bias: b, act_min: lo, act_max: hi });
-                self.push(&s.name, kind, vec![x], out, macs, weights.len() * 4, bias.as_ref().map_or(0, |b| b.len() * 4));
+                let kind = OpKind::Conv2dF32(ConvF32 {
+                    geom: geom.clone(),
+                    weights: w,
+                    bias: b,
+                    act_min: lo,
+                    act_max: hi,
+                });
+                self.push_weighted(
+                    &s.name,
+                    kind,
+                    vec![x],
+                    out,
+                    Weighted {
+                        macs,
+                        weight_bytes: weights.len() * 4,
+                        bias_bytes: bias.as_ref().map_or(0, |b| b.len() * 4),
+                    },
+                );
             }
-            (StepKind::Conv { geom, weights, bias, act }, true) => {
-                let pc = self.per_channel(weights, bias.as_deref(), geom.out_c as usize, in_q, out_q)?;
+            (
+                StepKind::Conv {
+                    geom,
+                    weights,
+                    bias,
+                    act,
+                },
+                true,
+            ) => {
+                let pc =
+                    self.per_channel(weights, bias.as_deref(), geom.out_c as usize, in_q, out_q)?;
                 let (act_min, act_max) = act_range_s8(*act, out_q);
                 let kind = OpKind::Conv2dS8(ConvS8 {
                     geom: geom.clone(),
@@ -334,9 +429,27 @@ impl<'p> Emitter<'p> {
                     act_min,
                     act_max,
                 });
-                self.push(&s.name, kind, vec![x], out, macs, weights.len(), geom.out_c as usize * 4);
+                self.push_weighted(
+                    &s.name,
+                    kind,
+                    vec![x],
+                    out,
+                    Weighted {
+                        macs,
+                        weight_bytes: weights.len(),
+                        bias_bytes: geom.out_c as usize * 4,
+                    },
+                );
             }
-            (StepKind::Fc { geom, weights, bias, act }, false) => {
+            (
+                StepKind::Fc {
+                    geom,
+                    weights,
+                    bias,
+                    act,
+                },
+                false,
+            ) => {
                 let (lo, hi) = act.range();
                 let w = self.blob.push_f32(weights);
                 let b = bias.as_ref().map(|b| self.blob.push_f32(b));
@@ -347,10 +460,34 @@ impl<'p> Emitter<'p> {
                     act_min: lo,
                     act_max: hi,
                 });
-                self.push(&s.name, kind, vec![x], out, macs, weights.len() * 4, bias.as_ref().map_or(0, |b| b.len() * 4));
+                self.push_weighted(
+                    &s.name,
+                    kind,
+                    vec![x],
+                    out,
+                    Weighted {
+                        macs,
+                        weight_bytes: weights.len() * 4,
+                        bias_bytes: bias.as_ref().map_or(0, |b| b.len() * 4),
+                    },
+                );
             }
-            (StepKind::Fc { geom, weights, bias, act }, true) => {
-                let pc = self.per_channel(weights, bias.as_deref(), geom.out_features as usize, in_q, out_q)?;
+            (
+                StepKind::Fc {
+                    geom,
+                    weights,
+                    bias,
+                    act,
+                },
+                true,
+            ) => {
+                let pc = self.per_channel(
+                    weights,
+                    bias.as_deref(),
+                    geom.out_features as usize,
+                    in_q,
+                    out_q,
+                )?;
                 let (act_min, act_max) = act_range_s8(*act, out_q);
                 let kind = OpKind::FullyConnectedS8(FullyConnectedS8 {
                     geom: geom.clone(),
@@ -362,7 +499,17 @@ impl<'p> Emitter<'p> {
                     act_min,
                     act_max,
                 });
-                self.push(&s.name, kind, vec![x], out, macs, weights.len(), geom.out_features as usize * 4);
+                self.push_weighted(
+                    &s.name,
+                    kind,
+                    vec![x],
+                    out,
+                    Weighted {
+                        macs,
+                        weight_bytes: weights.len(),
+                        bias_bytes: geom.out_features as usize * 4,
+                    },
+                );
             }
             (StepKind::Binary { kind, bcast, act }, false) => {
                 let (lo, hi) = act.range();
@@ -372,7 +519,7 @@ impl<'p> Emitter<'p> {
                     act_min: lo,
                     act_max: hi,
                 });
-                self.push(&s.name, op, s.inputs.clone(), out, 0, 0, 0);
+                self.push(&s.name, op, s.inputs.clone(), out);
             }
             (StepKind::Binary { kind, bcast, act }, true) => {
                 let b = s.inputs[1];
@@ -386,8 +533,13 @@ impl<'p> Emitter<'p> {
                     BinaryKind::PRelu => host::prelu_s8(a_q, b_q, out_q),
                 }
                 .map_err(|e| input(format!("int8 parameters: {e}")))?;
-                let op = OpKind::BinaryS8(quant.into_op(runtime_kind(*kind), bcast.clone(), act_min, act_max));
-                self.push(&s.name, op, s.inputs.clone(), out, 0, 0, 0);
+                let op = OpKind::BinaryS8(quant.into_op(
+                    runtime_kind(*kind),
+                    bcast.clone(),
+                    act_min,
+                    act_max,
+                ));
+                self.push(&s.name, op, s.inputs.clone(), out);
             }
             (StepKind::Unary(k), false) => {
                 let op = match *k {
@@ -398,19 +550,45 @@ impl<'p> Emitter<'p> {
                     UnaryKind::Sigmoid => UnaryF32::Sigmoid,
                     UnaryKind::Tanh => UnaryF32::Tanh,
                 };
-                self.push(&s.name, OpKind::UnaryF32(op), vec![x], out, 0, 0, 0);
+                self.push(&s.name, OpKind::UnaryF32(op), vec![x], out);
             }
             (StepKind::Unary(k), true) => {
                 let k = *k;
                 let table = host::lookup_table(in_q, out_q, |v| k.apply(v));
                 let span = self.blob.push_i8(&table);
-                self.push(&s.name, OpKind::LookupS8(LookupS8 { table: span }), vec![x], out, 0, 0, 0);
+                self.push(
+                    &s.name,
+                    OpKind::LookupS8(LookupS8 { table: span }),
+                    vec![x],
+                    out,
+                );
             }
-            (StepKind::Softmax { outer, len, inner, log }, false) => {
-                let op = format::SoftmaxF32 { outer: *outer, len: *len, inner: *inner, log: *log };
-                self.push(&s.name, OpKind::SoftmaxF32(op), vec![x], out, 0, 0, 0);
+            (
+                StepKind::Softmax {
+                    outer,
+                    len,
+                    inner,
+                    log,
+                },
+                false,
+            ) => {
+                let op = format::SoftmaxF32 {
+                    outer: *outer,
+                    len: *len,
+                    inner: *inner,
+                    log: *log,
+                };
+                self.push(&s.name, OpKind::SoftmaxF32(op), vec![x], out);
             }
-            (StepKind::Softmax { outer, len, inner, log }, true) => {
+            (
+                StepKind::Softmax {
+                    outer,
+                    len,
+                    inner,
+                    log,
+                },
+                true,
+            ) => {
                 // ONNX Softmax has no temperature: beta 1.
                 let host = if *log {
                     host::log_softmax_s8(in_q.scale, 1.0, out_q)
@@ -420,7 +598,7 @@ impl<'p> Emitter<'p> {
                 .map_err(|e| input(format!("int8 parameters: {e}")))?;
                 let exp_table = self.blob.push(&host.exp_table_bytes());
                 let op = host.into_op(*outer, *len, *inner, exp_table);
-                self.push(&s.name, OpKind::SoftmaxS8(op), vec![x], out, 0, 0, 0);
+                self.push(&s.name, OpKind::SoftmaxS8(op), vec![x], out);
             }
             (StepKind::Pool { kind, pool }, _) => {
                 let op = match (kind, int8) {
@@ -428,17 +606,27 @@ impl<'p> Emitter<'p> {
                     (PoolKind::Max, true) => OpKind::MaxPoolS8(pool.clone()),
                     (PoolKind::Avg { .. }, false) => OpKind::AvgPoolF32(pool.clone()),
                     // Padded taps of an int8 average count as the real value 0, i.e. the zero point.
-                    (PoolKind::Avg { .. }, true) => OpKind::AvgPoolS8(Pool2d { zero_point: in_q.zero_point, ..pool.clone() }),
+                    (PoolKind::Avg { .. }, true) => OpKind::AvgPoolS8(Pool2d {
+                        zero_point: in_q.zero_point,
+                        ..pool.clone()
+                    }),
                 };
-                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+                self.push(&s.name, op, vec![x], out);
             }
             (StepKind::ReduceMean { dims, axes }, false) => {
-                let op = OpKind::ReduceMeanF32(ReduceMeanF32 { dims: dims.clone(), axes: *axes });
-                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+                let op = OpKind::ReduceMeanF32(ReduceMeanF32 {
+                    dims: dims.clone(),
+                    axes: *axes,
+                });
+                self.push(&s.name, op, vec![x], out);
             }
             (StepKind::ReduceMean { dims, axes }, true) => {
-                let count: u32 =
-                    dims.iter().enumerate().filter(|(i, _)| axes & (1 << i) != 0).map(|(_, &d)| d).product();
+                let count: u32 = dims
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| axes & (1 << i) != 0)
+                    .map(|(_, &d)| d)
+                    .product();
                 let real = in_q.scale as f64 / (out_q.scale as f64 * count.max(1) as f64);
                 let (multiplier, shift) = host::quantize_multiplier(real);
                 let op = OpKind::ReduceMeanS8(ReduceMeanS8 {
@@ -449,10 +637,22 @@ impl<'p> Emitter<'p> {
                     multiplier,
                     shift,
                 });
-                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+                self.push(&s.name, op, vec![x], out);
             }
-            (StepKind::Pad { dims, before, after, value }, _) => {
-                let x = if int8 { self.requantise(x, out_q, &s.name) } else { x };
+            (
+                StepKind::Pad {
+                    dims,
+                    before,
+                    after,
+                    value,
+                },
+                _,
+            ) => {
+                let x = if int8 {
+                    self.requantise(x, out_q, &s.name)
+                } else {
+                    x
+                };
                 let (elem_bytes, value) = if int8 {
                     (1, quantize_value(*value, out_q) as u8 as u32)
                 } else {
@@ -465,9 +665,16 @@ impl<'p> Emitter<'p> {
                     elem_bytes,
                     value,
                 });
-                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+                self.push(&s.name, op, vec![x], out);
             }
-            (StepKind::Concat { outer, inner, parts }, _) => {
+            (
+                StepKind::Concat {
+                    outer,
+                    inner,
+                    parts,
+                },
+                _,
+            ) => {
                 let mut ins = s.inputs.clone();
                 if int8 {
                     for i in ins.iter_mut() {
@@ -480,9 +687,18 @@ impl<'p> Emitter<'p> {
                     inner_bytes: inner * elem,
                     parts: parts.iter().copied().collect(),
                 });
-                self.push(&s.name, op, ins, out, 0, 0, 0);
+                self.push(&s.name, op, ins, out);
             }
-            (StepKind::Slice { outer, axis_len, start, len, inner }, _) => {
+            (
+                StepKind::Slice {
+                    outer,
+                    axis_len,
+                    start,
+                    len,
+                    inner,
+                },
+                _,
+            ) => {
                 let elem = if int8 { 1 } else { 4 };
                 let op = OpKind::Slice(SliceParams {
                     outer: *outer,
@@ -491,7 +707,7 @@ impl<'p> Emitter<'p> {
                     len: *len,
                     inner_bytes: inner * elem,
                 });
-                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+                self.push(&s.name, op, vec![x], out);
             }
             (StepKind::Transpose { dims, perm }, _) => {
                 let op = OpKind::Transpose(TransposeParams {
@@ -499,7 +715,7 @@ impl<'p> Emitter<'p> {
                     perm: perm.clone(),
                     elem_bytes: if int8 { 1 } else { 4 },
                 });
-                self.push(&s.name, op, vec![x], out, 0, 0, 0);
+                self.push(&s.name, op, vec![x], out);
             }
         }
         Ok(())
@@ -515,7 +731,11 @@ impl<'p> Emitter<'p> {
         in_q: Quant,
         out_q: Quant,
     ) -> Result<PerChannelOut> {
-        if let Some(bad) = weights.iter().chain(bias.unwrap_or(&[])).find(|v| !v.is_finite()) {
+        if let Some(bad) = weights
+            .iter()
+            .chain(bias.unwrap_or(&[]))
+            .find(|v| !v.is_finite())
+        {
             return Err(input(format!("a weight or bias is {bad}")));
         }
         let per = weights.len() / channels.max(1);
@@ -526,11 +746,23 @@ impl<'p> Emitter<'p> {
             let block = &weights[c * per..(c + 1) * per];
             let absmax = block.iter().fold(0f32, |m, &w| m.max(w.abs()));
             // An all-zero channel gets scale 1: its weights quantise to 0, its bias to round(b / in_scale).
-            let w_scale = if absmax > 0.0 { absmax as f64 / 127.0 } else { 1.0 };
-            qw.extend(block.iter().map(|&w| (w as f64 / w_scale).round().clamp(-127.0, 127.0) as i8));
+            let w_scale = if absmax > 0.0 {
+                absmax as f64 / 127.0
+            } else {
+                1.0
+            };
+            qw.extend(
+                block
+                    .iter()
+                    .map(|&w| (w as f64 / w_scale).round().clamp(-127.0, 127.0) as i8),
+            );
             let acc_scale = in_q.scale as f64 * w_scale;
             let b = bias.map_or(0.0, |b| b[c] as f64);
-            qb.push((b / acc_scale).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32);
+            qb.push(
+                (b / acc_scale)
+                    .round()
+                    .clamp(i32::MIN as f64, i32::MAX as f64) as i32,
+            );
             w_scales.push(w_scale);
         }
         let w_scales_f32: Vec<f32> = w_scales.iter().map(|&w| w as f32).collect();
@@ -539,14 +771,20 @@ impl<'p> Emitter<'p> {
         Ok(PerChannelOut {
             weights: self.blob.push_i8(&qw),
             bias: self.blob.push_i32(&qb),
-            requant: PerChannel { multipliers: self.blob.push_i16(&mult), shifts: self.blob.push_i8(&shift) },
+            requant: PerChannel {
+                multipliers: self.blob.push_i16(&mult),
+                shifts: self.blob.push_i8(&shift),
+            },
         })
     }
 
     fn finish(mut self, name: &str) -> Result<Emitted> {
         for &o in &self.p.outputs {
             if self.tensors[o].alias_of.is_none() && self.tensors[o].blob.is_some() {
-                return Err(input(format!("output '{}' is a constant; there is nothing to compute", self.tensors[o].name)));
+                return Err(input(format!(
+                    "output '{}' is a constant; there is nothing to compute",
+                    self.tensors[o].name
+                )));
             }
         }
         // Arena: one buffer per root tensor that is not a constant; liveness over step indices shifted by one so
@@ -583,26 +821,52 @@ impl<'p> Emitter<'p> {
         roots.sort_unstable();
         let buffers: Vec<Buffer> = roots
             .iter()
-            .map(|&r| Buffer { size: self.tensors[r].bytes(), first: live[&r].0, last: live[&r].1 })
+            .map(|&r| Buffer {
+                size: self.tensors[r].bytes(),
+                first: live[&r].0,
+                last: live[&r].1,
+            })
             .collect();
         let arena = plan::plan(&buffers);
-        let offset_of: HashMap<usize, usize> = roots.iter().zip(&arena.offsets).map(|(&r, &o)| (r, o)).collect();
+        let offset_of: HashMap<usize, usize> = roots
+            .iter()
+            .zip(&arena.offsets)
+            .map(|(&r, &o)| (r, o))
+            .collect();
 
         let operand = |t: usize, ts: &[ETensor]| -> Option<Operand> {
             let r = root(t, ts);
             let len = ts[t].bytes() as u32;
             match (ts[r].blob, offset_of.get(&r)) {
-                (Some(span), _) => Some(Operand { space: Space::Blob, offset: span.offset, len }),
-                (None, Some(&off)) => Some(Operand { space: Space::Arena, offset: off as u32, len }),
+                (Some(span), _) => Some(Operand {
+                    space: Space::Blob,
+                    offset: span.offset,
+                    len,
+                }),
+                (None, Some(&off)) => Some(Operand {
+                    space: Space::Arena,
+                    offset: off as u32,
+                    len,
+                }),
                 (None, None) => None,
             }
         };
 
         // Tensor table: the graph inputs and outputs (named, so tools can show them) and every op's output (for
         // observers; the op carries the name). Aliases and constants need no entry: ops address bytes directly.
-        let io: Vec<usize> = self.p.inputs.iter().chain(&self.p.outputs).copied().collect();
+        let io: Vec<usize> = self
+            .p
+            .inputs
+            .iter()
+            .chain(&self.p.outputs)
+            .copied()
+            .collect();
         let listed: Vec<usize> = {
-            let mut v: Vec<usize> = io.iter().copied().chain(self.steps.iter().map(|s| s.output)).collect();
+            let mut v: Vec<usize> = io
+                .iter()
+                .copied()
+                .chain(self.steps.iter().map(|s| s.output))
+                .collect();
             v.sort_unstable();
             v.dedup();
             v
@@ -612,7 +876,8 @@ impl<'p> Emitter<'p> {
         let mut count = 0u16;
         for i in listed {
             let t = &self.tensors[i];
-            let data = operand(i, &self.tensors).ok_or_else(|| input(format!("tensor '{}' has no storage", t.name)))?;
+            let data = operand(i, &self.tensors)
+                .ok_or_else(|| input(format!("tensor '{}' has no storage", t.name)))?;
             let def = TensorDef {
                 name: if io.contains(&i) { &t.name } else { "" },
                 dtype: t.dtype,
@@ -623,7 +888,9 @@ impl<'p> Emitter<'p> {
             };
             tensor_records.extend(postcard::to_stdvec(&def).map_err(anyhow::Error::from)?);
             tensor_index.insert(i, count);
-            count = count.checked_add(1).ok_or_else(|| input("more than 65535 tensors"))?;
+            count = count
+                .checked_add(1)
+                .ok_or_else(|| input("more than 65535 tensors"))?;
         }
 
         let mut op_records = Vec::new();
@@ -632,10 +899,12 @@ impl<'p> Emitter<'p> {
         for s in &self.steps {
             let mut inputs = heapless::Vec::new();
             for &i in &s.inputs {
-                let o = operand(i, &self.tensors).ok_or_else(|| input(format!("tensor {i} has no storage")))?;
+                let o = operand(i, &self.tensors)
+                    .ok_or_else(|| input(format!("tensor {i} has no storage")))?;
                 inputs.push(o).map_err(|_| input("too many op inputs"))?;
             }
-            let output = operand(s.output, &self.tensors).ok_or_else(|| input("output has no storage"))?;
+            let output =
+                operand(s.output, &self.tensors).ok_or_else(|| input("output has no storage"))?;
             let def = OpDef {
                 name: &s.name,
                 kind: s.kind.clone(),
@@ -651,8 +920,16 @@ impl<'p> Emitter<'p> {
         let io = |list: &[usize]| -> Result<heapless::Vec<u16, { format::MAX_IO }>> {
             let mut v = heapless::Vec::new();
             for t in list {
-                let idx = tensor_index.get(t).copied().ok_or_else(|| input("graph input/output has no storage"))?;
-                v.push(idx).map_err(|_| input(format!("more than {} graph inputs or outputs", format::MAX_IO)))?;
+                let idx = tensor_index
+                    .get(t)
+                    .copied()
+                    .ok_or_else(|| input("graph input/output has no storage"))?;
+                v.push(idx).map_err(|_| {
+                    input(format!(
+                        "more than {} graph inputs or outputs",
+                        format::MAX_IO
+                    ))
+                })?;
             }
             Ok(v)
         };
@@ -684,6 +961,14 @@ impl<'p> Emitter<'p> {
             tensor_index,
         })
     }
+}
+
+/// MACs and parameter bytes of an op, for reports.
+#[derive(Default)]
+struct Weighted {
+    macs: u64,
+    weight_bytes: usize,
+    bias_bytes: usize,
 }
 
 struct PerChannelOut {

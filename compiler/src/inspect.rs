@@ -117,7 +117,11 @@ pub fn inspect(m: &Model<'_>) -> Info {
 pub fn render(i: &Info, path: &Path) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{} ({})", path.display(), i.name);
-    let _ = writeln!(s, "  format version {}, crc32 {}, {} bytes", i.format_version, i.checksum, i.file_bytes);
+    let _ = writeln!(
+        s,
+        "  format version {}, crc32 {}, {} bytes",
+        i.format_version, i.checksum, i.file_bytes
+    );
     let _ = writeln!(
         s,
         "  arena {} B, blob {} B (weights {} B, biases {} B), {} MACs",
@@ -127,14 +131,21 @@ pub fn render(i: &Info, path: &Path) -> String {
         list.iter()
             .map(|&t| {
                 let t = &i.tensors[t];
-                format!("'{}' {} {:?} (scale {}, zero point {})", t.name, t.dtype, t.shape, t.scale, t.zero_point)
+                format!(
+                    "'{}' {} {:?} (scale {}, zero point {})",
+                    t.name, t.dtype, t.shape, t.scale, t.zero_point
+                )
             })
             .collect::<Vec<_>>()
             .join(", ")
     };
     let _ = writeln!(s, "  inputs:  {}", io(&i.inputs));
     let _ = writeln!(s, "  outputs: {}", io(&i.outputs));
-    let _ = writeln!(s, "\n  {:>3}  {:<22} {:<28} {:>10} {:>8}  output", "#", "kernel", "node", "MACs", "weights");
+    let _ = writeln!(
+        s,
+        "\n  {:>3}  {:<22} {:<28} {:>10} {:>8}  output",
+        "#", "kernel", "node", "MACs", "weights"
+    );
     for op in &i.ops {
         let t = &i.tensors[op.output_tensor as usize];
         let _ = writeln!(

@@ -51,7 +51,10 @@ pub enum Activation {
     None,
     Relu,
     /// Clamp to `[min, max]` (Relu6 is `Clip { 0, 6 }`).
-    Clip { min: f32, max: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
 }
 
 impl Activation {
@@ -170,11 +173,19 @@ pub enum Op {
     /// Inputs: `[x]`.
     Pool(PoolAttrs),
     /// Inputs: `[x]`. Constant padding.
-    Pad { pads_begin: Vec<usize>, pads_end: Vec<usize>, value: f32 },
+    Pad {
+        pads_begin: Vec<usize>,
+        pads_end: Vec<usize>,
+        value: f32,
+    },
     /// Inputs: all concatenated, in order.
     Concat { axis: usize },
     /// Inputs: `[x]`. `output = x[.., start..end, ..]` along `axis` (Split becomes several of these).
-    Slice { axis: usize, start: usize, end: usize },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
     /// Inputs: `[x]`. Any reshape (Reshape, Flatten, Squeeze, Unsqueeze): the output tensor's shape says how.
     Reshape,
     /// Inputs: `[x]`. `output.shape[i] = x.shape[perm[i]]`.
@@ -189,10 +200,22 @@ impl Op {
         match self {
             Op::Conv(_) => "Conv",
             Op::Dense { .. } => "Dense",
-            Op::Binary { kind: BinaryKind::Add, .. } => "Add",
-            Op::Binary { kind: BinaryKind::Sub, .. } => "Sub",
-            Op::Binary { kind: BinaryKind::Mul, .. } => "Mul",
-            Op::Binary { kind: BinaryKind::PRelu, .. } => "PRelu",
+            Op::Binary {
+                kind: BinaryKind::Add,
+                ..
+            } => "Add",
+            Op::Binary {
+                kind: BinaryKind::Sub,
+                ..
+            } => "Sub",
+            Op::Binary {
+                kind: BinaryKind::Mul,
+                ..
+            } => "Mul",
+            Op::Binary {
+                kind: BinaryKind::PRelu,
+                ..
+            } => "PRelu",
             Op::Unary(UnaryKind::Relu) => "Relu",
             Op::Unary(UnaryKind::Clip { .. }) => "Clip",
             Op::Unary(UnaryKind::LeakyRelu { .. }) => "LeakyRelu",
@@ -201,8 +224,14 @@ impl Op {
             Op::Unary(UnaryKind::Tanh) => "Tanh",
             Op::Softmax { log: false, .. } => "Softmax",
             Op::Softmax { log: true, .. } => "LogSoftmax",
-            Op::Pool(PoolAttrs { kind: PoolKind::Max, .. }) => "MaxPool",
-            Op::Pool(PoolAttrs { kind: PoolKind::Avg { .. }, .. }) => "AveragePool",
+            Op::Pool(PoolAttrs {
+                kind: PoolKind::Max,
+                ..
+            }) => "MaxPool",
+            Op::Pool(PoolAttrs {
+                kind: PoolKind::Avg { .. },
+                ..
+            }) => "AveragePool",
             Op::Pad { .. } => "Pad",
             Op::Concat { .. } => "Concat",
             Op::Slice { .. } => "Slice",
@@ -214,11 +243,24 @@ impl Op {
 }
 
 impl Graph {
-    pub fn add_tensor(&mut self, name: impl Into<String>, shape: Vec<usize>, value: Option<Vec<f32>>) -> TensorId {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        value: Option<Vec<f32>>,
+    ) -> TensorId {
         if let Some(v) = &value {
-            debug_assert_eq!(v.len(), shape.iter().product::<usize>(), "constant size vs shape");
+            debug_assert_eq!(
+                v.len(),
+                shape.iter().product::<usize>(),
+                "constant size vs shape"
+            );
         }
-        self.tensors.push(Tensor { name: name.into(), shape, value });
+        self.tensors.push(Tensor {
+            name: name.into(),
+            shape,
+            value,
+        });
         self.tensors.len() - 1
     }
 
@@ -228,7 +270,11 @@ impl Graph {
 
     /// Nodes that read `t`.
     pub fn consumers(&self, t: TensorId) -> impl Iterator<Item = usize> + '_ {
-        self.nodes.iter().enumerate().filter(move |(_, n)| n.inputs.contains(&t)).map(|(i, _)| i)
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(move |(_, n)| n.inputs.contains(&t))
+            .map(|(i, _)| i)
     }
 
     /// The node that produces `t`, if any.
@@ -251,8 +297,11 @@ impl Graph {
 impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for n in &self.nodes {
-            let ins: Vec<String> =
-                n.inputs.iter().map(|&t| format!("{}{:?}", self.tensors[t].name, self.tensors[t].shape)).collect();
+            let ins: Vec<String> = n
+                .inputs
+                .iter()
+                .map(|&t| format!("{}{:?}", self.tensors[t].name, self.tensors[t].shape))
+                .collect();
             writeln!(
                 f,
                 "{} [{}] ({}) -> {}{:?}",

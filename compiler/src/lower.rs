@@ -40,17 +40,60 @@ impl PTensor {
 
 #[derive(Clone, Debug)]
 pub enum StepKind {
-    Conv { geom: ConvGeom, weights: Vec<f32>, bias: Option<Vec<f32>>, act: Activation },
-    Fc { geom: FcGeom, weights: Vec<f32>, bias: Option<Vec<f32>>, act: Activation },
-    Binary { kind: BinaryKind, bcast: Broadcast, act: Activation },
+    Conv {
+        geom: ConvGeom,
+        weights: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        act: Activation,
+    },
+    Fc {
+        geom: FcGeom,
+        weights: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        act: Activation,
+    },
+    Binary {
+        kind: BinaryKind,
+        bcast: Broadcast,
+        act: Activation,
+    },
     Unary(UnaryKind),
-    Softmax { outer: u32, len: u32, inner: u32, log: bool },
-    Pool { kind: PoolKind, pool: Pool2d },
-    ReduceMean { dims: Dims, axes: u8 },
-    Pad { dims: Dims, before: Dims, after: Dims, value: f32 },
-    Concat { outer: u32, inner: u32, parts: Vec<u32> },
-    Slice { outer: u32, axis_len: u32, start: u32, len: u32, inner: u32 },
-    Transpose { dims: Dims, perm: Dims },
+    Softmax {
+        outer: u32,
+        len: u32,
+        inner: u32,
+        log: bool,
+    },
+    Pool {
+        kind: PoolKind,
+        pool: Pool2d,
+    },
+    ReduceMean {
+        dims: Dims,
+        axes: u8,
+    },
+    Pad {
+        dims: Dims,
+        before: Dims,
+        after: Dims,
+        value: f32,
+    },
+    Concat {
+        outer: u32,
+        inner: u32,
+        parts: Vec<u32>,
+    },
+    Slice {
+        outer: u32,
+        axis_len: u32,
+        start: u32,
+        len: u32,
+        inner: u32,
+    },
+    Transpose {
+        dims: Dims,
+        perm: Dims,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -66,9 +109,12 @@ impl Step {
     pub fn macs(&self) -> u64 {
         match &self.kind {
             StepKind::Conv { geom: g, .. } => {
-                (g.batch * g.out_h * g.out_w * g.out_c) as u64 * (g.kernel_h * g.kernel_w * (g.in_c / g.groups)) as u64
+                (g.batch * g.out_h * g.out_w * g.out_c) as u64
+                    * (g.kernel_h * g.kernel_w * (g.in_c / g.groups)) as u64
             }
-            StepKind::Fc { geom: g, .. } => g.rows as u64 * g.in_features as u64 * g.out_features as u64,
+            StepKind::Fc { geom: g, .. } => {
+                g.rows as u64 * g.in_features as u64 * g.out_features as u64
+            }
             _ => 0,
         }
     }
@@ -101,7 +147,10 @@ impl Program {
 
 fn dims(v: &[usize]) -> Result<Dims> {
     if v.len() > MAX_RANK {
-        return Err(input(format!("rank {} exceeds Kiln's maximum of {MAX_RANK}", v.len())));
+        return Err(input(format!(
+            "rank {} exceeds Kiln's maximum of {MAX_RANK}",
+            v.len()
+        )));
     }
     Ok(v.iter().map(|&d| d as u32).collect())
 }
@@ -144,7 +193,12 @@ struct Lowerer<'g> {
 /// # Errors
 /// [`crate::error::Error::Input`] naming the node for shapes Kiln's kernels cannot run.
 pub fn lower(g: &Graph) -> Result<Program> {
-    let mut l = Lowerer { g, p: Program::default(), map: HashMap::new(), relaid: HashMap::new() };
+    let mut l = Lowerer {
+        g,
+        p: Program::default(),
+        map: HashMap::new(),
+        relaid: HashMap::new(),
+    };
     for &t in &g.inputs {
         let ir = &g.tensors[t];
         let id = l.p.add(PTensor {
@@ -160,7 +214,11 @@ pub fn lower(g: &Graph) -> Result<Program> {
     }
     for node in &g.nodes {
         l.node(node).map_err(|e| match e {
-            crate::error::Error::Input(m) => input(format!("node '{}' ({}): {m}", node.name, node.op.kind_name())),
+            crate::error::Error::Input(m) => input(format!(
+                "node '{}' ({}): {m}",
+                node.name,
+                node.op.kind_name()
+            )),
             other => other,
         })?;
     }
@@ -181,7 +239,10 @@ impl<'g> Lowerer<'g> {
         }
         let ir = &self.g.tensors[t];
         let Some(value) = &ir.value else {
-            return Err(input(format!("tensor '{}' is used before it is computed", ir.name)));
+            return Err(input(format!(
+                "tensor '{}' is used before it is computed",
+                ir.name
+            )));
         };
         let id = self.p.add(PTensor {
             name: ir.name.clone(),
@@ -195,12 +256,24 @@ impl<'g> Lowerer<'g> {
     }
 
     fn new_tensor(&mut self, name: &str, shape: Vec<usize>, perm: Vec<usize>) -> PId {
-        self.p.add(PTensor { name: name.to_string(), shape, perm, value: None, alias_of: None })
+        self.p.add(PTensor {
+            name: name.to_string(),
+            shape,
+            perm,
+            value: None,
+            alias_of: None,
+        })
     }
 
     fn alias(&mut self, of: PId, name: &str, shape: Vec<usize>, perm: Vec<usize>) -> PId {
         let root = self.p.root(of);
-        self.p.add(PTensor { name: name.to_string(), shape, perm, value: None, alias_of: Some(root) })
+        self.p.add(PTensor {
+            name: name.to_string(),
+            shape,
+            perm,
+            value: None,
+            alias_of: Some(root),
+        })
     }
 
     /// `t` with its data in `perm` order: itself, an alias, a permuted constant, or the output of a new transpose.
@@ -214,24 +287,42 @@ impl<'g> Lowerer<'g> {
         }
         let id = if same_bytes(&cur.shape, &cur.perm, perm) {
             if let Some(v) = cur.value.clone() {
-                self.p.add(PTensor { perm: perm.to_vec(), value: Some(v), ..cur.clone() })
+                self.p.add(PTensor {
+                    perm: perm.to_vec(),
+                    value: Some(v),
+                    ..cur.clone()
+                })
             } else {
                 self.alias(t, &cur.name, cur.shape.clone(), perm.to_vec())
             }
         } else {
             // Physical step perm: output physical axis i holds logical axis perm[i], found at cur.perm.position.
-            let step_perm: Vec<usize> =
-                perm.iter().map(|a| cur.perm.iter().position(|c| c == a).unwrap_or(0)).collect();
+            let step_perm: Vec<usize> = perm
+                .iter()
+                .map(|a| cur.perm.iter().position(|c| c == a).unwrap_or(0))
+                .collect();
             let phys = cur.physical_shape();
             if let Some(v) = &cur.value {
                 let out_phys: Vec<usize> = step_perm.iter().map(|&i| phys[i]).collect();
                 let value = permute(v, &phys, &step_perm, &out_phys);
-                self.p.add(PTensor { perm: perm.to_vec(), value: Some(value), alias_of: None, ..cur.clone() })
+                self.p.add(PTensor {
+                    perm: perm.to_vec(),
+                    value: Some(value),
+                    alias_of: None,
+                    ..cur.clone()
+                })
             } else {
-                let out = self.new_tensor(&format!("{}.relayout", cur.name), cur.shape.clone(), perm.to_vec());
+                let out = self.new_tensor(
+                    &format!("{}.relayout", cur.name),
+                    cur.shape.clone(),
+                    perm.to_vec(),
+                );
                 self.p.steps.push(Step {
                     name: format!("{name}.relayout"),
-                    kind: StepKind::Transpose { dims: dims(&phys)?, perm: dims(&step_perm)? },
+                    kind: StepKind::Transpose {
+                        dims: dims(&phys)?,
+                        perm: dims(&step_perm)?,
+                    },
                     inputs: vec![t],
                     output: out,
                 });
@@ -242,10 +333,22 @@ impl<'g> Lowerer<'g> {
         Ok(id)
     }
 
-    fn emit(&mut self, name: &str, kind: StepKind, inputs: Vec<PId>, out_ir: TensorId, perm: Vec<usize>) -> PId {
+    fn emit(
+        &mut self,
+        name: &str,
+        kind: StepKind,
+        inputs: Vec<PId>,
+        out_ir: TensorId,
+        perm: Vec<usize>,
+    ) -> PId {
         let ir = &self.g.tensors[out_ir];
         let out = self.new_tensor(&ir.name, ir.shape.clone(), perm);
-        self.p.steps.push(Step { name: name.to_string(), kind, inputs, output: out });
+        self.p.steps.push(Step {
+            name: name.to_string(),
+            kind,
+            inputs,
+            output: out,
+        });
         self.bind(out_ir, out);
         out
     }
@@ -278,7 +381,12 @@ impl<'g> Lowerer<'g> {
                     groups: u(c.group),
                     ..geom
                 };
-                let kind = StepKind::Conv { geom, weights: c.weights.clone(), bias: c.bias.clone(), act: c.act };
+                let kind = StepKind::Conv {
+                    geom,
+                    weights: c.weights.clone(),
+                    bias: c.bias.clone(),
+                    act: c.act,
+                };
                 self.emit(name, kind, vec![x], node.output, perm);
             }
             Op::Pool(pa) => {
@@ -300,21 +408,54 @@ impl<'g> Lowerer<'g> {
                     stride_w: u(*pa.strides.last().unwrap_or(&1)),
                     pad_top: if two { u(pa.pads_begin[0]) } else { 0 },
                     pad_left: u(*pa.pads_begin.last().unwrap_or(&0)),
-                    count_include_pad: matches!(pa.kind, PoolKind::Avg { count_include_pad: true }),
+                    count_include_pad: matches!(
+                        pa.kind,
+                        PoolKind::Avg {
+                            count_include_pad: true
+                        }
+                    ),
                     zero_point: 0,
                 };
-                self.emit(name, StepKind::Pool { kind: pa.kind, pool }, vec![x], node.output, perm);
+                self.emit(
+                    name,
+                    StepKind::Pool {
+                        kind: pa.kind,
+                        pool,
+                    },
+                    vec![x],
+                    node.output,
+                    perm,
+                );
             }
-            Op::Dense { weights, in_features, out_features, bias, act } => {
+            Op::Dense {
+                weights,
+                in_features,
+                out_features,
+                bias,
+                act,
+            } => {
                 let x = self.operand(node.inputs[0])?;
                 let t = &self.p.tensors[x];
                 let rank = t.shape.len();
                 // Rows may lie in any order as long as the feature axis is innermost.
-                let x = if t.perm.last() == Some(&(rank - 1)) { x } else { self.relayout(x, &identity(rank), name)? };
+                let x = if t.perm.last() == Some(&(rank - 1)) {
+                    x
+                } else {
+                    self.relayout(x, &identity(rank), name)?
+                };
                 let perm = self.p.tensors[x].perm.clone();
                 let rows = u(self.p.tensors[x].elems() / in_features.max(&1));
-                let geom = FcGeom { rows, in_features: u(*in_features), out_features: u(*out_features) };
-                let kind = StepKind::Fc { geom, weights: weights.clone(), bias: bias.clone(), act: *act };
+                let geom = FcGeom {
+                    rows,
+                    in_features: u(*in_features),
+                    out_features: u(*out_features),
+                };
+                let kind = StepKind::Fc {
+                    geom,
+                    weights: weights.clone(),
+                    bias: bias.clone(),
+                    act: *act,
+                };
                 self.emit(name, kind, vec![x], node.output, perm);
             }
             Op::Binary { kind, act } => {
@@ -332,8 +473,22 @@ impl<'g> Lowerer<'g> {
                 let sa = self.broadcast_strides(a, &perm, &out_shape);
                 let sb = self.broadcast_strides(b, &perm, &out_shape);
                 let (o, sa, sb) = merge_axes(&out_phys, &sa, &sb);
-                let bcast = Broadcast { out: dims(&o)?, a_strides: dims(&sa)?, b_strides: dims(&sb)? };
-                self.emit(name, StepKind::Binary { kind: *kind, bcast, act: *act }, vec![a, b], node.output, perm);
+                let bcast = Broadcast {
+                    out: dims(&o)?,
+                    a_strides: dims(&sa)?,
+                    b_strides: dims(&sb)?,
+                };
+                self.emit(
+                    name,
+                    StepKind::Binary {
+                        kind: *kind,
+                        bcast,
+                        act: *act,
+                    },
+                    vec![a, b],
+                    node.output,
+                    perm,
+                );
             }
             Op::Unary(k) => {
                 let x = self.operand(node.inputs[0])?;
@@ -343,10 +498,19 @@ impl<'g> Lowerer<'g> {
             Op::Softmax { axis, log } => {
                 let x = self.operand(node.inputs[0])?;
                 let (outer, len, inner, perm) = self.split_at_axis(x, *axis);
-                let kind = StepKind::Softmax { outer, len, inner, log: *log };
+                let kind = StepKind::Softmax {
+                    outer,
+                    len,
+                    inner,
+                    log: *log,
+                };
                 self.emit(name, kind, vec![x], node.output, perm);
             }
-            Op::Pad { pads_begin, pads_end, value } => {
+            Op::Pad {
+                pads_begin,
+                pads_end,
+                value,
+            } => {
                 let x = self.operand(node.inputs[0])?;
                 let t = self.p.tensors[x].clone();
                 let before: Vec<usize> = t.perm.iter().map(|&p| pads_begin[p]).collect();
@@ -391,14 +555,23 @@ impl<'g> Lowerer<'g> {
                         .chain(now.iter().map(|&t| u(self.p.tensors[t].shape[*axis])))
                         .collect();
                     let total: u32 = sizes.iter().sum();
-                    let kind = StepKind::Concat { outer, inner, parts: sizes };
+                    let kind = StepKind::Concat {
+                        outer,
+                        inner,
+                        parts: sizes,
+                    };
                     let out = if later.is_empty() {
                         self.emit(name, kind, ins, node.output, perm.clone())
                     } else {
                         let mut shape = out_shape.clone();
                         shape[*axis] = total as usize;
                         let t = self.new_tensor(&format!("{name}.part"), shape, perm.clone());
-                        self.p.steps.push(Step { name: name.to_string(), kind, inputs: ins, output: t });
+                        self.p.steps.push(Step {
+                            name: name.to_string(),
+                            kind,
+                            inputs: ins,
+                            output: t,
+                        });
                         t
                     };
                     acc = Some((out, total));
@@ -408,7 +581,13 @@ impl<'g> Lowerer<'g> {
             Op::Slice { axis, start, end } => {
                 let x = self.operand(node.inputs[0])?;
                 let (outer, axis_len, inner, perm) = self.split_at_axis(x, *axis);
-                let kind = StepKind::Slice { outer, axis_len, start: u(*start), len: u(end - start), inner };
+                let kind = StepKind::Slice {
+                    outer,
+                    axis_len,
+                    start: u(*start),
+                    len: u(end - start),
+                    inner,
+                };
                 self.emit(name, kind, vec![x], node.output, perm);
             }
             Op::Reshape => {
@@ -439,7 +618,12 @@ impl<'g> Lowerer<'g> {
                 let perm: Vec<usize> = cur.iter().map(|&a| inv[a]).collect();
                 let out = if let Some(v) = self.p.tensors[x].value.clone() {
                     let t = self.p.tensors[x].clone();
-                    self.p.add(PTensor { shape: out_shape.clone(), perm, value: Some(v), ..t })
+                    self.p.add(PTensor {
+                        shape: out_shape.clone(),
+                        perm,
+                        value: Some(v),
+                        ..t
+                    })
                 } else {
                     self.alias(x, &g.tensors[node.output].name, out_shape.clone(), perm)
                 };
@@ -465,7 +649,10 @@ impl<'g> Lowerer<'g> {
                         .map(|&p| p - axes.iter().filter(|&&a| a < p).count())
                         .collect()
                 };
-                let kind = StepKind::ReduceMean { dims: dims(&t.physical_shape())?, axes: mask };
+                let kind = StepKind::ReduceMean {
+                    dims: dims(&t.physical_shape())?,
+                    axes: mask,
+                };
                 self.emit(name, kind, vec![x], node.output, perm);
             }
         }
@@ -513,7 +700,9 @@ fn conv_layout(
 ) -> Result<(Vec<usize>, ConvGeom)> {
     let rank = in_shape.len();
     if !(rank == 3 || rank == 4) || kernel.len() != rank - 2 {
-        return Err(input(format!("only 1D and 2D are supported (input shape {in_shape:?})")));
+        return Err(input(format!(
+            "only 1D and 2D are supported (input shape {in_shape:?})"
+        )));
     }
     let perm = match fmt {
         DataFormat::ChannelsFirst if rank == 4 => vec![0, 2, 3, 1],
@@ -522,8 +711,11 @@ fn conv_layout(
     };
     let phys_in: Vec<usize> = perm.iter().map(|&p| in_shape[p]).collect();
     let phys_out: Vec<usize> = perm.iter().map(|&p| out_shape[p]).collect();
-    let (ih, iw, oh, ow) =
-        if rank == 4 { (phys_in[1], phys_in[2], phys_out[1], phys_out[2]) } else { (1, phys_in[1], 1, phys_out[1]) };
+    let (ih, iw, oh, ow) = if rank == 4 {
+        (phys_in[1], phys_in[2], phys_out[1], phys_out[2])
+    } else {
+        (1, phys_in[1], 1, phys_out[1])
+    };
     let geom = ConvGeom {
         batch: u(phys_in[0]),
         in_h: u(ih),

@@ -95,7 +95,9 @@ stacked the same way). Outputs are float32 .npy (int8 models are dequantised).")
         outputs: Vec<PathBuf>,
     },
     /// Top-1 accuracy of a .kiln model (Kiln's runtime) or an .onnx model (tract, float) on labelled data.
-    #[command(after_help = "DATA.npz holds `x` (samples stacked on a leading axis, as for `kiln run`) and `y` (integer labels).")]
+    #[command(
+        after_help = "DATA.npz holds `x` (samples stacked on a leading axis, as for `kiln run`) and `y` (integer labels)."
+    )]
     Eval {
         model: PathBuf,
         /// Labelled data: keys `x` and `y`.
@@ -128,10 +130,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Compile { model, output, precision, calib, calib_method, report } => {
-            let opts = compile::Options { precision, calib, method: calib_method };
+        Command::Compile {
+            model,
+            output,
+            precision,
+            calib,
+            calib_method,
+            report,
+        } => {
+            let opts = compile::Options {
+                precision,
+                calib,
+                method: calib_method,
+            };
             let compiled = compile::compile(&model, &opts)?;
-            let report_json = serde_json::to_string_pretty(&compiled.report).map_err(|e| Error::Internal(e.into()))?;
+            let report_json = serde_json::to_string_pretty(&compiled.report)
+                .map_err(|e| Error::Internal(e.into()))?;
             npy::write_atomic(&output, &compiled.bytes)?;
             if let Some(r) = &report {
                 npy::write_atomic(r, report_json.as_bytes())?;
@@ -139,29 +153,55 @@ fn run(cli: Cli) -> Result<()> {
             print_summary(&compiled.report, &output);
             Ok(())
         }
-        Command::Run { model, inputs, outputs } => {
+        Command::Run {
+            model,
+            inputs,
+            outputs,
+        } => {
             let buf = ModelBuf::read(&model)?;
             let m = buf.model()?;
             let mut runner = Runner::new(&m);
             let shapes = runner.input_shapes()?;
-            let outs = run_batched(&model, &inputs, &outputs, m.output_count(), &shapes, |x| runner.run(x, |_| {}))?;
+            let outs = run_batched(&model, &inputs, &outputs, m.output_count(), &shapes, |x| {
+                runner.run(x, |_| {})
+            })?;
             write_outputs(&outputs, &outs)
         }
-        Command::Reference { model, inputs, outputs } => {
+        Command::Reference {
+            model,
+            inputs,
+            outputs,
+        } => {
             let r = Reference::load(&model)?;
             let n_out = r.plan_outputs();
-            let outs = run_batched(&model, &inputs, &outputs, n_out, &r.input_shapes.clone(), |x| r.run(x))?;
+            let outs = run_batched(
+                &model,
+                &inputs,
+                &outputs,
+                n_out,
+                &r.input_shapes.clone(),
+                |x| r.run(x),
+            )?;
             write_outputs(&outputs, &outs)
         }
         Command::Eval { model, data } => {
             let arrays = npy::read_npz(&data)?;
             let get = |k: &str| {
-                arrays.iter().find(|(n, _)| n == k).map(|(_, a)| a.clone()).ok_or_else(|| {
-                    input(format!("{}: no array '{k}' (labelled data needs `x` and `y`)", data.display()))
-                })
+                arrays
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, a)| a.clone())
+                    .ok_or_else(|| {
+                        input(format!(
+                            "{}: no array '{k}' (labelled data needs `x` and `y`)",
+                            data.display()
+                        ))
+                    })
             };
             let (x, y) = (get("x")?, get("y")?);
-            let is_onnx = model.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+            let is_onnx = model
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
             let predict: Vec<usize> = if is_onnx {
                 let r = Reference::load(&model)?;
                 let shape = r.input_shapes[0].clone();
@@ -181,7 +221,11 @@ fn run(cli: Cli) -> Result<()> {
                     y.len()
                 )));
             }
-            let correct = predict.iter().zip(y.iter()).filter(|(&p, &l)| p as f32 == l).count();
+            let correct = predict
+                .iter()
+                .zip(y.iter())
+                .filter(|(&p, &l)| p as f32 == l)
+                .count();
             say!(
                 "{}: top-1 accuracy {:.2}% ({correct}/{}) on {}",
                 model.display(),
@@ -195,9 +239,15 @@ fn run(cli: Cli) -> Result<()> {
             let buf = ModelBuf::read(&model)?;
             let info = kiln_compiler::inspect::inspect(&buf.model()?);
             if json {
-                say!("{}", serde_json::to_string_pretty(&info).map_err(|e| Error::Internal(e.into()))?);
+                say!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).map_err(|e| Error::Internal(e.into()))?
+                );
             } else {
-                say!("{}", kiln_compiler::inspect::render(&info, &model).trim_end());
+                say!(
+                    "{}",
+                    kiln_compiler::inspect::render(&info, &model).trim_end()
+                );
             }
             Ok(())
         }
@@ -236,7 +286,11 @@ fn run_batched(
         let samples = npy::split(&x, b, shape);
         if let Some((_, n)) = batching {
             if n != samples.len() {
-                return Err(input(format!("{}: {} samples, the first input has {n}", path.display(), samples.len())));
+                return Err(input(format!(
+                    "{}: {} samples, the first input has {n}",
+                    path.display(),
+                    samples.len()
+                )));
             }
         }
         batching = Some((b, samples.len()));
@@ -250,7 +304,10 @@ fn run_batched(
             per_output[o].push(y);
         }
     }
-    per_output.iter().map(|parts| npy::stack(parts, b)).collect()
+    per_output
+        .iter()
+        .map(|parts| npy::stack(parts, b))
+        .collect()
 }
 
 /// Argmax over the last axis of output 0, for every row of every sample of `x`.
@@ -263,11 +320,20 @@ fn top1(
     let b = npy::batching(x.shape(), shape, &format!("{}[x]", data.display()))?;
     let mut out = Vec::new();
     for s in npy::split(x, b, shape) {
-        let y = infer(&[s])?.into_iter().next().ok_or_else(|| input("the model has no output"))?;
+        let y = infer(&[s])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| input("the model has no output"))?;
         let y = y.as_standard_layout();
         let last = y.shape().last().copied().unwrap_or(1).max(1);
         for row in y.as_slice().unwrap_or(&[]).chunks(last) {
-            let best = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                );
             out.push(best.0);
         }
     }
@@ -282,7 +348,14 @@ fn write_outputs(paths: &[PathBuf], outs: &[ArrayD<f32>]) -> Result<()> {
 }
 
 fn print_summary(r: &compile::Report, out: &Path) {
-    say!("wrote {} ({} bytes, {}, format v{}, crc32 {})", out.display(), r.file_bytes, r.precision, r.format_version, r.checksum);
+    say!(
+        "wrote {} ({} bytes, {}, format v{}, crc32 {})",
+        out.display(),
+        r.file_bytes,
+        r.precision,
+        r.format_version,
+        r.checksum
+    );
     say!(
         "  weights {} B + biases {} B, arena {} B (lower bound {} B), {} MACs, {} ops",
         r.weight_bytes,
@@ -300,8 +373,16 @@ fn print_summary(r: &compile::Report, out: &Path) {
             a.sqnr_db,
             a.max_abs_error
         );
-        if let Some(worst) = a.per_layer.iter().min_by(|x, y| x.sqnr_db.total_cmp(&y.sqnr_db)) {
-            say!("  lowest layer SQNR: {:.1} dB at '{}'", worst.sqnr_db, worst.op);
+        if let Some(worst) = a
+            .per_layer
+            .iter()
+            .min_by(|x, y| x.sqnr_db.total_cmp(&y.sqnr_db))
+        {
+            say!(
+                "  lowest layer SQNR: {:.1} dB at '{}'",
+                worst.sqnr_db,
+                worst.op
+            );
         }
     }
 }

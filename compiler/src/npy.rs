@@ -9,10 +9,15 @@ use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
 use crate::error::{input, Error, Result};
 
-fn read_any<R: std::io::Read>(mut open: impl FnMut() -> std::io::Result<R>, what: &str) -> Result<ArrayD<f32>> {
+fn read_any<R: std::io::Read>(
+    mut open: impl FnMut() -> std::io::Result<R>,
+    what: &str,
+) -> Result<ArrayD<f32>> {
     macro_rules! attempt {
         ($t:ty) => {
-            if let Ok(a) = ArrayD::<$t>::read_npy(open().map_err(|e| input(format!("{what}: {e}")))?) {
+            if let Ok(a) =
+                ArrayD::<$t>::read_npy(open().map_err(|e| input(format!("{what}: {e}")))?)
+            {
                 return Ok(a.mapv(|v| v as f32));
             }
         };
@@ -45,8 +50,8 @@ pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
 pub fn read_npz(path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
     let what = path.display().to_string();
     let file = File::open(path).map_err(|e| input(format!("{what}: {e}")))?;
-    let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| input(format!("{what}: not a readable .npz file ({e})")))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| input(format!("{what}: not a readable .npz file ({e})")))?;
     let mut out = Vec::new();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| input(format!("{what}: {e}")))?;
@@ -55,7 +60,10 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
         std::io::copy(&mut entry, &mut bytes).map_err(|e| input(format!("{what}[{key}]: {e}")))?;
         // Arrays that are not numbers (labels as strings, say) are left out; asking for one by name then fails
         // with the list of what the file does hold.
-        if let Ok(arr) = read_any(|| Ok(std::io::Cursor::new(bytes.as_slice())), &format!("{what}[{key}]")) {
+        if let Ok(arr) = read_any(
+            || Ok(std::io::Cursor::new(bytes.as_slice())),
+            &format!("{what}[{key}]"),
+        ) {
             out.push((key, arr));
         }
     }
@@ -65,19 +73,28 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, ArrayD<f32>)>> {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, renamed into place, so a failure
 /// never leaves a half-written file behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let what = path.display();
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| input(format!("{what}: cannot write ({e})")))?;
-    tmp.write_all(bytes).map_err(|e| input(format!("{what}: cannot write ({e})")))?;
-    tmp.as_file().sync_all().map_err(|e| Error::Internal(e.into()))?;
-    tmp.persist(path).map_err(|e| input(format!("{what}: cannot write ({})", e.error)))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| input(format!("{what}: cannot write ({e})")))?;
+    tmp.write_all(bytes)
+        .map_err(|e| input(format!("{what}: cannot write ({e})")))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::Internal(e.into()))?;
+    tmp.persist(path)
+        .map_err(|e| input(format!("{what}: cannot write ({})", e.error)))?;
     Ok(())
 }
 
 /// Writes an f32 array as `.npy`, atomically.
 pub fn write_npy(path: &Path, a: &ArrayD<f32>) -> Result<()> {
     let mut bytes = Vec::new();
-    a.write_npy(&mut bytes).map_err(|e| Error::Internal(e.into()))?;
+    a.write_npy(&mut bytes)
+        .map_err(|e| Error::Internal(e.into()))?;
     write_atomic(path, &bytes)
 }
 
@@ -103,7 +120,12 @@ pub fn batching(x: &[usize], shape: &[usize], what: &str) -> Result<Batching> {
     if x.len() == shape.len() + 1 && &x[1..] == shape {
         return Ok(Batching::Prepended(x[0]));
     }
-    if x.len() == shape.len() && !shape.is_empty() && x[1..] == shape[1..] && shape[0] > 0 && x[0] % shape[0] == 0 {
+    if x.len() == shape.len()
+        && !shape.is_empty()
+        && x[1..] == shape[1..]
+        && shape[0] > 0
+        && x[0].is_multiple_of(shape[0])
+    {
         return Ok(Batching::Leading(x[0] / shape[0]));
     }
     Err(input(format!(
@@ -117,7 +139,9 @@ pub fn batching(x: &[usize], shape: &[usize], what: &str) -> Result<Batching> {
 pub fn split(x: &ArrayD<f32>, b: Batching, shape: &[usize]) -> Vec<ArrayD<f32>> {
     match b {
         Batching::Single => vec![x.clone()],
-        Batching::Prepended(n) => (0..n).map(|i| x.index_axis(Axis(0), i).to_owned()).collect(),
+        Batching::Prepended(n) => (0..n)
+            .map(|i| x.index_axis(Axis(0), i).to_owned())
+            .collect(),
         Batching::Leading(n) => (0..n)
             .map(|i| {
                 let s = ndarray::Slice::from(i * shape[0]..(i + 1) * shape[0]);
@@ -131,9 +155,16 @@ pub fn split(x: &ArrayD<f32>, b: Batching, shape: &[usize]) -> Vec<ArrayD<f32>> 
 pub fn stack(parts: &[ArrayD<f32>], b: Batching) -> Result<ArrayD<f32>> {
     let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
     let out = match b {
-        Batching::Single => parts.first().cloned().unwrap_or_else(|| ArrayD::zeros(IxDyn(&[0]))),
-        Batching::Prepended(_) => ndarray::stack(Axis(0), &views).map_err(|e| Error::Internal(e.into()))?,
-        Batching::Leading(_) => ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Internal(e.into()))?,
+        Batching::Single => parts
+            .first()
+            .cloned()
+            .unwrap_or_else(|| ArrayD::zeros(IxDyn(&[0]))),
+        Batching::Prepended(_) => {
+            ndarray::stack(Axis(0), &views).map_err(|e| Error::Internal(e.into()))?
+        }
+        Batching::Leading(_) => {
+            ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Internal(e.into()))?
+        }
     };
     Ok(out)
 }

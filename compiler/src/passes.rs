@@ -24,7 +24,13 @@ fn sole_consumer(g: &Graph, t: TensorId) -> Option<usize> {
 
 /// If `c` is a constant that varies at most along axis `channel_axis` of a rank-`rank` tensor with `channels`
 /// channels, its value per channel.
-fn per_channel(g: &Graph, c: TensorId, rank: usize, channel_axis: usize, channels: usize) -> Option<Vec<f32>> {
+fn per_channel(
+    g: &Graph,
+    c: TensorId,
+    rank: usize,
+    channel_axis: usize,
+    channels: usize,
+) -> Option<Vec<f32>> {
     let t = &g.tensors[c];
     let value = t.value.as_ref()?;
     if t.shape.len() > rank {
@@ -37,7 +43,11 @@ fn per_channel(g: &Graph, c: TensorId, rank: usize, channel_axis: usize, channel
             return None;
         }
     }
-    Some(if value.len() == 1 { vec![value[0]; channels] } else { value.clone() })
+    Some(if value.len() == 1 {
+        vec![value[0]; channels]
+    } else {
+        value.clone()
+    })
 }
 
 /// Channel axis and count of the tensor a Conv or Dense node writes.
@@ -45,7 +55,14 @@ fn channel_axis(g: &Graph, node: usize) -> Option<(usize, usize)> {
     let n = &g.nodes[node];
     let rank = g.tensors[n.output].shape.len();
     match &n.op {
-        Op::Conv(c) => Some((if c.data_format == DataFormat::ChannelsFirst { 1 } else { rank - 1 }, c.out_channels)),
+        Op::Conv(c) => Some((
+            if c.data_format == DataFormat::ChannelsFirst {
+                1
+            } else {
+                rank - 1
+            },
+            c.out_channels,
+        )),
         Op::Dense { out_features, .. } => Some((rank - 1, *out_features)),
         _ => None,
     }
@@ -71,23 +88,37 @@ fn act_of(op: &mut Op) -> Option<&mut Activation> {
 fn fold_once(g: &mut Graph) -> bool {
     for i in 0..g.nodes.len() {
         let out = g.nodes[i].output;
-        let Some(j) = sole_consumer(g, out) else { continue };
+        let Some(j) = sole_consumer(g, out) else {
+            continue;
+        };
         let rank = g.tensors[out].shape.len();
         // The consumer's output must have the producer's shape (no broadcasting up).
         if g.tensors[g.nodes[j].output].shape != g.tensors[out].shape {
             continue;
         }
         let merged = match (&g.nodes[j].op, channel_axis(g, i)) {
-            (Op::Binary { kind: kind @ (BinaryKind::Mul | BinaryKind::Add | BinaryKind::Sub), act }, Some((axis, ch)))
-                if *act == Activation::None && fused_act(&g.nodes[i].op) == Some(Activation::None) =>
+            (
+                Op::Binary {
+                    kind: kind @ (BinaryKind::Mul | BinaryKind::Add | BinaryKind::Sub),
+                    act,
+                },
+                Some((axis, ch)),
+            ) if *act == Activation::None
+                && fused_act(&g.nodes[i].op) == Some(Activation::None) =>
             {
                 let (kind, inputs) = (*kind, g.nodes[j].inputs.clone());
                 // `out op c` or, for Add/Mul, `c op out`.
-                let other = if inputs[0] == out { inputs[1] } else { inputs[0] };
+                let other = if inputs[0] == out {
+                    inputs[1]
+                } else {
+                    inputs[0]
+                };
                 if kind == BinaryKind::Sub && inputs[0] != out {
                     continue;
                 }
-                let Some(c) = per_channel(g, other, rank, axis, ch) else { continue };
+                let Some(c) = per_channel(g, other, rank, axis, ch) else {
+                    continue;
+                };
                 apply_affine(&mut g.nodes[i].op, kind, &c);
                 true
             }
@@ -103,7 +134,14 @@ fn fold_once(g: &mut Graph) -> bool {
                     Some(a) if *a == Activation::Relu => {
                         // Relu then Clip (or Relu again): the intersection of both ranges.
                         let (lo, hi) = new.range();
-                        *a = if hi.is_infinite() { Activation::Relu } else { Activation::Clip { min: lo.max(0.0), max: hi } };
+                        *a = if hi.is_infinite() {
+                            Activation::Relu
+                        } else {
+                            Activation::Clip {
+                                min: lo.max(0.0),
+                                max: hi,
+                            }
+                        };
                     }
                     _ => continue,
                 }
@@ -126,7 +164,12 @@ fn fold_once(g: &mut Graph) -> bool {
 fn apply_affine(op: &mut Op, kind: BinaryKind, c: &[f32]) {
     let (weights, bias, channels) = match op {
         Op::Conv(conv) => (&mut conv.weights, &mut conv.bias, conv.out_channels),
-        Op::Dense { weights, bias, out_features, .. } => (weights, bias, *out_features),
+        Op::Dense {
+            weights,
+            bias,
+            out_features,
+            ..
+        } => (weights, bias, *out_features),
         _ => return,
     };
     let bias = bias.get_or_insert_with(|| vec![0.0; channels]);

@@ -59,10 +59,20 @@ pub fn plan(buffers: &[Buffer]) -> Plan {
     }
     let horizon = buffers.iter().map(|b| b.last + 1).max().unwrap_or(0);
     let lower_bound = (0..horizon)
-        .map(|t| buffers.iter().filter(|b| b.first <= t && t <= b.last).map(|b| align(b.size)).sum::<usize>())
+        .map(|t| {
+            buffers
+                .iter()
+                .filter(|b| b.first <= t && t <= b.last)
+                .map(|b| align(b.size))
+                .sum::<usize>()
+        })
         .max()
         .unwrap_or(0);
-    Plan { offsets, total, lower_bound }
+    Plan {
+        offsets,
+        total,
+        lower_bound,
+    }
 }
 
 #[cfg(test)]
@@ -75,7 +85,10 @@ mod tests {
                 if overlap_in_time(&buffers[i], &buffers[j]) {
                     let (a, b) = (p.offsets[i], p.offsets[j]);
                     let disjoint = a + buffers[i].size <= b || b + buffers[j].size <= a;
-                    assert!(disjoint, "buffers {i} and {j} are live together and overlap: {p:?}");
+                    assert!(
+                        disjoint,
+                        "buffers {i} and {j} are live together and overlap: {p:?}"
+                    );
                 }
             }
         }
@@ -86,10 +99,26 @@ mod tests {
     fn chain_reuses_memory() {
         // x -> a -> b -> c: only two neighbours are ever live together.
         let bufs = [
-            Buffer { size: 100, first: 0, last: 1 },
-            Buffer { size: 100, first: 1, last: 2 },
-            Buffer { size: 100, first: 2, last: 3 },
-            Buffer { size: 100, first: 3, last: 4 },
+            Buffer {
+                size: 100,
+                first: 0,
+                last: 1,
+            },
+            Buffer {
+                size: 100,
+                first: 1,
+                last: 2,
+            },
+            Buffer {
+                size: 100,
+                first: 2,
+                last: 3,
+            },
+            Buffer {
+                size: 100,
+                first: 3,
+                last: 4,
+            },
         ];
         let p = plan(&bufs);
         check_valid(&bufs, &p);
@@ -109,7 +138,11 @@ mod tests {
             let bufs: Vec<Buffer> = (0..n)
                 .map(|_| {
                     let first = next(10) as usize;
-                    Buffer { size: 1 + next(300) as usize, first, last: first + next(5) as usize }
+                    Buffer {
+                        size: 1 + next(300) as usize,
+                        first,
+                        last: first + next(5) as usize,
+                    }
                 })
                 .collect();
             check_valid(&bufs, &plan(&bufs));

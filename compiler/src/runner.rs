@@ -18,7 +18,10 @@ impl ModelBuf {
     pub fn new(bytes: &[u8]) -> Self {
         let mut words = vec![0u32; bytes.len().div_ceil(4)];
         bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        ModelBuf { words, len: bytes.len() }
+        ModelBuf {
+            words,
+            len: bytes.len(),
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -29,7 +32,8 @@ impl ModelBuf {
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| input(format!("{}: {e}", path.display())))?;
         let buf = ModelBuf::new(&bytes);
-        Model::from_bytes(buf.bytes()).map_err(|e| input(format!("{}: invalid model: {e}", path.display())))?;
+        Model::from_bytes(buf.bytes())
+            .map_err(|e| input(format!("{}: invalid model: {e}", path.display())))?;
         Ok(buf)
     }
 
@@ -41,9 +45,18 @@ impl ModelBuf {
 /// Float value of element `i` of a tensor's bytes.
 pub fn dequantize(bytes: &[u8], dtype: DType, q: Quant) -> Vec<f32> {
     match dtype {
-        DType::I8 => bytes.iter().map(|&b| q.scale * ((b as i8) as i32 - q.zero_point) as f32).collect(),
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
+        DType::I8 => bytes
+            .iter()
+            .map(|&b| q.scale * ((b as i8) as i32 - q.zero_point) as f32)
+            .collect(),
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
     }
 }
 
@@ -51,10 +64,15 @@ pub fn dequantize(bytes: &[u8], dtype: DType, q: Quant) -> Vec<f32> {
 pub fn quantize(values: impl Iterator<Item = f32>, dtype: DType, q: Quant) -> Vec<u8> {
     match dtype {
         DType::I8 => values
-            .map(|v| ((v as f64 / q.scale as f64).round() + q.zero_point as f64).clamp(-128.0, 127.0) as i8 as u8)
+            .map(|v| {
+                ((v as f64 / q.scale as f64).round() + q.zero_point as f64).clamp(-128.0, 127.0)
+                    as i8 as u8
+            })
             .collect(),
         DType::F32 => values.flat_map(|v| v.to_le_bytes()).collect(),
-        DType::I32 => values.flat_map(|v| (v.round() as i32).to_le_bytes()).collect(),
+        DType::I32 => values
+            .flat_map(|v| (v.round() as i32).to_le_bytes())
+            .collect(),
     }
 }
 
@@ -63,7 +81,8 @@ pub fn to_logical(values: Vec<f32>, t: &TensorDef<'_>) -> ArrayD<f32> {
     let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
     let perm: Vec<usize> = t.perm.iter().map(|&p| p as usize).collect();
     let phys: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-    let a = ArrayD::from_shape_vec(IxDyn(&phys), values).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&phys)));
+    let a = ArrayD::from_shape_vec(IxDyn(&phys), values)
+        .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&phys)));
     // Physical axis i is logical axis perm[i]; logical axis j is physical axis inv[j].
     let mut inv = vec![0; perm.len()];
     for (i, &p) in perm.iter().enumerate() {
@@ -80,14 +99,20 @@ pub struct Runner<'m> {
 
 impl<'m> Runner<'m> {
     pub fn new(model: &'m Model<'m>) -> Self {
-        Runner { model, arena: vec![0u32; model.arena_bytes().div_ceil(4)] }
+        Runner {
+            model,
+            arena: vec![0u32; model.arena_bytes().div_ceil(4)],
+        }
     }
 
     /// Logical input shapes.
     pub fn input_shapes(&self) -> Result<Vec<Vec<usize>>> {
         (0..self.model.input_count())
             .map(|i| {
-                let t = self.model.input(i).map_err(|e| Error::Internal(anyhow::anyhow!("{e}")))?;
+                let t = self
+                    .model
+                    .input(i)
+                    .map_err(|e| Error::Internal(anyhow::anyhow!("{e}")))?;
                 Ok(t.shape.iter().map(|&d| d as usize).collect())
             })
             .collect()
@@ -95,19 +120,31 @@ impl<'m> Runner<'m> {
 
     /// One inference on float inputs (quantised here for int8 models); float outputs in the model's layout.
     /// `observer` sees every op's output as it is produced.
-    pub fn run(&mut self, inputs: &[ArrayD<f32>], observer: impl FnMut(TensorView<'_>)) -> Result<Vec<ArrayD<f32>>> {
+    pub fn run(
+        &mut self,
+        inputs: &[ArrayD<f32>],
+        observer: impl FnMut(TensorView<'_>),
+    ) -> Result<Vec<ArrayD<f32>>> {
         let model = self.model;
         let internal = |e: kiln_runtime::Error| Error::Internal(anyhow::anyhow!("runtime: {e}"));
         let arena = bytemuck::cast_slice_mut::<u32, u8>(&mut self.arena);
         let mut interp = Interpreter::new(model, arena).map_err(internal)?;
         if inputs.len() != model.input_count() {
-            return Err(input(format!("the model has {} inputs, {} given", model.input_count(), inputs.len())));
+            return Err(input(format!(
+                "the model has {} inputs, {} given",
+                model.input_count(),
+                inputs.len()
+            )));
         }
         for (i, x) in inputs.iter().enumerate() {
             let t = model.input(i).map_err(internal)?;
             let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
             if x.shape() != shape.as_slice() {
-                return Err(input(format!("input {i} ('{}'): shape {:?}, the model wants {shape:?}", t.name, x.shape())));
+                return Err(input(format!(
+                    "input {i} ('{}'): shape {:?}, the model wants {shape:?}",
+                    t.name,
+                    x.shape()
+                )));
             }
             let bytes = quantize(x.iter().copied(), t.dtype, t.quant);
             interp.set_input(i, &bytes).map_err(internal)?;

@@ -8,11 +8,17 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
 fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln")
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 fn s(p: &Path) -> &str {
@@ -33,7 +39,10 @@ fn assert_exit(o: &Output, code: i32, what: &str) {
     );
     if code != 0 {
         let e = stderr(o);
-        assert!(!e.contains("panicked") && !e.contains("RUST_BACKTRACE"), "{what}: a panic leaked: {e}");
+        assert!(
+            !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
+            "{what}: a panic leaked: {e}"
+        );
     }
 }
 
@@ -42,7 +51,8 @@ fn read(p: &Path) -> ArrayD<f32> {
 }
 
 fn write(p: &Path, a: &ArrayD<f32>) {
-    a.write_npy(std::fs::File::create(p).expect("create npy")).expect("write npy");
+    a.write_npy(std::fs::File::create(p).expect("create npy"))
+        .expect("write npy");
 }
 
 /// The bundled MNIST CNN compiled to int8 once per test (small and quick).
@@ -71,8 +81,16 @@ fn int8_without_calibration_is_refused_with_what_to_pass() {
     let model = repo().join("models/mnist_cnn.onnx");
     let o = kiln(&["compile", s(&model), "-o", s(&out)]);
     assert_exit(&o, 2, "int8 without --calib");
-    assert!(stderr(&o).contains("--calib"), "message should say what to pass: {}", stderr(&o));
-    assert!(stderr(&o).contains("mnist_cnn.onnx"), "message should name the file: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--calib"),
+        "message should say what to pass: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("mnist_cnn.onnx"),
+        "message should name the file: {}",
+        stderr(&o)
+    );
     assert!(!out.exists(), "nothing may be written on failure");
 }
 
@@ -80,13 +98,27 @@ fn int8_without_calibration_is_refused_with_what_to_pass() {
 fn unreadable_inputs_exit_2_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.onnx");
-    let o = kiln(&["compile", s(&missing), "-o", s(&dir.path().join("x.kiln")), "--precision", "f32"]);
+    let o = kiln(&[
+        "compile",
+        s(&missing),
+        "-o",
+        s(&dir.path().join("x.kiln")),
+        "--precision",
+        "f32",
+    ]);
     assert_exit(&o, 2, "missing model");
     assert!(stderr(&o).contains("missing.onnx"), "{}", stderr(&o));
 
     let garbage = dir.path().join("garbage.onnx");
     std::fs::write(&garbage, b"this is not a protobuf at all \xff\xff\xff").unwrap();
-    let o = kiln(&["compile", s(&garbage), "-o", s(&dir.path().join("x.kiln")), "--precision", "f32"]);
+    let o = kiln(&[
+        "compile",
+        s(&garbage),
+        "-o",
+        s(&dir.path().join("x.kiln")),
+        "--precision",
+        "f32",
+    ]);
     assert_exit(&o, 2, "garbage model");
     assert!(stderr(&o).contains("garbage.onnx"), "{}", stderr(&o));
 
@@ -106,37 +138,74 @@ fn run_matches_reference_and_batches_both_ways() {
 
     // [N] + input shape: N inferences, stacked on a new axis.
     let y_path = dir.path().join("y.npy");
-    assert_exit(&kiln(&["run", s(&m), "--input", s(&x_path), "--output", s(&y_path)]), 0, "run");
+    assert_exit(
+        &kiln(&["run", s(&m), "--input", s(&x_path), "--output", s(&y_path)]),
+        0,
+        "run",
+    );
     let y = read(&y_path);
     assert_eq!(y.shape(), &[6, 1, 10]);
 
     // Leading axis replaced by N (the model's batch is 1): same numbers, shape [N, 10].
-    let flat = x.clone().into_shape_with_order(IxDyn(&[6, 1, 28, 28])).unwrap();
+    let flat = x
+        .clone()
+        .into_shape_with_order(IxDyn(&[6, 1, 28, 28]))
+        .unwrap();
     let x2 = dir.path().join("x2.npy");
     write(&x2, &flat);
     let y2_path = dir.path().join("y2.npy");
-    assert_exit(&kiln(&["run", s(&m), "--input", s(&x2), "--output", s(&y2_path)]), 0, "run leading");
+    assert_exit(
+        &kiln(&["run", s(&m), "--input", s(&x2), "--output", s(&y2_path)]),
+        0,
+        "run leading",
+    );
     let y2 = read(&y2_path);
     assert_eq!(y2.shape(), &[6, 10]);
-    assert_eq!(y2.as_slice().unwrap(), y.as_standard_layout().as_slice().unwrap(), "same inferences, same outputs");
+    assert_eq!(
+        y2.as_slice().unwrap(),
+        y.as_standard_layout().as_slice().unwrap(),
+        "same inferences, same outputs"
+    );
 
     // One inference at the model's own shape.
     let one = dir.path().join("one.npy");
     write(&one, &x.index_axis(Axis(0), 3).to_owned());
     let y1_path = dir.path().join("y1.npy");
-    assert_exit(&kiln(&["run", s(&m), "--input", s(&one), "--output", s(&y1_path)]), 0, "run single");
+    assert_exit(
+        &kiln(&["run", s(&m), "--input", s(&one), "--output", s(&y1_path)]),
+        0,
+        "run single",
+    );
     assert_eq!(read(&y1_path), y.index_axis(Axis(0), 3).to_owned());
 
     // The int8 model agrees with tract's float on the top class for these inputs.
     let r_path = dir.path().join("r.npy");
-    assert_exit(&kiln(&["reference", s(&onnx), "--input", s(&x_path), "--output", s(&r_path)]), 0, "reference");
+    assert_exit(
+        &kiln(&[
+            "reference",
+            s(&onnx),
+            "--input",
+            s(&x_path),
+            "--output",
+            s(&r_path),
+        ]),
+        0,
+        "reference",
+    );
     let r = read(&r_path);
     assert_eq!(r.shape(), y.shape());
     let argmax = |v: ndarray::ArrayViewD<f32>| {
-        v.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+        v.iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+            .0
     };
     for i in 0..6 {
-        assert_eq!(argmax(y.index_axis(Axis(0), i)), argmax(r.index_axis(Axis(0), i)), "sample {i}");
+        assert_eq!(
+            argmax(y.index_axis(Axis(0), i)),
+            argmax(r.index_axis(Axis(0), i)),
+            "sample {i}"
+        );
     }
 }
 
@@ -150,10 +219,27 @@ fn wrong_shape_is_refused_and_existing_output_survives() {
     std::fs::write(&y, b"precious").unwrap();
     let o = kiln(&["run", s(&m), "--input", s(&bad), "--output", s(&y)]);
     assert_exit(&o, 2, "wrong shape");
-    assert!(stderr(&o).contains("bad.npy") && stderr(&o).contains("[1, 3, 28, 28]"), "{}", stderr(&o));
-    assert_eq!(std::fs::read(&y).unwrap(), b"precious", "a failed run must not touch the output");
+    assert!(
+        stderr(&o).contains("bad.npy") && stderr(&o).contains("[1, 3, 28, 28]"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(&y).unwrap(),
+        b"precious",
+        "a failed run must not touch the output"
+    );
 
-    let o = kiln(&["run", s(&m), "--input", s(&bad), "--input", s(&bad), "--output", s(&y)]);
+    let o = kiln(&[
+        "run",
+        s(&m),
+        "--input",
+        s(&bad),
+        "--input",
+        s(&bad),
+        "--output",
+        s(&y),
+    ]);
     assert_exit(&o, 2, "too many inputs");
 }
 
@@ -168,7 +254,9 @@ fn corrupted_truncated_or_extended_models_are_refused() {
     let bad = dir.path().join("bad.kiln");
     let mut seed = 99u64;
     let mut rnd = |m: usize| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((seed >> 33) as usize) % m
     };
     for case in 0..60 {
@@ -190,11 +278,18 @@ fn corrupted_truncated_or_extended_models_are_refused() {
             }
         };
         std::fs::write(&bad, &b).unwrap();
-        let cmd = if case % 2 == 0 { vec!["inspect", s(&bad)] } else { vec!["run", s(&bad), "--input", s(&x), "--output", s(&y)] };
+        let cmd = if case % 2 == 0 {
+            vec!["inspect", s(&bad)]
+        } else {
+            vec!["run", s(&bad), "--input", s(&x), "--output", s(&y)]
+        };
         let o = kiln(&cmd);
         assert_exit(&o, 2, &format!("model with {what}"));
         let e = stderr(&o);
-        assert!(e.contains("bad.kiln") && e.contains("invalid model"), "{what}: {e}");
+        assert!(
+            e.contains("bad.kiln") && e.contains("invalid model"),
+            "{what}: {e}"
+        );
         assert!(!y.exists(), "{what}: no output may be written");
     }
 }
@@ -206,7 +301,16 @@ fn inspect_json_and_report_describe_the_model() {
     let report = dir.path().join("report.json");
     let model = repo().join("models/mnist_cnn.onnx");
     let calib = repo().join("data/mnist_calib.npy");
-    let o = kiln(&["compile", s(&model), "-o", s(&out), "--calib", s(&calib), "--report", s(&report)]);
+    let o = kiln(&[
+        "compile",
+        s(&model),
+        "-o",
+        s(&out),
+        "--calib",
+        s(&calib),
+        "--report",
+        s(&report),
+    ]);
     assert_exit(&o, 0, "compile with report");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let a = &r["agreement"];
@@ -214,7 +318,10 @@ fn inspect_json_and_report_describe_the_model() {
     assert!(a["top1"].as_f64().unwrap() >= 0.97, "{a}");
     assert!(a["sqnr_db"].as_f64().unwrap() > 15.0, "{a}");
     assert!(!a["per_layer"].as_array().unwrap().is_empty());
-    assert_eq!(r["file_bytes"].as_u64().unwrap(), std::fs::metadata(&out).unwrap().len());
+    assert_eq!(
+        r["file_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&out).unwrap().len()
+    );
 
     let o = kiln(&["inspect", s(&out), "--json"]);
     assert_exit(&o, 0, "inspect --json");
@@ -223,15 +330,29 @@ fn inspect_json_and_report_describe_the_model() {
     assert_eq!(i["arena_bytes"], r["arena_bytes"]);
     assert_eq!(i["macs"], r["macs"]);
     assert_eq!(i["checksum"], r["checksum"]);
-    let kinds: Vec<&str> = i["ops"].as_array().unwrap().iter().map(|o| o["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"conv2d_s8") && kinds.contains(&"fully_connected_s8"), "{kinds:?}");
+    let kinds: Vec<&str> = i["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"conv2d_s8") && kinds.contains(&"fully_connected_s8"),
+        "{kinds:?}"
+    );
     // BatchNorm was folded and the Relus fused: no op of their own.
-    assert!(!kinds.contains(&"binary_s8") && !kinds.contains(&"lookup_s8"), "{kinds:?}");
+    assert!(
+        !kinds.contains(&"binary_s8") && !kinds.contains(&"lookup_s8"),
+        "{kinds:?}"
+    );
 
     let o = kiln(&["inspect", s(&out)]);
     assert_exit(&o, 0, "inspect");
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("arena") && text.contains("conv2d_s8"), "{text}");
+    assert!(
+        text.contains("arena") && text.contains("conv2d_s8"),
+        "{text}"
+    );
 }
 
 #[test]

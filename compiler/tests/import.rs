@@ -82,8 +82,15 @@ fn close(a: f32, b: f32) -> bool {
 }
 
 /// A one-Conv model: input `x`, weights `w` = iota (OIHW), optional bias `b` = iota + 1.
-fn conv_model(x: &[usize], w: &[usize], bias: bool, attrs: Vec<tract_onnx::pb::AttributeProto>) -> OnnxBuilder {
-    let mut b = OnnxBuilder::new(13).input("x", x).initializer("w", w, &iota(w.iter().product()));
+fn conv_model(
+    x: &[usize],
+    w: &[usize],
+    bias: bool,
+    attrs: Vec<tract_onnx::pb::AttributeProto>,
+) -> OnnxBuilder {
+    let mut b = OnnxBuilder::new(13)
+        .input("x", x)
+        .initializer("w", w, &iota(w.iter().product()));
     let mut ins = vec!["x", "w"];
     if bias {
         let bias: Vec<f32> = iota(w[0]).iter().map(|v| v + 1.0).collect();
@@ -112,16 +119,28 @@ fn assert_ohwi(c: &ConvAttrs, in_per_group: usize) {
 
 #[test]
 fn conv2d_nchw_batch2_with_bias() {
-    let g = import(&conv_model(&[2, 3, 8, 8], &[4, 3, 3, 3], true, vec![attr::ints("pads", &[1, 1, 1, 1])]));
+    let g = import(&conv_model(
+        &[2, 3, 8, 8],
+        &[4, 3, 3, 3],
+        true,
+        vec![attr::ints("pads", &[1, 1, 1, 1])],
+    ));
     assert_wired(&g);
     let n = single(&g);
     let c = conv(n);
     assert_eq!(c.data_format, DataFormat::ChannelsFirst);
     assert_eq!(
-        (c.kernel.as_slice(), c.strides.as_slice(), c.dilations.as_slice()),
+        (
+            c.kernel.as_slice(),
+            c.strides.as_slice(),
+            c.dilations.as_slice()
+        ),
         (&[3, 3][..], &[1, 1][..], &[1, 1][..])
     );
-    assert_eq!((c.pads_begin.as_slice(), c.pads_end.as_slice()), (&[1, 1][..], &[1, 1][..]));
+    assert_eq!(
+        (c.pads_begin.as_slice(), c.pads_end.as_slice()),
+        (&[1, 1][..], &[1, 1][..])
+    );
     assert_eq!((c.group, c.out_channels), (1, 4));
     assert_eq!(c.bias, Some(vec![1.0, 2.0, 3.0, 4.0]));
     assert_eq!(c.act, Activation::None);
@@ -134,12 +153,22 @@ fn conv2d_nchw_batch2_with_bias() {
 
 #[test]
 fn conv1d_nchw_batch2_stride2_without_bias() {
-    let g = import(&conv_model(&[2, 3, 16], &[4, 3, 3], false, vec![attr::ints("strides", &[2])]));
+    let g = import(&conv_model(
+        &[2, 3, 16],
+        &[4, 3, 3],
+        false,
+        vec![attr::ints("strides", &[2])],
+    ));
     assert_wired(&g);
     let n = single(&g);
     let c = conv(n);
     assert_eq!(
-        (c.kernel.clone(), c.strides.clone(), c.pads_begin.clone(), c.pads_end.clone()),
+        (
+            c.kernel.clone(),
+            c.strides.clone(),
+            c.pads_begin.clone(),
+            c.pads_end.clone()
+        ),
         (vec![3], vec![2], vec![0], vec![0])
     );
     assert_eq!(c.bias, None);
@@ -152,7 +181,14 @@ fn conv1d_dilated_padded() {
     let attrs = vec![attr::ints("dilations", &[2]), attr::ints("pads", &[2, 1])];
     let g = import(&conv_model(&[1, 2, 10], &[3, 2, 3], true, attrs));
     let c = conv(single(&g));
-    assert_eq!((c.dilations.clone(), c.pads_begin.clone(), c.pads_end.clone()), (vec![2], vec![2], vec![1]));
+    assert_eq!(
+        (
+            c.dilations.clone(),
+            c.pads_begin.clone(),
+            c.pads_end.clone()
+        ),
+        (vec![2], vec![2], vec![1])
+    );
     assert_eq!(out_shape(&g, single(&g)), vec![1, 3, 9]);
 }
 
@@ -168,7 +204,12 @@ fn conv2d_depthwise_multiplier_2() {
 
 #[test]
 fn conv2d_grouped() {
-    let g = import(&conv_model(&[1, 4, 8, 8], &[6, 2, 3, 3], true, vec![attr::int("group", 2)]));
+    let g = import(&conv_model(
+        &[1, 4, 8, 8],
+        &[6, 2, 3, 3],
+        true,
+        vec![attr::int("group", 2)],
+    ));
     let c = conv(single(&g));
     assert_eq!((c.group, c.out_channels), (2, 6));
     assert_ohwi(c, 2);
@@ -189,12 +230,23 @@ fn conv2d_auto_pad() {
         ("NOTSET", 8, [0, 0], [0, 0], 3),
     ];
     for (auto_pad, size, begin, end, out) in cases {
-        let attrs = vec![attr::string("auto_pad", auto_pad), attr::ints("strides", &[2, 2])];
+        let attrs = vec![
+            attr::string("auto_pad", auto_pad),
+            attr::ints("strides", &[2, 2]),
+        ];
         let g = import(&conv_model(&[1, 3, size, size], &[4, 3, 3, 3], true, attrs));
         let c = conv(single(&g));
         assert_eq!(c.strides, vec![2, 2], "{auto_pad} {size}");
-        assert_eq!((c.pads_begin.as_slice(), c.pads_end.as_slice()), (&begin[..], &end[..]), "{auto_pad} {size}");
-        assert_eq!(out_shape(&g, single(&g)), vec![1, 4, out, out], "{auto_pad} {size}");
+        assert_eq!(
+            (c.pads_begin.as_slice(), c.pads_end.as_slice()),
+            (&begin[..], &end[..]),
+            "{auto_pad} {size}"
+        );
+        assert_eq!(
+            out_shape(&g, single(&g)),
+            vec![1, 4, out, out],
+            "{auto_pad} {size}"
+        );
     }
 }
 
@@ -204,7 +256,10 @@ fn conv2d_pointwise_is_a_1x1_conv() {
     let g = import(&conv_model(&[2, 4, 8, 8], &[6, 4, 1, 1], true, vec![]));
     assert_wired(&g);
     let c = conv(single(&g));
-    assert_eq!((c.kernel.clone(), c.strides.clone(), c.group, c.out_channels), (vec![1, 1], vec![1, 1], 1, 6));
+    assert_eq!(
+        (c.kernel.clone(), c.strides.clone(), c.group, c.out_channels),
+        (vec![1, 1], vec![1, 1], 1, 6)
+    );
     assert_eq!(c.data_format, DataFormat::ChannelsFirst);
     assert_eq!(c.bias, Some(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
     assert_ohwi(c, 4);
@@ -214,10 +269,18 @@ fn conv2d_pointwise_is_a_1x1_conv() {
 #[test]
 fn conv2d_pointwise_strided() {
     // tract rewrites this to Downsamples, an EinSum and a bias Add.
-    let g = import(&conv_model(&[1, 4, 8, 8], &[6, 4, 1, 1], true, vec![attr::ints("strides", &[2, 2])]));
+    let g = import(&conv_model(
+        &[1, 4, 8, 8],
+        &[6, 4, 1, 1],
+        true,
+        vec![attr::ints("strides", &[2, 2])],
+    ));
     assert_wired(&g);
     let c = conv(single(&g));
-    assert_eq!((c.kernel.clone(), c.strides.clone()), (vec![1, 1], vec![2, 2]));
+    assert_eq!(
+        (c.kernel.clone(), c.strides.clone()),
+        (vec![1, 1], vec![2, 2])
+    );
     assert_eq!(in_shape(&g, single(&g), 0), vec![1, 4, 8, 8]);
     assert_eq!(out_shape(&g, single(&g)), vec![1, 6, 4, 4]);
 }
@@ -242,7 +305,12 @@ fn conv_batchnorm_relu() {
         .initializer("m", &[ch], &[0.5, 0.0, 1.0, -1.0])
         .initializer("v", &[ch], &[1.0, 4.0, 0.25, 1.0])
         .node("Conv", &["x", "w"], &["c"], vec![])
-        .node("BatchNormalization", &["c", "s", "b", "m", "v"], &["d"], vec![attr::float("epsilon", 0.0)])
+        .node(
+            "BatchNormalization",
+            &["c", "s", "b", "m", "v"],
+            &["d"],
+            vec![attr::float("epsilon", 0.0)],
+        )
         .node("Relu", &["d"], &["y"], vec![])
         .output_unshaped("y");
     let g = import(&b);
@@ -259,7 +327,13 @@ fn conv_batchnorm_relu() {
 
 fn dense(n: &Node) -> (&Vec<f32>, usize, usize, &Option<Vec<f32>>) {
     match &n.op {
-        Op::Dense { weights, in_features, out_features, bias, act } => {
+        Op::Dense {
+            weights,
+            in_features,
+            out_features,
+            bias,
+            act,
+        } => {
             assert_eq!(*act, Activation::None);
             (weights, *in_features, *out_features, bias)
         }
@@ -277,7 +351,11 @@ fn gemm_trans_b_alpha_beta_bias() {
             "Gemm",
             &["x", "w", "c"],
             &["y"],
-            vec![attr::int("transB", 1), attr::float("alpha", 2.0), attr::float("beta", 0.5)],
+            vec![
+                attr::int("transB", 1),
+                attr::float("alpha", 2.0),
+                attr::float("beta", 0.5),
+            ],
         )
         .output_unshaped("y");
     let g = import(&b);
@@ -314,11 +392,19 @@ fn gemm_full_matrix_c_stays_an_add() {
         .input("x", &[2, 4])
         .initializer("w", &[4, 3], &iota(12))
         .initializer("c", &[2, 3], &iota(6))
-        .node("Gemm", &["x", "w", "c"], &["y"], vec![attr::float("beta", 2.0)])
+        .node(
+            "Gemm",
+            &["x", "w", "c"],
+            &["y"],
+            vec![attr::float("beta", 2.0)],
+        )
         .output_unshaped("y");
     let g = import(&b);
     assert_eq!(kinds(&g), vec!["Dense", "Add"]);
-    assert_eq!(g.tensors[g.nodes[1].inputs[1]].value, Some(iota(6).iter().map(|v| v * 2.0).collect()));
+    assert_eq!(
+        g.tensors[g.nodes[1].inputs[1]].value,
+        Some(iota(6).iter().map(|v| v * 2.0).collect())
+    );
 }
 
 #[test]
@@ -361,7 +447,8 @@ fn matmul_on_transposed_activation_is_rejected() {
         .output_unshaped("y");
     let m = import_input_error(&gemm_trans_a);
     assert!(
-        m.contains("node 'y.ab' (tract op EinSum, from ONNX Gemm node 'y')") && m.contains("transposed activation"),
+        m.contains("node 'y.ab' (tract op EinSum, from ONNX Gemm node 'y')")
+            && m.contains("transposed activation"),
         "{m}"
     );
 
@@ -371,7 +458,11 @@ fn matmul_on_transposed_activation_is_rejected() {
         .node("MatMul", &["w", "x"], &["y"], vec![])
         .output_unshaped("y");
     let m = import_input_error(&weights_first);
-    assert!(m.contains("node 'y' (tract op EinSum, ONNX op MatMul)") && m.contains("transposed activation"), "{m}");
+    assert!(
+        m.contains("node 'y' (tract op EinSum, ONNX op MatMul)")
+            && m.contains("transposed activation"),
+        "{m}"
+    );
 }
 
 // ----- element-wise ---------------------------------------------------------------------------------------------
@@ -398,7 +489,10 @@ fn add_broadcast_channel_constant() {
     assert_eq!(binary(n), BinaryKind::Add);
     assert_eq!(n.inputs[0], g.inputs[0]);
     let c = &g.tensors[n.inputs[1]];
-    assert_eq!((c.shape.clone(), c.value.clone()), (vec![1, 3, 1, 1], Some(vec![1.0, 2.0, 3.0])));
+    assert_eq!(
+        (c.shape.clone(), c.value.clone()),
+        (vec![1, 3, 1, 1], Some(vec![1.0, 2.0, 3.0]))
+    );
     assert_eq!(out_shape(&g, n), vec![1, 3, 4, 4]);
 }
 
@@ -438,15 +532,24 @@ fn residual_add_of_two_activations() {
 
 #[test]
 fn square_is_mul_of_x_with_itself() {
-    let b = OnnxBuilder::new(13).input("x", &[2, 3]).node("Mul", &["x", "x"], &["y"], vec![]).output_unshaped("y");
+    let b = OnnxBuilder::new(13)
+        .input("x", &[2, 3])
+        .node("Mul", &["x", "x"], &["y"], vec![])
+        .output_unshaped("y");
     let g = import(&b);
     let n = single(&g);
-    assert_eq!((binary(n), n.inputs.clone()), (BinaryKind::Mul, vec![g.inputs[0], g.inputs[0]]));
+    assert_eq!(
+        (binary(n), n.inputs.clone()),
+        (BinaryKind::Mul, vec![g.inputs[0], g.inputs[0]])
+    );
 }
 
 #[test]
 fn relu_and_clip() {
-    let relu = OnnxBuilder::new(13).input("x", &[1, 8]).node("Relu", &["x"], &["y"], vec![]).output_unshaped("y");
+    let relu = OnnxBuilder::new(13)
+        .input("x", &[1, 8])
+        .node("Relu", &["x"], &["y"], vec![])
+        .output_unshaped("y");
     assert_eq!(single(&import(&relu)).op, Op::Unary(UnaryKind::Relu));
 
     let relu6 = OnnxBuilder::new(13)
@@ -457,20 +560,40 @@ fn relu_and_clip() {
         .output_unshaped("y");
     let g = import(&relu6);
     assert_wired(&g);
-    assert_eq!(single(&g).op, Op::Unary(UnaryKind::Clip { min: 0.0, max: 6.0 }));
+    assert_eq!(
+        single(&g).op,
+        Op::Unary(UnaryKind::Clip { min: 0.0, max: 6.0 })
+    );
 
     let attrs = OnnxBuilder::new(6)
         .input("x", &[1, 8])
-        .node("Clip", &["x"], &["y"], vec![attr::float("min", -1.0), attr::float("max", 1.5)])
+        .node(
+            "Clip",
+            &["x"],
+            &["y"],
+            vec![attr::float("min", -1.0), attr::float("max", 1.5)],
+        )
         .output_unshaped("y");
-    assert_eq!(single(&import(&attrs)).op, Op::Unary(UnaryKind::Clip { min: -1.0, max: 1.5 }));
+    assert_eq!(
+        single(&import(&attrs)).op,
+        Op::Unary(UnaryKind::Clip {
+            min: -1.0,
+            max: 1.5
+        })
+    );
 
     let max_only = OnnxBuilder::new(13)
         .input("x", &[1, 8])
         .initializer("hi", &[], &[6.0])
         .node("Clip", &["x", "", "hi"], &["y"], vec![])
         .output_unshaped("y");
-    assert_eq!(single(&import(&max_only)).op, Op::Unary(UnaryKind::Clip { min: f32::NEG_INFINITY, max: 6.0 }));
+    assert_eq!(
+        single(&import(&max_only)).op,
+        Op::Unary(UnaryKind::Clip {
+            min: f32::NEG_INFINITY,
+            max: 6.0
+        })
+    );
 }
 
 #[test]
@@ -485,8 +608,14 @@ fn activations() {
         .node("Tanh", &["d"], &["y"], vec![])
         .output_unshaped("y");
     let g = import(&b);
-    assert_eq!(kinds(&g), vec!["LeakyRelu", "Elu", "PRelu", "Sigmoid", "Tanh"]);
-    assert_eq!(g.nodes[0].op, Op::Unary(UnaryKind::LeakyRelu { alpha: 0.1 }));
+    assert_eq!(
+        kinds(&g),
+        vec!["LeakyRelu", "Elu", "PRelu", "Sigmoid", "Tanh"]
+    );
+    assert_eq!(
+        g.nodes[0].op,
+        Op::Unary(UnaryKind::LeakyRelu { alpha: 0.1 })
+    );
     assert_eq!(g.nodes[1].op, Op::Unary(UnaryKind::Elu { alpha: 0.5 }));
     let prelu = &g.nodes[2];
     assert_eq!(prelu.inputs[0], g.nodes[1].output);
@@ -505,30 +634,64 @@ fn split_sigmoid_mul_glu() {
     let b = OnnxBuilder::new(13)
         .input("x", &[1, 8, 5])
         .initializer_i64("split", &[2], &[4, 4])
-        .node("Split", &["x", "split"], &["a", "b"], vec![attr::int("axis", 1)])
+        .node(
+            "Split",
+            &["x", "split"],
+            &["a", "b"],
+            vec![attr::int("axis", 1)],
+        )
         .node("Sigmoid", &["b"], &["s"], vec![])
         .node("Mul", &["a", "s"], &["y"], vec![])
         .output_unshaped("y");
     let g = import(&b);
     assert_eq!(kinds(&g), vec!["Slice", "Slice", "Sigmoid", "Mul"]);
-    assert_eq!(g.nodes[0].op, Op::Slice { axis: 1, start: 0, end: 4 });
-    assert_eq!(g.nodes[1].op, Op::Slice { axis: 1, start: 4, end: 8 });
+    assert_eq!(
+        g.nodes[0].op,
+        Op::Slice {
+            axis: 1,
+            start: 0,
+            end: 4
+        }
+    );
+    assert_eq!(
+        g.nodes[1].op,
+        Op::Slice {
+            axis: 1,
+            start: 4,
+            end: 8
+        }
+    );
     assert_eq!(out_shape(&g, &g.nodes[0]), vec![1, 4, 5]);
     assert_eq!(g.nodes[2].inputs, vec![g.nodes[1].output]);
-    assert_eq!(g.nodes[3].inputs, vec![g.nodes[0].output, g.nodes[2].output]);
+    assert_eq!(
+        g.nodes[3].inputs,
+        vec![g.nodes[0].output, g.nodes[2].output]
+    );
 }
 
 #[test]
 fn split_equal_parts_opset11() {
     let b = OnnxBuilder::new(11)
         .input("x", &[1, 6, 2])
-        .node("Split", &["x"], &["a", "b", "c"], vec![attr::int("axis", -2)])
+        .node(
+            "Split",
+            &["x"],
+            &["a", "b", "c"],
+            vec![attr::int("axis", -2)],
+        )
         .output_unshaped("a")
         .output_unshaped("b")
         .output_unshaped("c");
     let g = import(&b);
     assert_eq!(kinds(&g), vec!["Slice", "Slice", "Slice"]);
-    assert_eq!(g.nodes[2].op, Op::Slice { axis: 1, start: 4, end: 6 });
+    assert_eq!(
+        g.nodes[2].op,
+        Op::Slice {
+            axis: 1,
+            start: 4,
+            end: 6
+        }
+    );
     assert_eq!(g.outputs.len(), 3);
 }
 
@@ -542,7 +705,14 @@ fn slice_step_1() {
         .node("Slice", &["x", "starts", "ends", "axes"], &["y"], vec![])
         .output_unshaped("y");
     let g = import(&b);
-    assert_eq!(single(&g).op, Op::Slice { axis: 2, start: 1, end: 4 });
+    assert_eq!(
+        single(&g).op,
+        Op::Slice {
+            axis: 2,
+            start: 1,
+            end: 4
+        }
+    );
     assert_eq!(out_shape(&g, single(&g)), vec![2, 6, 3]);
 }
 
@@ -554,7 +724,10 @@ fn flatten() {
         .output_unshaped("y");
     let g = import(&b);
     assert_wired(&g);
-    assert_eq!((single(&g).op.clone(), out_shape(&g, single(&g))), (Op::Reshape, vec![2, 48]));
+    assert_eq!(
+        (single(&g).op.clone(), out_shape(&g, single(&g))),
+        (Op::Reshape, vec![2, 48])
+    );
 }
 
 #[test]
@@ -565,12 +738,18 @@ fn reshape_squeeze_unsqueeze() {
             "Constant",
             &[],
             &["shape"],
-            vec![attr::tensor("value", kiln_tests::onnx::tensor_i64("", &[3], &[2, 3, -1]))],
+            vec![attr::tensor(
+                "value",
+                kiln_tests::onnx::tensor_i64("", &[3], &[2, 3, -1]),
+            )],
         )
         .node("Reshape", &["x", "shape"], &["y"], vec![])
         .output_unshaped("y");
     let g = import(&reshape);
-    assert_eq!((single(&g).op.clone(), out_shape(&g, single(&g))), (Op::Reshape, vec![2, 3, 10]));
+    assert_eq!(
+        (single(&g).op.clone(), out_shape(&g, single(&g))),
+        (Op::Reshape, vec![2, 3, 10])
+    );
 
     // Squeeze then Unsqueeze: one reshape.
     let b = OnnxBuilder::new(13)
@@ -582,7 +761,10 @@ fn reshape_squeeze_unsqueeze() {
         .output_unshaped("y");
     let g = import(&b);
     assert_wired(&g);
-    assert_eq!((single(&g).op.clone(), out_shape(&g, single(&g))), (Op::Reshape, vec![2, 5, 1]));
+    assert_eq!(
+        (single(&g).op.clone(), out_shape(&g, single(&g))),
+        (Op::Reshape, vec![2, 5, 1])
+    );
 
     let opset11 = OnnxBuilder::new(11)
         .input("x", &[2, 5])
@@ -596,21 +778,41 @@ fn reshape_squeeze_unsqueeze() {
 fn transpose() {
     let b = OnnxBuilder::new(13)
         .input("x", &[2, 3, 4, 5])
-        .node("Transpose", &["x"], &["y"], vec![attr::ints("perm", &[0, 2, 3, 1])])
+        .node(
+            "Transpose",
+            &["x"],
+            &["y"],
+            vec![attr::ints("perm", &[0, 2, 3, 1])],
+        )
         .output_unshaped("y");
     let g = import(&b);
     assert_wired(&g);
-    assert_eq!(single(&g).op, Op::Transpose { perm: vec![0, 2, 3, 1] });
+    assert_eq!(
+        single(&g).op,
+        Op::Transpose {
+            perm: vec![0, 2, 3, 1]
+        }
+    );
     assert_eq!(out_shape(&g, single(&g)), vec![2, 4, 5, 3]);
 
     // tract splits this into two axis moves; they merge back into one transpose.
     let b = OnnxBuilder::new(13)
         .input("x", &[2, 3, 4, 5])
-        .node("Transpose", &["x"], &["y"], vec![attr::ints("perm", &[3, 1, 0, 2])])
+        .node(
+            "Transpose",
+            &["x"],
+            &["y"],
+            vec![attr::ints("perm", &[3, 1, 0, 2])],
+        )
         .output_unshaped("y");
     let g = import(&b);
     assert_wired(&g);
-    assert_eq!(single(&g).op, Op::Transpose { perm: vec![3, 1, 0, 2] });
+    assert_eq!(
+        single(&g).op,
+        Op::Transpose {
+            perm: vec![3, 1, 0, 2]
+        }
+    );
     assert_eq!(out_shape(&g, single(&g)), vec![5, 3, 2, 4]);
 }
 
@@ -618,7 +820,12 @@ fn transpose() {
 fn reduce_mean_keepdims() {
     let keep0 = OnnxBuilder::new(13)
         .input("x", &[2, 3, 4, 5])
-        .node("ReduceMean", &["x"], &["y"], vec![attr::ints("axes", &[2, 3]), attr::int("keepdims", 0)])
+        .node(
+            "ReduceMean",
+            &["x"],
+            &["y"],
+            vec![attr::ints("axes", &[2, 3]), attr::int("keepdims", 0)],
+        )
         .output_unshaped("y");
     let g = import(&keep0);
     assert_wired(&g);
@@ -627,7 +834,12 @@ fn reduce_mean_keepdims() {
 
     let keep1 = OnnxBuilder::new(13)
         .input("x", &[2, 3, 4, 5])
-        .node("ReduceMean", &["x"], &["y"], vec![attr::ints("axes", &[-3]), attr::int("keepdims", 1)])
+        .node(
+            "ReduceMean",
+            &["x"],
+            &["y"],
+            vec![attr::ints("axes", &[-3]), attr::int("keepdims", 1)],
+        )
         .output_unshaped("y");
     let g = import(&keep1);
     assert_wired(&g);
@@ -637,7 +849,12 @@ fn reduce_mean_keepdims() {
     // Spatial axes with keepdims: still a ReduceMean (not a pool), as the ONNX op says.
     let spatial = OnnxBuilder::new(13)
         .input("x", &[1, 3, 4, 5])
-        .node("ReduceMean", &["x"], &["y"], vec![attr::ints("axes", &[2, 3])])
+        .node(
+            "ReduceMean",
+            &["x"],
+            &["y"],
+            vec![attr::ints("axes", &[2, 3])],
+        )
         .output_unshaped("y");
     let g = import(&spatial);
     assert_eq!(single(&g).op, Op::ReduceMean { axes: vec![2, 3] });
@@ -650,7 +867,12 @@ fn reduce_mean_of_square() {
     let b = OnnxBuilder::new(13)
         .input("x", &[2, 3, 4])
         .node("Mul", &["x", "x"], &["sq"], vec![])
-        .node("ReduceMean", &["sq"], &["y"], vec![attr::ints("axes", &[-1]), attr::int("keepdims", 0)])
+        .node(
+            "ReduceMean",
+            &["sq"],
+            &["y"],
+            vec![attr::ints("axes", &[-1]), attr::int("keepdims", 0)],
+        )
         .output_unshaped("y");
     let g = import(&b);
     assert_eq!(kinds(&g), vec!["Mul", "ReduceMean"]);
@@ -664,7 +886,12 @@ fn opset18_axes_as_inputs() {
     let reduce = OnnxBuilder::new(18)
         .input("x", &[2, 3, 4])
         .initializer_i64("axes", &[1], &[-1])
-        .node("ReduceMean", &["x", "axes"], &["y"], vec![attr::int("keepdims", 0)])
+        .node(
+            "ReduceMean",
+            &["x", "axes"],
+            &["y"],
+            vec![attr::int("keepdims", 0)],
+        )
         .output_unshaped("y");
     let g = import(&reduce);
     assert_eq!(single(&g).op, Op::ReduceMean { axes: vec![2] });
@@ -672,11 +899,23 @@ fn opset18_axes_as_inputs() {
 
     let split = OnnxBuilder::new(18)
         .input("x", &[1, 6, 2])
-        .node("Split", &["x"], &["a", "b"], vec![attr::int("axis", 1), attr::int("num_outputs", 2)])
+        .node(
+            "Split",
+            &["x"],
+            &["a", "b"],
+            vec![attr::int("axis", 1), attr::int("num_outputs", 2)],
+        )
         .output_unshaped("a")
         .output_unshaped("b");
     let g = import(&split);
-    assert_eq!(g.nodes[1].op, Op::Slice { axis: 1, start: 3, end: 6 });
+    assert_eq!(
+        g.nodes[1].op,
+        Op::Slice {
+            axis: 1,
+            start: 3,
+            end: 6
+        }
+    );
 
     let pad = OnnxBuilder::new(18)
         .input("x", &[1, 3, 4])
@@ -685,7 +924,14 @@ fn opset18_axes_as_inputs() {
         .node("Pad", &["x", "pads", "", "axes"], &["y"], vec![])
         .output_unshaped("y");
     let g = import(&pad);
-    assert_eq!(single(&g).op, Op::Pad { pads_begin: vec![0, 0, 1], pads_end: vec![0, 0, 2], value: 0.0 });
+    assert_eq!(
+        single(&g).op,
+        Op::Pad {
+            pads_begin: vec![0, 0, 1],
+            pads_end: vec![0, 0, 2],
+            value: 0.0
+        }
+    );
 }
 
 #[test]
@@ -698,15 +944,34 @@ fn pad_constant() {
         .output_unshaped("y");
     let g = import(&b);
     assert_wired(&g);
-    assert_eq!(single(&g).op, Op::Pad { pads_begin: vec![0, 0, 1, 2], pads_end: vec![0, 0, 3, 4], value: 0.5 });
+    assert_eq!(
+        single(&g).op,
+        Op::Pad {
+            pads_begin: vec![0, 0, 1, 2],
+            pads_end: vec![0, 0, 3, 4],
+            value: 0.5
+        }
+    );
     assert_eq!(out_shape(&g, single(&g)), vec![1, 3, 8, 11]);
 
     let opset2 = OnnxBuilder::new(2)
         .input("x", &[1, 6])
-        .node("Pad", &["x"], &["y"], vec![attr::ints("pads", &[0, 1, 0, 2])])
+        .node(
+            "Pad",
+            &["x"],
+            &["y"],
+            vec![attr::ints("pads", &[0, 1, 0, 2])],
+        )
         .output_unshaped("y");
     let g = import(&opset2);
-    assert_eq!(single(&g).op, Op::Pad { pads_begin: vec![0, 1], pads_end: vec![0, 2], value: 0.0 });
+    assert_eq!(
+        single(&g).op,
+        Op::Pad {
+            pads_begin: vec![0, 1],
+            pads_end: vec![0, 2],
+            value: 0.0
+        }
+    );
 }
 
 #[test]
@@ -715,7 +980,12 @@ fn concat() {
         .input("x", &[1, 3, 4])
         .input("z", &[1, 2, 4])
         .initializer("c", &[1, 1, 4], &[1.0, 2.0, 3.0, 4.0])
-        .node("Concat", &["x", "z", "c"], &["y"], vec![attr::int("axis", -2)])
+        .node(
+            "Concat",
+            &["x", "z", "c"],
+            &["y"],
+            vec![attr::int("axis", -2)],
+        )
         .output_unshaped("y");
     let g = import(&b);
     let n = single(&g);
@@ -735,25 +1005,55 @@ fn softmax_and_log_softmax() {
     };
     let g = import(&softmax(13, "Softmax", 1));
     assert_wired(&g);
-    assert_eq!(single(&g).op, Op::Softmax { axis: 1, log: false });
-    assert_eq!(single(&import(&softmax(13, "Softmax", -1))).op, Op::Softmax { axis: 2, log: false });
-    assert_eq!(single(&import(&softmax(13, "LogSoftmax", -1))).op, Op::Softmax { axis: 2, log: true });
-    assert_eq!(single(&import(&softmax(13, "LogSoftmax", 0))).op, Op::Softmax { axis: 0, log: true });
+    assert_eq!(
+        single(&g).op,
+        Op::Softmax {
+            axis: 1,
+            log: false
+        }
+    );
+    assert_eq!(
+        single(&import(&softmax(13, "Softmax", -1))).op,
+        Op::Softmax {
+            axis: 2,
+            log: false
+        }
+    );
+    assert_eq!(
+        single(&import(&softmax(13, "LogSoftmax", -1))).op,
+        Op::Softmax { axis: 2, log: true }
+    );
+    assert_eq!(
+        single(&import(&softmax(13, "LogSoftmax", 0))).op,
+        Op::Softmax { axis: 0, log: true }
+    );
 
     // Opset 11 softmax flattens the axes from `axis` on: reshape, softmax, reshape.
     let g = import(&softmax(11, "Softmax", 1));
     assert_eq!(kinds(&g), vec!["Reshape", "Softmax", "Reshape"]);
-    assert_eq!(g.nodes[1].op, Op::Softmax { axis: 1, log: false });
+    assert_eq!(
+        g.nodes[1].op,
+        Op::Softmax {
+            axis: 1,
+            log: false
+        }
+    );
     assert_eq!(out_shape(&g, &g.nodes[0]), vec![2, 12]);
     assert_eq!(out_shape(&g, &g.nodes[2]), vec![2, 3, 4]);
     // ... unless `axis` is already the last one.
-    assert_eq!(single(&import(&softmax(11, "LogSoftmax", 2))).op, Op::Softmax { axis: 2, log: true });
+    assert_eq!(
+        single(&import(&softmax(11, "LogSoftmax", 2))).op,
+        Op::Softmax { axis: 2, log: true }
+    );
 }
 
 // ----- pools ----------------------------------------------------------------------------------------------------
 
 fn pool_model(op: &str, x: &[usize], attrs: Vec<tract_onnx::pb::AttributeProto>) -> OnnxBuilder {
-    OnnxBuilder::new(13).input("x", x).node(op, &["x"], &["y"], attrs).output_unshaped("y")
+    OnnxBuilder::new(13)
+        .input("x", x)
+        .node(op, &["x"], &["y"], attrs)
+        .output_unshaped("y")
 }
 
 #[test]
@@ -761,13 +1061,24 @@ fn max_pool_2d_and_1d() {
     let g = import(&pool_model(
         "MaxPool",
         &[1, 3, 8, 8],
-        vec![attr::ints("kernel_shape", &[2, 2]), attr::ints("strides", &[2, 2])],
+        vec![
+            attr::ints("kernel_shape", &[2, 2]),
+            attr::ints("strides", &[2, 2]),
+        ],
     ));
     assert_wired(&g);
     let p = pool(single(&g));
-    assert_eq!((p.kind, p.data_format), (PoolKind::Max, DataFormat::ChannelsFirst));
     assert_eq!(
-        (p.kernel.clone(), p.strides.clone(), p.pads_begin.clone(), p.pads_end.clone()),
+        (p.kind, p.data_format),
+        (PoolKind::Max, DataFormat::ChannelsFirst)
+    );
+    assert_eq!(
+        (
+            p.kernel.clone(),
+            p.strides.clone(),
+            p.pads_begin.clone(),
+            p.pads_end.clone()
+        ),
         (vec![2, 2], vec![2, 2], vec![0, 0], vec![0, 0])
     );
     assert_eq!(out_shape(&g, single(&g)), vec![1, 3, 4, 4]);
@@ -775,11 +1086,20 @@ fn max_pool_2d_and_1d() {
     let g = import(&pool_model(
         "MaxPool",
         &[2, 3, 9],
-        vec![attr::ints("kernel_shape", &[3]), attr::ints("strides", &[2]), attr::ints("pads", &[1, 1])],
+        vec![
+            attr::ints("kernel_shape", &[3]),
+            attr::ints("strides", &[2]),
+            attr::ints("pads", &[1, 1]),
+        ],
     ));
     let p = pool(single(&g));
     assert_eq!(
-        (p.kernel.clone(), p.strides.clone(), p.pads_begin.clone(), p.pads_end.clone()),
+        (
+            p.kernel.clone(),
+            p.strides.clone(),
+            p.pads_begin.clone(),
+            p.pads_end.clone()
+        ),
         (vec![3], vec![2], vec![1], vec![1])
     );
     assert_eq!(out_shape(&g, single(&g)), vec![2, 3, 5]);
@@ -790,11 +1110,18 @@ fn max_pool_ceil_mode() {
     let g = import(&pool_model(
         "MaxPool",
         &[1, 2, 8, 8],
-        vec![attr::ints("kernel_shape", &[3, 3]), attr::ints("strides", &[2, 2]), attr::int("ceil_mode", 1)],
+        vec![
+            attr::ints("kernel_shape", &[3, 3]),
+            attr::ints("strides", &[2, 2]),
+            attr::int("ceil_mode", 1),
+        ],
     ));
     let p = pool(single(&g));
     // floor((8 - 3) / 2) + 1 = 3, ceil gives 4: the last window overhangs by one.
-    assert_eq!((p.pads_begin.clone(), p.pads_end.clone()), (vec![0, 0], vec![1, 1]));
+    assert_eq!(
+        (p.pads_begin.clone(), p.pads_end.clone()),
+        (vec![0, 0], vec![1, 1])
+    );
     assert_eq!(out_shape(&g, single(&g)), vec![1, 2, 4, 4]);
 }
 
@@ -803,13 +1130,27 @@ fn average_pool_2d_and_1d() {
     let g = import(&pool_model(
         "AveragePool",
         &[1, 3, 8, 8],
-        vec![attr::ints("kernel_shape", &[3, 3]), attr::ints("pads", &[1, 1, 1, 1]), attr::int("count_include_pad", 1)],
+        vec![
+            attr::ints("kernel_shape", &[3, 3]),
+            attr::ints("pads", &[1, 1, 1, 1]),
+            attr::int("count_include_pad", 1),
+        ],
     ));
     assert_wired(&g);
     let p = pool(single(&g));
-    assert_eq!(p.kind, PoolKind::Avg { count_include_pad: true });
     assert_eq!(
-        (p.kernel.clone(), p.strides.clone(), p.pads_begin.clone(), p.pads_end.clone()),
+        p.kind,
+        PoolKind::Avg {
+            count_include_pad: true
+        }
+    );
+    assert_eq!(
+        (
+            p.kernel.clone(),
+            p.strides.clone(),
+            p.pads_begin.clone(),
+            p.pads_end.clone()
+        ),
         (vec![3, 3], vec![1, 1], vec![1, 1], vec![1, 1])
     );
     assert_eq!(out_shape(&g, single(&g)), vec![1, 3, 8, 8]);
@@ -817,23 +1158,44 @@ fn average_pool_2d_and_1d() {
     let g = import(&pool_model(
         "AveragePool",
         &[1, 3, 8],
-        vec![attr::ints("kernel_shape", &[3]), attr::ints("pads", &[1, 0])],
+        vec![
+            attr::ints("kernel_shape", &[3]),
+            attr::ints("pads", &[1, 0]),
+        ],
     ));
     let p = pool(single(&g));
-    assert_eq!(p.kind, PoolKind::Avg { count_include_pad: false });
-    assert_eq!((p.kernel.clone(), p.pads_begin.clone(), p.pads_end.clone()), (vec![3], vec![1], vec![0]));
+    assert_eq!(
+        p.kind,
+        PoolKind::Avg {
+            count_include_pad: false
+        }
+    );
+    assert_eq!(
+        (p.kernel.clone(), p.pads_begin.clone(), p.pads_end.clone()),
+        (vec![3], vec![1], vec![0])
+    );
     assert_eq!(out_shape(&g, single(&g)), vec![1, 3, 7]);
 }
 
 #[test]
 fn global_pools_2d_and_1d() {
-    for (op, kind) in
-        [("GlobalAveragePool", PoolKind::Avg { count_include_pad: false }), ("GlobalMaxPool", PoolKind::Max)]
-    {
+    for (op, kind) in [
+        (
+            "GlobalAveragePool",
+            PoolKind::Avg {
+                count_include_pad: false,
+            },
+        ),
+        ("GlobalMaxPool", PoolKind::Max),
+    ] {
         let g = import(&pool_model(op, &[1, 3, 8, 6], vec![]));
         assert_wired(&g);
         let p = pool(single(&g));
-        assert_eq!((p.kind, p.kernel.clone(), p.pads_end.clone()), (kind, vec![8, 6], vec![0, 0]), "{op}");
+        assert_eq!(
+            (p.kind, p.kernel.clone(), p.pads_end.clone()),
+            (kind, vec![8, 6], vec![0, 0]),
+            "{op}"
+        );
         assert_eq!(out_shape(&g, single(&g)), vec![1, 3, 1, 1]);
 
         let g = import(&pool_model(op, &[2, 4, 10], vec![]));
@@ -851,7 +1213,12 @@ fn batch_normalization_alone() {
         .initializer("b", &[3], &[0.5, 0.0, -1.0])
         .initializer("m", &[3], &[1.0, 2.0, 0.0])
         .initializer("v", &[3], &[4.0, 1.0, 9.0])
-        .node("BatchNormalization", &["x", "s", "b", "m", "v"], &["y"], vec![attr::float("epsilon", 0.0)])
+        .node(
+            "BatchNormalization",
+            &["x", "s", "b", "m", "v"],
+            &["y"],
+            vec![attr::float("epsilon", 0.0)],
+        )
         .output_unshaped("y");
     let g = import(&b);
     assert_eq!(kinds(&g), vec!["Mul", "Add"]);
@@ -860,12 +1227,21 @@ fn batch_normalization_alone() {
     assert_eq!(add.inputs[0], mul.output);
     let slope = &g.tensors[mul.inputs[1]];
     let inter = &g.tensors[add.inputs[1]];
-    assert_eq!((slope.shape.clone(), inter.shape.clone()), (vec![1, 3, 1, 1], vec![1, 3, 1, 1]));
+    assert_eq!(
+        (slope.shape.clone(), inter.shape.clone()),
+        (vec![1, 3, 1, 1], vec![1, 3, 1, 1])
+    );
     // slope = s / sqrt(v), intercept = b - m * slope
     let (want_s, want_i) = ([0.5, 2.0, 1.0], [0.0, -4.0, -1.0]);
     let (got_s, got_i) = (slope.value.clone().unwrap(), inter.value.clone().unwrap());
-    assert!(got_s.iter().zip(want_s).all(|(a, b)| close(*a, b)), "{got_s:?}");
-    assert!(got_i.iter().zip(want_i).all(|(a, b)| close(*a, b)), "{got_i:?}");
+    assert!(
+        got_s.iter().zip(want_s).all(|(a, b)| close(*a, b)),
+        "{got_s:?}"
+    );
+    assert!(
+        got_i.iter().zip(want_i).all(|(a, b)| close(*a, b)),
+        "{got_i:?}"
+    );
 }
 
 // ----- dropped ops and inputs -----------------------------------------------------------------------------------
@@ -907,7 +1283,12 @@ fn names_follow_the_model() {
         .input("x", &[1, 2])
         .initializer("w", &[2, 2], &iota(4))
         .initializer("c", &[2], &[1.0, 1.0])
-        .node("Gemm", &["x", "w", "c"], &["y"], vec![attr::float("alpha", 2.0)])
+        .node(
+            "Gemm",
+            &["x", "w", "c"],
+            &["y"],
+            vec![attr::float("alpha", 2.0)],
+        )
         .output_unshaped("y");
     assert_eq!(single(&import(&b)).name, "y");
 }
@@ -931,14 +1312,25 @@ fn unsupported_ops_are_all_listed() {
     std::fs::write(&path, prost::Message::encode_to_vec(&model)).unwrap();
     let err = import_onnx(&path).expect_err("unsupported ops");
     assert_eq!(err.exit_code(), 2);
-    let Error::Input(m) = err else { panic!("expected an input error") };
+    let Error::Input(m) = err else {
+        panic!("expected an input error")
+    };
     println!("{m}");
-    assert!(m.starts_with(&format!("{}: 3 unsupported nodes:\n", path.display())), "{m}");
+    assert!(
+        m.starts_with(&format!("{}: 3 unsupported nodes:\n", path.display())),
+        "{m}"
+    );
     assert!(m.contains("  node 'hard' (op Hardmax)\n"), "{m}");
     assert!(m.contains("  node 'top' (op TopK)\n"), "{m}");
-    assert!(m.contains("  node 'fused' (op com.microsoft.FusedConv)\n"), "{m}");
+    assert!(
+        m.contains("  node 'fused' (op com.microsoft.FusedConv)\n"),
+        "{m}"
+    );
     assert!(!m.contains("'relu'"), "{m}");
-    assert!(m.contains("Kiln supports these ONNX operators: Add, AveragePool"), "{m}");
+    assert!(
+        m.contains("Kiln supports these ONNX operators: Add, AveragePool"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -948,16 +1340,32 @@ fn unlowerable_nodes_are_all_listed() {
         .input("z", &[4, 3])
         .initializer_i64("pads", &[4], &[0, 1, 0, 1])
         .node("MatMul", &["x", "z"], &["m"], vec![])
-        .node("Pad", &["m", "pads"], &["p"], vec![attr::string("mode", "reflect")])
+        .node(
+            "Pad",
+            &["m", "pads"],
+            &["p"],
+            vec![attr::string("mode", "reflect")],
+        )
         .node("Relu", &["x"], &["r"], vec![])
         .initializer_i64("pads2", &[4], &[0, 0, 0, 2])
-        .node("Pad", &["r", "pads2"], &["q"], vec![attr::string("mode", "edge")])
+        .node(
+            "Pad",
+            &["r", "pads2"],
+            &["q"],
+            vec![attr::string("mode", "edge")],
+        )
         .output_unshaped("p")
         .output_unshaped("q");
     let m = import_input_error(&b);
     assert!(m.contains("2 nodes cannot be imported"), "{m}");
-    assert!(m.contains("node 'm' (tract op EinSum, ONNX op MatMul): matrix product of two activations"), "{m}");
-    assert!(m.contains("node 'q' (tract op Pad, ONNX op Pad): Edge padding"), "{m}");
+    assert!(
+        m.contains("node 'm' (tract op EinSum, ONNX op MatMul): matrix product of two activations"),
+        "{m}"
+    );
+    assert!(
+        m.contains("node 'q' (tract op Pad, ONNX op Pad): Edge padding"),
+        "{m}"
+    );
     // 'p' reads the failed 'm' and is not reported on its own.
     assert!(!m.contains("node 'p'"), "{m}");
 }
@@ -967,7 +1375,11 @@ fn not_onnx_and_missing_files() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.onnx");
     std::fs::write(&garbage, b"\xff\xff\xff\xffnot a protobuf at all").unwrap();
-    for path in [garbage, dir.path().join("empty.onnx"), dir.path().join("missing.onnx")] {
+    for path in [
+        garbage,
+        dir.path().join("empty.onnx"),
+        dir.path().join("missing.onnx"),
+    ] {
         if path.ends_with("empty.onnx") {
             std::fs::write(&path, b"").unwrap();
         }
@@ -976,17 +1388,29 @@ fn not_onnx_and_missing_files() {
                 println!("{m}");
                 assert!(m.starts_with(&path.display().to_string()), "{m}");
             }
-            other => panic!("{}: expected an input error, got {:?}", path.display(), other.map(|g| g.to_string())),
+            other => panic!(
+                "{}: expected an input error, got {:?}",
+                path.display(),
+                other.map(|g| g.to_string())
+            ),
         }
     }
 }
 
 #[test]
 fn non_float_input_is_rejected() {
-    let mut model =
-        OnnxBuilder::new(13).input("x", &[1, 4]).node("Relu", &["x"], &["y"], vec![]).output_unshaped("y").model();
+    let mut model = OnnxBuilder::new(13)
+        .input("x", &[1, 4])
+        .node("Relu", &["x"], &["y"], vec![])
+        .output_unshaped("y")
+        .model();
     if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
-        model.graph.as_mut().unwrap().input[0].r#type.as_mut().unwrap().value.as_mut()
+        model.graph.as_mut().unwrap().input[0]
+            .r#type
+            .as_mut()
+            .unwrap()
+            .value
+            .as_mut()
     {
         t.elem_type = tract_onnx::pb::tensor_proto::DataType::Int64 as i32;
     }
@@ -995,7 +1419,10 @@ fn non_float_input_is_rejected() {
     std::fs::write(&path, prost::Message::encode_to_vec(&model)).unwrap();
     match import_onnx(&path) {
         Err(Error::Input(m)) => assert!(m.contains("'x' has element type INT64"), "{m}"),
-        other => panic!("expected an input error, got {:?}", other.map(|g| g.to_string())),
+        other => panic!(
+            "expected an input error, got {:?}",
+            other.map(|g| g.to_string())
+        ),
     }
 }
 
@@ -1016,14 +1443,20 @@ fn import_shared(name: &str) -> Option<Graph> {
     }
     let path = dir.join(name);
     let g = import_onnx(&path).unwrap_or_else(|e| panic!("{e}"));
-    println!("==== {name}: {} nodes, {} MACs\n{g}", g.nodes.len(), g.nodes.iter().map(|n| g.macs(n)).sum::<u64>());
+    println!(
+        "==== {name}: {} nodes, {} MACs\n{g}",
+        g.nodes.len(),
+        g.nodes.iter().map(|n| g.macs(n)).sum::<u64>()
+    );
     assert_same_as_tract(&decode(&path), &g);
     Some(g)
 }
 
 #[test]
 fn real_model_kws_dscnn() {
-    let Some(g) = import_shared("kws_dscnn_f32.onnx") else { return };
+    let Some(g) = import_shared("kws_dscnn_f32.onnx") else {
+        return;
+    };
     assert_eq!(g.tensors[g.inputs[0]].shape, vec![1, 49, 10, 1]);
     assert_eq!(g.tensors[g.outputs[0]].shape, vec![1, 12]);
     let k = kinds(&g);
@@ -1035,13 +1468,19 @@ fn real_model_kws_dscnn() {
     assert!(g
         .nodes
         .iter()
-        .filter_map(|n| if let Op::Conv(c) = &n.op { Some(c) } else { None })
+        .filter_map(|n| if let Op::Conv(c) = &n.op {
+            Some(c)
+        } else {
+            None
+        })
         .all(|c| c.data_format == DataFormat::ChannelsFirst));
 }
 
 #[test]
 fn real_model_ic_resnet8() {
-    let Some(g) = import_shared("ic_resnet8_f32.onnx") else { return };
+    let Some(g) = import_shared("ic_resnet8_f32.onnx") else {
+        return;
+    };
     assert_eq!(g.tensors[g.inputs[0]].shape, vec![1, 32, 32, 3]);
     assert_eq!(g.tensors[g.outputs[0]].shape, vec![1, 10]);
     let k = kinds(&g);
@@ -1050,13 +1489,19 @@ fn real_model_ic_resnet8() {
     assert_eq!(k.last(), Some(&"Softmax"));
     // The NHWC input's transpose, and the flatten before the classifier.
     assert_eq!(
-        (k.iter().filter(|&&k| k == "Transpose").count(), k.iter().filter(|&&k| k == "Reshape").count()),
+        (
+            k.iter().filter(|&&k| k == "Transpose").count(),
+            k.iter().filter(|&&k| k == "Reshape").count()
+        ),
         (1, 1),
         "{k:?}"
     );
     // The two strided 1x1 shortcut convolutions keep their stride.
-    let strided_1x1 =
-        g.nodes.iter().filter(|n| matches!(&n.op, Op::Conv(c) if c.kernel == [1, 1] && c.strides == [2, 2])).count();
+    let strided_1x1 = g
+        .nodes
+        .iter()
+        .filter(|n| matches!(&n.op, Op::Conv(c) if c.kernel == [1, 1] && c.strides == [2, 2]))
+        .count();
     assert_eq!(strided_1x1, 2);
 }
 
@@ -1066,7 +1511,10 @@ fn bundled_mnist_cnn() {
     let g = import_onnx(&path).unwrap_or_else(|e| panic!("{e}"));
     println!("{g}");
     assert_same_as_tract(&decode(&path), &g);
-    assert_eq!(kinds(&g), vec!["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Reshape", "Dense"]);
+    assert_eq!(
+        kinds(&g),
+        vec!["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Reshape", "Dense"]
+    );
     assert_eq!(g.outputs.len(), 1);
 }
 
@@ -1078,10 +1526,14 @@ fn decode(path: &Path) -> ModelProto {
 
 /// Deterministic values in [-1, 1).
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -1100,21 +1552,35 @@ fn assert_same_as_tract(model: &ModelProto, g: &Graph) {
             (shape, data)
         })
         .collect();
-    let mut m = tract_onnx::onnx().model_for_proto_model(model).expect("tract loads the model");
+    let mut m = tract_onnx::onnx()
+        .model_for_proto_model(model)
+        .expect("tract loads the model");
     for (i, (shape, _)) in inputs.iter().enumerate() {
-        m.set_input_fact(i, f32::fact(shape.clone()).into()).unwrap();
+        m.set_input_fact(i, f32::fact(shape.clone()).into())
+            .unwrap();
     }
     let plan = m.into_optimized().unwrap().into_runnable().unwrap();
-    let feed: TVec<TValue> = inputs.iter().map(|(s, d)| Tensor::from_shape(s, d).unwrap().into()).collect();
+    let feed: TVec<TValue> = inputs
+        .iter()
+        .map(|(s, d)| Tensor::from_shape(s, d).unwrap().into())
+        .collect();
     let want = plan.run(feed).expect("tract runs the model");
     let got = eval::run(g, &inputs);
     assert_eq!(want.len(), got.len());
     for (w, (shape, data)) in want.iter().zip(&got) {
         assert_eq!(w.shape(), shape.as_slice());
-        let w: Vec<f32> = w.to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+        let w: Vec<f32> = w
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
         let scale = w.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         for (i, (a, b)) in w.iter().zip(data).enumerate() {
-            assert!((a - b).abs() <= 1e-4 * scale, "output element {i}: tract {a}, IR {b}");
+            assert!(
+                (a - b).abs() <= 1e-4 * scale,
+                "output element {i}: tract {a}, IR {b}"
+            );
         }
     }
 }
@@ -1163,7 +1629,9 @@ mod eval {
                 .map(|&t| {
                     (
                         g.tensors[t].shape.clone(),
-                        vals[t].clone().unwrap_or_else(|| panic!("{} unset", g.tensors[t].name)),
+                        vals[t]
+                            .clone()
+                            .unwrap_or_else(|| panic!("{} unset", g.tensors[t].name)),
                     )
                 })
                 .collect();
@@ -1172,7 +1640,10 @@ mod eval {
             assert_eq!(out.len(), out_shape.iter().product::<usize>(), "{}", n.name);
             vals[n.output] = Some(out);
         }
-        g.outputs.iter().map(|&t| (g.tensors[t].shape.clone(), vals[t].clone().unwrap())).collect()
+        g.outputs
+            .iter()
+            .map(|&t| (g.tensors[t].shape.clone(), vals[t].clone().unwrap()))
+            .collect()
     }
 
     fn node(op: &Op, ins: &[T], out_shape: &[usize]) -> Vec<f32> {
@@ -1186,7 +1657,10 @@ mod eval {
                 let at = |t: &T, idx: &[usize]| {
                     let off = r - t.0.len();
                     let i: Vec<usize> =
-                        t.0.iter().enumerate().map(|(j, &d)| if d == 1 { 0 } else { idx[off + j] }).collect();
+                        t.0.iter()
+                            .enumerate()
+                            .map(|(j, &d)| if d == 1 { 0 } else { idx[off + j] })
+                            .collect();
                     t.1[ravel(&i, &t.0)]
                 };
                 (0..len)
@@ -1209,7 +1683,13 @@ mod eval {
                     })
                     .collect()
             }
-            Op::Dense { weights, in_features, out_features, bias, act: a } => {
+            Op::Dense {
+                weights,
+                in_features,
+                out_features,
+                bias,
+                act: a,
+            } => {
                 let rows = x.1.len() / in_features;
                 let mut y = vec![0.0; rows * out_features];
                 for r in 0..rows {
@@ -1232,7 +1712,9 @@ mod eval {
                     if unravel(f, &x.0)[*axis] != 0 {
                         continue;
                     }
-                    let m = (0..d).map(|i| x.1[f + i * s]).fold(f32::NEG_INFINITY, f32::max);
+                    let m = (0..d)
+                        .map(|i| x.1[f + i * s])
+                        .fold(f32::NEG_INFINITY, f32::max);
                     let sum: f32 = (0..d).map(|i| (x.1[f + i * s] - m).exp()).sum();
                     for i in 0..d {
                         let e = x.1[f + i * s] - m;
@@ -1241,7 +1723,11 @@ mod eval {
                 }
                 y
             }
-            Op::Pad { pads_begin, pads_end: _, value } => (0..len)
+            Op::Pad {
+                pads_begin,
+                pads_end: _,
+                value,
+            } => (0..len)
                 .map(|f| {
                     let idx = unravel(f, out_shape);
                     let src: Option<Vec<usize>> = idx
@@ -1265,7 +1751,11 @@ mod eval {
                     unreachable!()
                 })
                 .collect(),
-            Op::Slice { axis, start, end: _ } => (0..len)
+            Op::Slice {
+                axis,
+                start,
+                end: _,
+            } => (0..len)
                 .map(|f| {
                     let mut idx = unravel(f, out_shape);
                     idx[*axis] += start;
@@ -1284,7 +1774,10 @@ mod eval {
                 .collect(),
             Op::ReduceMean { axes } => {
                 let kept: Vec<usize> =
-                    x.0.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+                    x.0.iter()
+                        .enumerate()
+                        .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
+                        .collect();
                 let n: usize = axes.iter().map(|&a| x.0[a]).product();
                 let mut y = vec![0.0; kept.iter().product()];
                 for f in 0..x.1.len() {
@@ -1350,12 +1843,14 @@ mod eval {
                     let mut acc = c.bias.as_ref().map_or(0.0, |b| b[o]);
                     for kf in 0..ksize {
                         let kpos = unravel(kf, &c.kernel);
-                        let Some(src) = source(&opos, &kpos, &c.strides, &c.dilations, &c.pads_begin, &xsp) else {
+                        let Some(src) =
+                            source(&opos, &kpos, &c.strides, &c.dilations, &c.pads_begin, &xsp)
+                        else {
                             continue;
                         };
                         for i in 0..cin_g {
-                            acc +=
-                                x.1[at(&x.0, cl, b, grp * cin_g + i, &src)] * c.weights[(o * ksize + kf) * cin_g + i];
+                            acc += x.1[at(&x.0, cl, b, grp * cin_g + i, &src)]
+                                * c.weights[(o * ksize + kf) * cin_g + i];
                         }
                     }
                     y[at(out_shape, cl, b, o, &opos)] = act(c.act, acc);
@@ -1375,7 +1870,8 @@ mod eval {
             for c in 0..ch {
                 for of in 0..osp.iter().product() {
                     let opos = unravel(of, &osp);
-                    let (mut max, mut sum, mut count, mut padded_count) = (f32::NEG_INFINITY, 0.0, 0usize, 0usize);
+                    let (mut max, mut sum, mut count, mut padded_count) =
+                        (f32::NEG_INFINITY, 0.0, 0usize, 0usize);
                     for kf in 0..p.kernel.iter().product() {
                         let kpos = unravel(kf, &p.kernel);
                         let in_padded = (0..kpos.len()).all(|j| {
@@ -1383,7 +1879,9 @@ mod eval {
                             q < xsp[j] + p.pads_begin[j] + p.pads_end[j]
                         });
                         padded_count += in_padded as usize;
-                        if let Some(src) = source(&opos, &kpos, &p.strides, &ones, &p.pads_begin, &xsp) {
+                        if let Some(src) =
+                            source(&opos, &kpos, &p.strides, &ones, &p.pads_begin, &xsp)
+                        {
                             let v = x.1[at(&x.0, cl, b, c, &src)];
                             max = max.max(v);
                             sum += v;
@@ -1392,8 +1890,12 @@ mod eval {
                     }
                     y[at(out_shape, cl, b, c, &opos)] = match p.kind {
                         PoolKind::Max => max,
-                        PoolKind::Avg { count_include_pad: true } => sum / padded_count as f32,
-                        PoolKind::Avg { count_include_pad: false } => sum / count as f32,
+                        PoolKind::Avg {
+                            count_include_pad: true,
+                        } => sum / padded_count as f32,
+                        PoolKind::Avg {
+                            count_include_pad: false,
+                        } => sum / count as f32,
                     };
                 }
             }

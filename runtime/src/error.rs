@@ -43,11 +43,26 @@ pub enum Error {
     /// The arena given is smaller than the model needs.
     ArenaTooSmall { need: u32, have: u32 },
     /// Operand or table `field` of op `op` lies outside its region (arena or weight blob).
-    OutOfBounds { op: u16, field: Field, end: u32, limit: u32 },
+    OutOfBounds {
+        op: u16,
+        field: Field,
+        end: u32,
+        limit: u32,
+    },
     /// Operand `field` of op `op` is not aligned to `align` bytes.
-    Misaligned { op: u16, field: Field, offset: u32, align: u32 },
+    Misaligned {
+        op: u16,
+        field: Field,
+        offset: u32,
+        align: u32,
+    },
     /// Operand `field` of op `op` holds `found` bytes where its shape needs `expected`.
-    SizeMismatch { op: u16, field: Field, expected: u32, found: u32 },
+    SizeMismatch {
+        op: u16,
+        field: Field,
+        expected: u32,
+        found: u32,
+    },
     /// A parameter of op `op` is out of its documented range (zero stride, bad rank, ...).
     BadParam { op: u16, field: Field, value: i32 },
     /// Op `op` has the wrong number of inputs.
@@ -59,7 +74,11 @@ pub enum Error {
     /// Input/output `index` requested, but the model has `count`.
     NoSuchIo { index: u8, count: u8 },
     /// The data given for an input or output has `found` bytes; the tensor has `expected`.
-    IoSize { index: u8, expected: u32, found: u32 },
+    IoSize {
+        index: u8,
+        expected: u32,
+        found: u32,
+    },
     /// The op kind is not known to this runtime.
     UnknownOp { op: u16 },
 }

@@ -30,9 +30,15 @@ pub enum HostError {
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            HostError::BadScale { what, value } => write!(f, "{what}: scale {value} is not a positive finite number"),
-            HostError::BadZeroPoint { what, value } => write!(f, "{what}: zero point {value} is outside -128..=127"),
-            HostError::OutOfRange { what, value } => write!(f, "{what}: {value} does not fit the int8 kernel's range"),
+            HostError::BadScale { what, value } => {
+                write!(f, "{what}: scale {value} is not a positive finite number")
+            }
+            HostError::BadZeroPoint { what, value } => {
+                write!(f, "{what}: zero point {value} is outside -128..=127")
+            }
+            HostError::OutOfRange { what, value } => {
+                write!(f, "{what}: {value} does not fit the int8 kernel's range")
+            }
         }
     }
 }
@@ -87,7 +93,11 @@ pub fn quantize_multiplier(real: f64) -> (i32, i8) {
         return (i32::MAX, SHIFT_MAX);
     }
     if e < SHIFT_MIN as i64 {
-        return if real >= 2f64.powi(-33) { (1 << 30, SHIFT_MIN) } else { (0, 0) };
+        return if real >= 2f64.powi(-33) {
+            (1 << 30, SHIFT_MIN)
+        } else {
+            (0, 0)
+        };
     }
     (m as i32, e as i8)
 }
@@ -130,7 +140,11 @@ pub fn quantize_multiplier_q15(real: f64) -> (i16, i8) {
         return SATURATED;
     }
     if e < SHIFT_MIN as i64 {
-        return if real >= 2f64.powi(-33) { (1 << 14, SHIFT_MIN) } else { (0, 0) };
+        return if real >= 2f64.powi(-33) {
+            (1 << 14, SHIFT_MIN)
+        } else {
+            (0, 0)
+        };
     }
     (m as i16, e as i8)
 }
@@ -150,11 +164,17 @@ pub fn per_channel_multipliers(
 ) -> Result<(Vec<i16>, Vec<i8>), HostError> {
     let si = scale("input", input_scale)?;
     let so = scale("output", output_scale)?;
-    let mut out = (Vec::with_capacity(weight_scales.len()), Vec::with_capacity(weight_scales.len()));
+    let mut out = (
+        Vec::with_capacity(weight_scales.len()),
+        Vec::with_capacity(weight_scales.len()),
+    );
     for &w in weight_scales {
         // A zero weight scale (an all-zero channel) is fine: multiplier 0.
         if !(w.is_finite() && w >= 0.0) {
-            return Err(HostError::BadScale { what: "weights", value: w as f64 });
+            return Err(HostError::BadScale {
+                what: "weights",
+                value: w as f64,
+            });
         }
         let (m, s) = quantize_multiplier_q15(si * w as f64 / so);
         out.0.push(m);
@@ -164,11 +184,18 @@ pub fn per_channel_multipliers(
 }
 
 /// `ReduceMeanS8`'s `(multiplier, shift)`: `input_scale / (output_scale * count)`.
-pub fn reduce_mean_multiplier(input_scale: f32, output_scale: f32, count: u64) -> Result<(i32, i8), HostError> {
+pub fn reduce_mean_multiplier(
+    input_scale: f32,
+    output_scale: f32,
+    count: u64,
+) -> Result<(i32, i8), HostError> {
     let si = scale("input", input_scale)?;
     let so = scale("output", output_scale)?;
     if count == 0 {
-        return Err(HostError::OutOfRange { what: "reduce_mean count", value: 0.0 });
+        return Err(HostError::OutOfRange {
+            what: "reduce_mean count",
+            value: 0.0,
+        });
     }
     Ok(quantize_multiplier(si / (so * count as f64)))
 }
@@ -254,8 +281,16 @@ impl BinaryS8Quant {
 
 fn three(a: Quant, b: Quant, out: Quant) -> Result<([f64; 3], [i32; 3]), HostError> {
     Ok((
-        [scale("a", a.scale)?, scale("b", b.scale)?, scale("output", out.scale)?],
-        [zero_point("a", a.zero_point)?, zero_point("b", b.zero_point)?, zero_point("output", out.zero_point)?],
+        [
+            scale("a", a.scale)?,
+            scale("b", b.scale)?,
+            scale("output", out.scale)?,
+        ],
+        [
+            zero_point("a", a.zero_point)?,
+            zero_point("b", b.zero_point)?,
+            zero_point("output", out.zero_point)?,
+        ],
     ))
 }
 
@@ -266,7 +301,8 @@ pub fn add_sub_s8(a: Quant, b: Quant, out: Quant) -> Result<BinaryS8Quant, HostE
     let twice_max = 2.0 * sa.max(sb);
     let (a_multiplier, a_shift) = quantize_multiplier(sa / twice_max);
     let (b_multiplier, b_shift) = quantize_multiplier(sb / twice_max);
-    let (out_multiplier, out_shift) = quantize_multiplier(twice_max / ((1u64 << ADD_LEFT_SHIFT) as f64 * so));
+    let (out_multiplier, out_shift) =
+        quantize_multiplier(twice_max / ((1u64 << ADD_LEFT_SHIFT) as f64 * so));
     Ok(BinaryS8Quant {
         a_zero_point: za,
         b_zero_point: zb,
@@ -320,10 +356,16 @@ pub fn prelu_s8(x: Quant, alpha: Quant, out: Quant) -> Result<BinaryS8Quant, Hos
 }
 
 /// Softmax's fixed output quantisation: scale 1/256, zero point -128.
-pub const SOFTMAX_OUTPUT: Quant = Quant { scale: 1.0 / 256.0, zero_point: -128 };
+pub const SOFTMAX_OUTPUT: Quant = Quant {
+    scale: 1.0 / 256.0,
+    zero_point: -128,
+};
 
 /// A good LogSoftmax output quantisation (TFLite's): scale 16/256, zero point 127, covering `[-16, 0]`.
-pub const LOG_SOFTMAX_OUTPUT: Quant = Quant { scale: 16.0 / 256.0, zero_point: 127 };
+pub const LOG_SOFTMAX_OUTPUT: Quant = Quant {
+    scale: 16.0 / 256.0,
+    zero_point: 127,
+};
 
 /// What a `SoftmaxS8` needs from the host.
 #[derive(Clone, Debug, PartialEq)]
@@ -341,8 +383,15 @@ impl SoftmaxS8Host {
     /// The exp table as little-endian bytes, without its trailing zero entries (the kernel reads past the end
     /// as 0): 4 to 1024 bytes.
     pub fn exp_table_bytes(&self) -> Vec<u8> {
-        let len = self.exp_table.iter().rposition(|&v| v != 0).map_or(1, |i| i + 1);
-        self.exp_table[..len].iter().flat_map(|v| v.to_le_bytes()).collect()
+        let len = self
+            .exp_table
+            .iter()
+            .rposition(|&v| v != 0)
+            .map_or(1, |i| i + 1);
+        self.exp_table[..len]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
     }
 
     /// The op over the middle axis of `[outer, len, inner]`, with the table stored at `exp_table`.
@@ -372,7 +421,10 @@ fn beta_scale(input_scale: f32, beta: f32) -> Result<f64, HostError> {
     if s.is_finite() && s >= 0.0 {
         Ok(s)
     } else {
-        Err(HostError::OutOfRange { what: "softmax beta * input scale", value: s })
+        Err(HostError::OutOfRange {
+            what: "softmax beta * input scale",
+            value: s,
+        })
     }
 }
 
@@ -381,18 +433,29 @@ fn beta_scale(input_scale: f32, beta: f32) -> Result<f64, HostError> {
 /// `kernels::softmax` for the arithmetic.
 pub fn softmax_s8(input_scale: f32, beta: f32) -> Result<SoftmaxS8Host, HostError> {
     let s = beta_scale(input_scale, beta)?;
-    Ok(SoftmaxS8Host { exp_table: exp_table(s), params: heapless::Vec::new(), output: SOFTMAX_OUTPUT })
+    Ok(SoftmaxS8Host {
+        exp_table: exp_table(s),
+        params: heapless::Vec::new(),
+        output: SOFTMAX_OUTPUT,
+    })
 }
 
 /// int8 LogSoftmax, output quantised with `output` (e.g. [`LOG_SOFTMAX_OUTPUT`]; zero point in `-128..=127`).
 /// `params = [round(2^16 * beta * input_scale / so), round(2^16 * ln 2 / so)]`, both must fit an `i32` (so
 /// `so > ln(2) / 2^15`). See `kernels::softmax` for the arithmetic.
-pub fn log_softmax_s8(input_scale: f32, beta: f32, output: Quant) -> Result<SoftmaxS8Host, HostError> {
+pub fn log_softmax_s8(
+    input_scale: f32,
+    beta: f32,
+    output: Quant,
+) -> Result<SoftmaxS8Host, HostError> {
     let s = beta_scale(input_scale, beta)?;
     let so = scale("output", output.scale)?;
     zero_point("output", output.zero_point)?;
     let mut params = heapless::Vec::new();
-    for (what, v) in [("log_softmax diff_mult", s / so), ("log_softmax log_mult", std::f64::consts::LN_2 / so)] {
+    for (what, v) in [
+        ("log_softmax diff_mult", s / so),
+        ("log_softmax log_mult", std::f64::consts::LN_2 / so),
+    ] {
         let c = (v * 65536.0).round();
         if !(0.0..=i32::MAX as f64).contains(&c) {
             return Err(HostError::OutOfRange { what, value: v });
@@ -400,7 +463,11 @@ pub fn log_softmax_s8(input_scale: f32, beta: f32, output: Quant) -> Result<Soft
         // Capacity 8: two pushes cannot fail.
         let _ = params.push(c as i32);
     }
-    Ok(SoftmaxS8Host { exp_table: exp_table(s), params, output })
+    Ok(SoftmaxS8Host {
+        exp_table: exp_table(s),
+        params,
+        output,
+    })
 }
 
 #[cfg(test)]
@@ -456,22 +523,40 @@ mod tests {
         // Largest mantissa, exactly; then the tie just above it rounds up to 2^15 and renormalises.
         assert_eq!(quantize_multiplier_q15(1.0 - 2f64.powi(-15)), (i16::MAX, 0));
         assert_eq!(quantize_multiplier_q15(1.0 - 2f64.powi(-16)), (1 << 14, 1));
-        assert_eq!(quantize_multiplier_q15(1.0 - 2f64.powi(-16) - 2f64.powi(-40)), (i16::MAX, 0));
+        assert_eq!(
+            quantize_multiplier_q15(1.0 - 2f64.powi(-16) - 2f64.powi(-40)),
+            (i16::MAX, 0)
+        );
         assert_eq!(quantize_multiplier_q15(1.0 - 1e-12), (1 << 14, 1));
         // Ties round up: 2^14 + 0.5 and 2^14 + 1.5 (in units of 2^-15).
-        assert_eq!(quantize_multiplier_q15(0.5 + 2f64.powi(-16)), ((1 << 14) + 1, 0));
-        assert_eq!(quantize_multiplier_q15(0.5 + 3.0 * 2f64.powi(-16)), ((1 << 14) + 2, 0));
+        assert_eq!(
+            quantize_multiplier_q15(0.5 + 2f64.powi(-16)),
+            ((1 << 14) + 1, 0)
+        );
+        assert_eq!(
+            quantize_multiplier_q15(0.5 + 3.0 * 2f64.powi(-16)),
+            ((1 << 14) + 2, 0)
+        );
         // Tiny.
         assert_eq!(quantize_multiplier_q15(2f64.powi(-32)), (1 << 14, -31));
-        assert_eq!(quantize_multiplier_q15(2f64.powi(-33) * 1.01), (1 << 14, -31));
+        assert_eq!(
+            quantize_multiplier_q15(2f64.powi(-33) * 1.01),
+            (1 << 14, -31)
+        );
         assert_eq!(quantize_multiplier_q15(2f64.powi(-33)), (1 << 14, -31));
         assert_eq!(quantize_multiplier_q15(2f64.powi(-34)), (0, 0));
         assert_eq!(quantize_multiplier_q15(1e-300), (0, 0));
         assert_eq!(quantize_multiplier_q15(f64::MIN_POSITIVE / 4.0), (0, 0)); // subnormal
-        // Large: saturates at just under 2^30.
+                                                                              // Large: saturates at just under 2^30.
         assert_eq!(quantize_multiplier_q15(2f64.powi(29) * 1.5), (3 << 13, 30));
-        assert_eq!(quantize_multiplier_q15(2f64.powi(30) - 2f64.powi(15)), (i16::MAX, 30));
-        assert_eq!(quantize_multiplier_q15(2f64.powi(30) - 2f64.powi(14)), (i16::MAX, 30)); // rounds to 2^30
+        assert_eq!(
+            quantize_multiplier_q15(2f64.powi(30) - 2f64.powi(15)),
+            (i16::MAX, 30)
+        );
+        assert_eq!(
+            quantize_multiplier_q15(2f64.powi(30) - 2f64.powi(14)),
+            (i16::MAX, 30)
+        ); // rounds to 2^30
         assert_eq!(quantize_multiplier_q15(2f64.powi(30)), (i16::MAX, 30));
         assert_eq!(quantize_multiplier_q15(1e300), (i16::MAX, 30));
         assert_eq!(quantize_multiplier_q15(f64::INFINITY), (i16::MAX, 30));
@@ -482,7 +567,10 @@ mod tests {
         let mut r = 1.234_567e-9f64;
         while r < 1e9 {
             let (m, s) = quantize_multiplier_q15(r);
-            assert!(m >= 1 << 14 && (SHIFT_MIN..=SHIFT_MAX).contains(&s), "{r}: {m} {s}");
+            assert!(
+                m >= 1 << 14 && (SHIFT_MIN..=SHIFT_MAX).contains(&s),
+                "{r}: {m} {s}"
+            );
             assert!(valid_multiplier((m as i32) << 16, s), "{r}: {m} {s}");
             if r < 2f64.powi(30) - 2f64.powi(14) {
                 // Nearest: the exact mantissa is within half a unit (scaling by a power of two is exact).
@@ -495,7 +583,10 @@ mod tests {
                 // Never further than one 15-bit step from the 31-bit pair's mantissa.
                 let (m31, s31) = quantize_multiplier(r);
                 let diff = multiplier_value(m31, s31) - back;
-                assert!(diff.abs() <= 2f64.powi(s as i32 - 15), "{r}: {m31} {s31} vs {m} {s}");
+                assert!(
+                    diff.abs() <= 2f64.powi(s as i32 - 15),
+                    "{r}: {m31} {s31} vs {m} {s}"
+                );
             }
             r *= 1.013;
         }
@@ -517,7 +608,10 @@ mod tests {
         assert!(per_channel_multipliers(0.5, &[f32::INFINITY], 0.125).is_err());
         assert!(per_channel_multipliers(0.0, &[1.0], 0.125).is_err());
         assert!(per_channel_multipliers(0.5, &[1.0], f32::INFINITY).is_err());
-        assert_eq!(per_channel_multipliers(0.5, &[], 0.125).unwrap(), (Vec::new(), Vec::new()));
+        assert_eq!(
+            per_channel_multipliers(0.5, &[], 0.125).unwrap(),
+            (Vec::new(), Vec::new())
+        );
     }
 
     #[test]
@@ -527,7 +621,10 @@ mod tests {
             for acc in [-100_000i32, -1001, -3, 0, 1, 2, 77, 12_345, 1_000_000] {
                 let exact = acc as f64 * real;
                 let got = requantize(acc, (m as i32) << 16, s) as f64;
-                assert!((got - exact).abs() <= 0.5 + exact.abs() * 2f64.powi(-15), "{acc} * {real}: {got}");
+                assert!(
+                    (got - exact).abs() <= 0.5 + exact.abs() * 2f64.powi(-15),
+                    "{acc} * {real}: {got}"
+                );
             }
         }
     }
@@ -539,14 +636,20 @@ mod tests {
             for acc in [-100_000i32, -1001, -3, 0, 1, 2, 77, 12_345, 1_000_000] {
                 let exact = acc as f64 * real;
                 let got = requantize(acc, m, s) as f64;
-                assert!((got - exact).abs() <= 0.5 + exact.abs() * 1e-9, "{acc} * {real}: {got}");
+                assert!(
+                    (got - exact).abs() <= 0.5 + exact.abs() * 1e-9,
+                    "{acc} * {real}: {got}"
+                );
             }
         }
     }
 
     #[test]
     fn lookup_relu6_and_identity() {
-        let q = Quant { scale: 0.05, zero_point: -20 };
+        let q = Quant {
+            scale: 0.05,
+            zero_point: -20,
+        };
         let t = lookup_table(q, q, |x| x);
         for (i, &v) in t.iter().enumerate() {
             assert_eq!(v as i32, i as i32 - 128);
@@ -558,9 +661,15 @@ mod tests {
 
     #[test]
     fn act_range() {
-        let q = Quant { scale: 0.1, zero_point: 10 };
+        let q = Quant {
+            scale: 0.1,
+            zero_point: 10,
+        };
         assert_eq!(act_range_s8(q, 0.0, 6.0), (10, 70));
-        assert_eq!(act_range_s8(q, f32::NEG_INFINITY, f32::INFINITY), (-128, 127));
+        assert_eq!(
+            act_range_s8(q, f32::NEG_INFINITY, f32::INFINITY),
+            (-128, 127)
+        );
     }
 
     #[test]
@@ -568,26 +677,65 @@ mod tests {
         let h = softmax_s8(0.1, 1.0).unwrap();
         assert_eq!(h.exp_table[0], 1 << 24);
         assert!(h.exp_table.windows(2).all(|w| w[0] >= w[1]));
-        assert_eq!(h.exp_table[10], ((1u64 << 24) as f64 * (-1.0f64).exp()).round() as u32);
+        assert_eq!(
+            h.exp_table[10],
+            ((1u64 << 24) as f64 * (-1.0f64).exp()).round() as u32
+        );
         assert!(h.params.is_empty());
         let l = log_softmax_s8(0.1, 1.0, LOG_SOFTMAX_OUTPUT).unwrap();
         assert_eq!(l.params.as_slice(), &[104_858, 726_817]);
-        assert!(log_softmax_s8(0.1, 1.0, Quant { scale: 1e-6, zero_point: 0 }).is_err());
+        assert!(log_softmax_s8(
+            0.1,
+            1.0,
+            Quant {
+                scale: 1e-6,
+                zero_point: 0
+            }
+        )
+        .is_err());
         assert!(softmax_s8(0.0, 1.0).is_err());
         assert!(softmax_s8(0.1, -1.0).is_err());
     }
 
     #[test]
     fn add_params_tflm_like() {
-        let a = Quant { scale: 0.02, zero_point: 3 };
-        let b = Quant { scale: 0.01, zero_point: -7 };
-        let o = Quant { scale: 0.03, zero_point: 0 };
+        let a = Quant {
+            scale: 0.02,
+            zero_point: 3,
+        };
+        let b = Quant {
+            scale: 0.01,
+            zero_point: -7,
+        };
+        let o = Quant {
+            scale: 0.03,
+            zero_point: 0,
+        };
         let p = add_sub_s8(a, b, o).unwrap();
         assert_eq!(p.left_shift, 20);
         assert!((multiplier_value(p.a_multiplier, p.a_shift) - 0.5).abs() < 1e-9);
         assert!((multiplier_value(p.b_multiplier, p.b_shift) - 0.25).abs() < 1e-9);
-        assert!((multiplier_value(p.out_multiplier, p.out_shift) - 0.04 / (1048576.0 * 0.03)).abs() < 1e-15);
-        assert!(add_sub_s8(a, Quant { scale: 0.0, zero_point: 0 }, o).is_err());
-        assert!(mul_s8(a, Quant { scale: 1.0, zero_point: 200 }, o).is_err());
+        assert!(
+            (multiplier_value(p.out_multiplier, p.out_shift) - 0.04 / (1048576.0 * 0.03)).abs()
+                < 1e-15
+        );
+        assert!(add_sub_s8(
+            a,
+            Quant {
+                scale: 0.0,
+                zero_point: 0
+            },
+            o
+        )
+        .is_err());
+        assert!(mul_s8(
+            a,
+            Quant {
+                scale: 1.0,
+                zero_point: 200
+            },
+            o
+        )
+        .is_err());
     }
 }

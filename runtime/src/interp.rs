@@ -29,10 +29,15 @@ impl<'m, 'a> Interpreter<'m, 'a> {
     pub fn new(model: &'m Model<'m>, arena: &'a mut [u8]) -> Result<Self, Error> {
         let need = model.arena_bytes();
         if arena.len() < need {
-            return Err(Error::ArenaTooSmall { need: need as u32, have: arena.len() as u32 });
+            return Err(Error::ArenaTooSmall {
+                need: need as u32,
+                have: arena.len() as u32,
+            });
         }
-        if arena.as_ptr() as usize % ARENA_ALIGN != 0 {
-            return Err(Error::ArenaMisaligned { address: arena.as_ptr() as usize as u32 });
+        if !(arena.as_ptr() as usize).is_multiple_of(ARENA_ALIGN) {
+            return Err(Error::ArenaMisaligned {
+                address: arena.as_ptr() as usize as u32,
+            });
         }
         Ok(Interpreter { model, arena })
     }
@@ -60,7 +65,11 @@ impl<'m, 'a> Interpreter<'m, 'a> {
     pub fn set_input(&mut self, index: usize, data: &[u8]) -> Result<(), Error> {
         let dst = self.input_mut(index)?;
         if dst.len() != data.len() {
-            return Err(Error::IoSize { index: index as u8, expected: dst.len() as u32, found: data.len() as u32 });
+            return Err(Error::IoSize {
+                index: index as u8,
+                expected: dst.len() as u32,
+                found: data.len() as u32,
+            });
         }
         dst.copy_from_slice(data);
         Ok(())
@@ -79,12 +88,19 @@ impl<'m, 'a> Interpreter<'m, 'a> {
 
     /// Runs every op once, showing each op's output to `observer` right after the op ran (calibration, per-layer
     /// debugging, per-op timing).
-    pub fn invoke_observed(&mut self, mut observer: impl FnMut(TensorView<'_>)) -> Result<(), Error> {
+    pub fn invoke_observed(
+        &mut self,
+        mut observer: impl FnMut(TensorView<'_>),
+    ) -> Result<(), Error> {
         let blob = self.model.blob();
         for (index, op) in self.model.ops().enumerate() {
             run_op(&op, blob, self.arena)?;
             let bytes = &self.arena[range(&op.output)];
-            observer(TensorView { op_index: index as u16, tensor: op.output_tensor, bytes });
+            observer(TensorView {
+                op_index: index as u16,
+                tensor: op.output_tensor,
+                bytes,
+            });
         }
         Ok(())
     }
@@ -113,5 +129,12 @@ fn run_op(op: &OpDef<'_>, blob: &[u8], arena: &mut [u8]) -> Result<(), Error> {
         // Capacity equals OpDef::inputs' capacity, so this cannot fail.
         let _ = inputs.push(slice);
     }
-    ops::eval(op, OpIo { inputs, blob, output })
+    ops::eval(
+        op,
+        OpIo {
+            inputs,
+            blob,
+            output,
+        },
+    )
 }

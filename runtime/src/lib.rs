@@ -15,13 +15,13 @@ compile_error!("kiln-runtime reads weights in place and supports little-endian t
 pub mod crc32;
 pub mod error;
 pub mod format;
-pub mod kernels;
-pub mod ops;
-pub mod quant;
-mod interp;
-mod model;
 #[cfg(feature = "std")]
 pub mod host;
+mod interp;
+pub mod kernels;
+mod model;
+pub mod ops;
+pub mod quant;
 
 pub use error::{Error, Field};
 pub use interp::{Interpreter, TensorView};

@@ -3,8 +3,8 @@
 use crate::crc32::crc32;
 use crate::error::{Error, Field};
 use crate::format::{
-    DType, ModelDef, OpDef, Operand, Space, TensorDef, ARENA_ALIGN, BLOB_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC,
-    MAX_RANK,
+    DType, ModelDef, OpDef, Operand, Space, TensorDef, ARENA_ALIGN, BLOB_ALIGN, FORMAT_VERSION,
+    HEADER_LEN, MAGIC, MAX_RANK,
 };
 use crate::ops;
 
@@ -43,7 +43,10 @@ impl<'a> Model<'a> {
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, Error> {
         let have = bytes.len() as u32;
         if bytes.len() < HEADER_LEN {
-            return Err(Error::Truncated { have, need: HEADER_LEN as u32 });
+            return Err(Error::Truncated {
+                have,
+                need: HEADER_LEN as u32,
+            });
         }
         let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
         if magic != MAGIC {
@@ -51,7 +54,10 @@ impl<'a> Model<'a> {
         }
         let version = u16_at(bytes, 4);
         if version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
+            return Err(Error::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let flags = u16_at(bytes, 6);
         if flags != 0 {
@@ -59,33 +65,62 @@ impl<'a> Model<'a> {
         }
         let file_len = u32_at(bytes, 8);
         if have < file_len || file_len < HEADER_LEN as u32 {
-            return Err(Error::Truncated { have, need: file_len.max(HEADER_LEN as u32) });
+            return Err(Error::Truncated {
+                have,
+                need: file_len.max(HEADER_LEN as u32),
+            });
         }
         if have > file_len {
-            return Err(Error::TrailingBytes { have, expected: file_len });
+            return Err(Error::TrailingBytes {
+                have,
+                expected: file_len,
+            });
         }
         let stored = u32_at(bytes, 12);
         let computed = crc32(&bytes[16..]);
         if stored != computed {
             return Err(Error::ChecksumMismatch { stored, computed });
         }
-        if bytes.as_ptr() as usize % ARENA_ALIGN != 0 {
-            return Err(Error::ModelMisaligned { address: bytes.as_ptr() as usize as u32 });
+        if !(bytes.as_ptr() as usize).is_multiple_of(ARENA_ALIGN) {
+            return Err(Error::ModelMisaligned {
+                address: bytes.as_ptr() as usize as u32,
+            });
         }
         let meta_len = u32_at(bytes, 16);
         let blob_offset = u32_at(bytes, 20);
-        let meta_end = (HEADER_LEN as u32).checked_add(meta_len).unwrap_or(u32::MAX);
-        if meta_end > blob_offset || blob_offset > file_len || blob_offset as usize % BLOB_ALIGN != 0 {
-            return Err(Error::BadLayout { offset: HEADER_LEN as u32, len: meta_len, limit: blob_offset.min(file_len) });
+        let meta_end = (HEADER_LEN as u32).saturating_add(meta_len);
+        if meta_end > blob_offset
+            || blob_offset > file_len
+            || !(blob_offset as usize).is_multiple_of(BLOB_ALIGN)
+        {
+            return Err(Error::BadLayout {
+                offset: HEADER_LEN as u32,
+                len: meta_len,
+                limit: blob_offset.min(file_len),
+            });
         }
         let meta = &bytes[HEADER_LEN..meta_end as usize];
         let blob = &bytes[blob_offset as usize..];
         let def = match postcard::take_from_bytes::<ModelDef<'a>>(meta) {
             Ok((def, [])) => def,
-            Ok((_, rest)) => return Err(Error::Malformed { offset: offset_in(bytes, rest) }),
-            Err(_) => return Err(Error::Malformed { offset: HEADER_LEN as u32 }),
+            Ok((_, rest)) => {
+                return Err(Error::Malformed {
+                    offset: offset_in(bytes, rest),
+                })
+            }
+            Err(_) => {
+                return Err(Error::Malformed {
+                    offset: HEADER_LEN as u32,
+                })
+            }
         };
-        let model = Model { def, blob, version, checksum: stored, file_len };
+        let model = Model {
+            def,
+            blob,
+            version,
+            checksum: stored,
+            file_len,
+        };
         model.check_tensors(bytes)?;
         model.check_ops(bytes)?;
         Ok(model)
@@ -94,9 +129,15 @@ impl<'a> Model<'a> {
     fn check_tensors(&self, file: &[u8]) -> Result<(), Error> {
         let mut rest = self.def.tensors;
         for index in 0..self.def.tensor_count {
-            let (t, tail) = postcard::take_from_bytes::<TensorDef<'a>>(rest)
-                .map_err(|_| Error::Malformed { offset: offset_in(file, rest) })?;
-            let bad = || Error::BadLayout { offset: offset_in(file, rest), len: t.data.len, limit: index as u32 };
+            let (t, tail) =
+                postcard::take_from_bytes::<TensorDef<'a>>(rest).map_err(|_| Error::Malformed {
+                    offset: offset_in(file, rest),
+                })?;
+            let bad = || Error::BadLayout {
+                offset: offset_in(file, rest),
+                len: t.data.len,
+                limit: index as u32,
+            };
             let rank = t.shape.len();
             if rank > MAX_RANK || t.perm.len() != rank {
                 return Err(bad());
@@ -108,7 +149,11 @@ impl<'a> Model<'a> {
                 }
                 seen |= 1 << p;
             }
-            let elems = t.shape.iter().try_fold(1u32, |acc, &d| acc.checked_mul(d)).ok_or_else(bad)?;
+            let elems = t
+                .shape
+                .iter()
+                .try_fold(1u32, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(bad)?;
             if elems.checked_mul(t.dtype.size() as u32) != Some(t.data.len) {
                 return Err(bad());
             }
@@ -116,12 +161,17 @@ impl<'a> Model<'a> {
             rest = tail;
         }
         if !rest.is_empty() {
-            return Err(Error::Malformed { offset: offset_in(file, rest) });
+            return Err(Error::Malformed {
+                offset: offset_in(file, rest),
+            });
         }
         for &index in self.def.inputs.iter().chain(self.def.outputs.iter()) {
             let t = self.tensor(index)?;
             if t.data.space != Space::Arena {
-                return Err(Error::BadTensor { index, count: self.def.tensor_count });
+                return Err(Error::BadTensor {
+                    index,
+                    count: self.def.tensor_count,
+                });
             }
         }
         Ok(())
@@ -132,12 +182,22 @@ impl<'a> Model<'a> {
             Space::Arena => self.def.arena_bytes,
             Space::Blob => self.blob.len() as u32,
         };
-        let end = o.offset.checked_add(o.len).unwrap_or(u32::MAX);
+        let end = o.offset.saturating_add(o.len);
         if end > limit {
-            return Err(Error::OutOfBounds { op, field, end, limit });
+            return Err(Error::OutOfBounds {
+                op,
+                field,
+                end,
+                limit,
+            });
         }
-        if o.offset as usize % ARENA_ALIGN != 0 {
-            return Err(Error::Misaligned { op, field, offset: o.offset, align: ARENA_ALIGN as u32 });
+        if !(o.offset as usize).is_multiple_of(ARENA_ALIGN) {
+            return Err(Error::Misaligned {
+                op,
+                field,
+                offset: o.offset,
+                align: ARENA_ALIGN as u32,
+            });
         }
         Ok(())
     }
@@ -145,10 +205,16 @@ impl<'a> Model<'a> {
     fn check_ops(&self, file: &[u8]) -> Result<(), Error> {
         let mut rest = self.def.ops;
         for index in 0..self.def.op_count {
-            let (op, tail) = postcard::take_from_bytes::<OpDef<'a>>(rest)
-                .map_err(|_| Error::Malformed { offset: offset_in(file, rest) })?;
+            let (op, tail) =
+                postcard::take_from_bytes::<OpDef<'a>>(rest).map_err(|_| Error::Malformed {
+                    offset: offset_in(file, rest),
+                })?;
             if op.output.space != Space::Arena {
-                return Err(Error::BadParam { op: index, field: Field::Output, value: 1 });
+                return Err(Error::BadParam {
+                    op: index,
+                    field: Field::Output,
+                    value: 1,
+                });
             }
             self.check_operand(index, Field::Output, &op.output)?;
             for (i, input) in op.inputs.iter().enumerate() {
@@ -159,17 +225,25 @@ impl<'a> Model<'a> {
                     && input.offset < op.output.end()
                     && op.output.offset < input.end();
                 if overlaps {
-                    return Err(Error::Overlap { op: index, input: i as u8 });
+                    return Err(Error::Overlap {
+                        op: index,
+                        input: i as u8,
+                    });
                 }
             }
             if op.output_tensor >= self.def.tensor_count {
-                return Err(Error::BadTensor { index: op.output_tensor, count: self.def.tensor_count });
+                return Err(Error::BadTensor {
+                    index: op.output_tensor,
+                    count: self.def.tensor_count,
+                });
             }
             ops::check(index, &op, self.blob)?;
             rest = tail;
         }
         if !rest.is_empty() {
-            return Err(Error::Malformed { offset: offset_in(file, rest) });
+            return Err(Error::Malformed {
+                offset: offset_in(file, rest),
+            });
         }
         Ok(())
     }
@@ -215,18 +289,28 @@ impl<'a> Model<'a> {
 
     /// The ops in execution order.
     pub fn ops(&self) -> Records<'a, OpDef<'a>> {
-        Records { rest: self.def.ops, left: self.def.op_count, _marker: core::marker::PhantomData }
+        Records {
+            rest: self.def.ops,
+            left: self.def.op_count,
+            _marker: core::marker::PhantomData,
+        }
     }
 
     /// All tensors, by index.
     pub fn tensors(&self) -> Records<'a, TensorDef<'a>> {
-        Records { rest: self.def.tensors, left: self.def.tensor_count, _marker: core::marker::PhantomData }
+        Records {
+            rest: self.def.tensors,
+            left: self.def.tensor_count,
+            _marker: core::marker::PhantomData,
+        }
     }
 
     /// Tensor `index` (a linear scan: for set-up and tooling, not the hot path).
     pub fn tensor(&self, index: u16) -> Result<TensorDef<'a>, Error> {
         let count = self.def.tensor_count;
-        self.tensors().nth(index as usize).ok_or(Error::BadTensor { index, count })
+        self.tensors()
+            .nth(index as usize)
+            .ok_or(Error::BadTensor { index, count })
     }
 
     pub fn input_count(&self) -> usize {
@@ -240,14 +324,20 @@ impl<'a> Model<'a> {
     /// Graph input `index`: name, dtype, logical shape, quantisation.
     pub fn input(&self, index: usize) -> Result<TensorDef<'a>, Error> {
         let count = self.def.inputs.len() as u8;
-        let t = *self.def.inputs.get(index).ok_or(Error::NoSuchIo { index: index as u8, count })?;
+        let t = *self.def.inputs.get(index).ok_or(Error::NoSuchIo {
+            index: index as u8,
+            count,
+        })?;
         self.tensor(t)
     }
 
     /// Graph output `index`.
     pub fn output(&self, index: usize) -> Result<TensorDef<'a>, Error> {
         let count = self.def.outputs.len() as u8;
-        let t = *self.def.outputs.get(index).ok_or(Error::NoSuchIo { index: index as u8, count })?;
+        let t = *self.def.outputs.get(index).ok_or(Error::NoSuchIo {
+            index: index as u8,
+            count,
+        })?;
         self.tensor(t)
     }
 

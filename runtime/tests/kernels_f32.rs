@@ -12,13 +12,25 @@ use proptest::test_runner::TestCaseError;
 fn close(what: &str, got: &[f32], want: &[f64], tol: &[f64]) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.len(), want.len(), "{}: lengths differ", what);
     let bad: Vec<String> = (0..got.len())
-        .filter(|&i| !((got[i] as f64 - want[i]).abs() <= tol[i] || (got[i].is_nan() && want[i].is_nan())))
-        .map(|i| format!("  [{i}] got {}, expected {} (tolerance {})", got[i], want[i], tol[i]))
+        .filter(|&i| {
+            !((got[i] as f64 - want[i]).abs() <= tol[i] || (got[i].is_nan() && want[i].is_nan()))
+        })
+        .map(|i| {
+            format!(
+                "  [{i}] got {}, expected {} (tolerance {})",
+                got[i], want[i], tol[i]
+            )
+        })
         .collect();
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(TestCaseError::fail(format!("{what}: {} of {} outputs off:\n{}", bad.len(), got.len(), bad.join("\n"))))
+        Err(TestCaseError::fail(format!(
+            "{what}: {} of {} outputs off:\n{}",
+            bad.len(),
+            got.len(),
+            bad.join("\n")
+        )))
     }
 }
 
@@ -60,27 +72,34 @@ fn conv_geom() -> impl Strategy<Value = ConvGeom> {
         (1u32..=3, 1u32..=3, 1u32..=2, 1u32..=2, 1u32..=2, 1u32..=2),
         (0u32..=2, 0u32..=2, 0u32..=2, 0u32..=2),
     )
-        .prop_map(|((batch, in_h, in_w), (dw_, groups, cin_g, cout_g), (kh, kw, sh, sw, dh, dw), (pt, pl, pb, pr))| {
-            let (groups, cin_g) = if dw_ { (cin_g, 1) } else { (groups, cin_g) };
-            ConvGeom {
-                batch,
-                in_h,
-                in_w,
-                in_c: groups * cin_g,
-                out_h: out_size(in_h, kh, sh, dh, pt, pb),
-                out_w: out_size(in_w, kw, sw, dw, pl, pr),
-                out_c: groups * cout_g,
-                kernel_h: kh,
-                kernel_w: kw,
-                stride_h: sh,
-                stride_w: sw,
-                dilation_h: dh,
-                dilation_w: dw,
-                pad_top: pt,
-                pad_left: pl,
-                groups,
-            }
-        })
+        .prop_map(
+            |(
+                (batch, in_h, in_w),
+                (dw_, groups, cin_g, cout_g),
+                (kh, kw, sh, sw, dh, dw),
+                (pt, pl, pb, pr),
+            )| {
+                let (groups, cin_g) = if dw_ { (cin_g, 1) } else { (groups, cin_g) };
+                ConvGeom {
+                    batch,
+                    in_h,
+                    in_w,
+                    in_c: groups * cin_g,
+                    out_h: out_size(in_h, kh, sh, dh, pt, pb),
+                    out_w: out_size(in_w, kw, sw, dw, pl, pr),
+                    out_c: groups * cout_g,
+                    kernel_h: kh,
+                    kernel_w: kw,
+                    stride_h: sh,
+                    stride_w: sw,
+                    dilation_h: dh,
+                    dilation_w: dw,
+                    pad_top: pt,
+                    pad_left: pl,
+                    groups,
+                }
+            },
+        )
 }
 
 proptest! {

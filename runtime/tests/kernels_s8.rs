@@ -29,7 +29,12 @@ fn compare<T: PartialEq + Debug>(what: &str, got: &[T], want: &[T]) -> Result<()
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(TestCaseError::fail(format!("{what}: {} of {} outputs differ:\n{}", bad.len(), got.len(), bad.join("\n"))))
+        Err(TestCaseError::fail(format!(
+            "{what}: {} of {} outputs differ:\n{}",
+            bad.len(),
+            got.len(),
+            bad.join("\n")
+        )))
     }
 }
 
@@ -133,29 +138,40 @@ fn conv_geom() -> impl Strategy<Value = ConvGeom> {
         (1u32..=4, 1u32..=4, 1u32..=3, 1u32..=3, 1u32..=3, 1u32..=3),
         (0u32..=6, 0u32..=6, 0u32..=6, 0u32..=6),
     )
-        .prop_map(|((batch, in_h, in_w), (depthwise, groups, cin_g, cout_g), (kh, kw, sh, sw, dh, dw), (pt, pl, pb, pr))| {
-            // Depthwise: groups = in_c, one input channel per group, `cout_g` is the channel multiplier.
-            let (groups, cin_g) = if depthwise { (cin_g, 1) } else { (groups, cin_g) };
-            let (pt, pl) = (pt.min((kh - 1) * dh + 1), pl.min((kw - 1) * dw + 1));
-            ConvGeom {
-                batch,
-                in_h,
-                in_w,
-                in_c: groups * cin_g,
-                out_h: out_size(in_h, kh, sh, dh, pt, pb),
-                out_w: out_size(in_w, kw, sw, dw, pl, pr),
-                out_c: groups * cout_g,
-                kernel_h: kh,
-                kernel_w: kw,
-                stride_h: sh,
-                stride_w: sw,
-                dilation_h: dh,
-                dilation_w: dw,
-                pad_top: pt,
-                pad_left: pl,
-                groups,
-            }
-        })
+        .prop_map(
+            |(
+                (batch, in_h, in_w),
+                (depthwise, groups, cin_g, cout_g),
+                (kh, kw, sh, sw, dh, dw),
+                (pt, pl, pb, pr),
+            )| {
+                // Depthwise: groups = in_c, one input channel per group, `cout_g` is the channel multiplier.
+                let (groups, cin_g) = if depthwise {
+                    (cin_g, 1)
+                } else {
+                    (groups, cin_g)
+                };
+                let (pt, pl) = (pt.min((kh - 1) * dh + 1), pl.min((kw - 1) * dw + 1));
+                ConvGeom {
+                    batch,
+                    in_h,
+                    in_w,
+                    in_c: groups * cin_g,
+                    out_h: out_size(in_h, kh, sh, dh, pt, pb),
+                    out_w: out_size(in_w, kw, sw, dw, pl, pr),
+                    out_c: groups * cout_g,
+                    kernel_h: kh,
+                    kernel_w: kw,
+                    stride_h: sh,
+                    stride_w: sw,
+                    dilation_h: dh,
+                    dilation_w: dw,
+                    pad_top: pt,
+                    pad_left: pl,
+                    groups,
+                }
+            },
+        )
 }
 
 fn quant_s8() -> impl Strategy<Value = QuantS8> {
@@ -180,7 +196,14 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
             proptest::option::of(vec(bias_value(), oc)),
             vec(multiplier_q15(), oc),
         )
-            .prop_map(|(g, q, input, weights, bias, rq)| ConvCase { g, q, input, weights, bias, rq })
+            .prop_map(|(g, q, input, weights, bias, rq)| ConvCase {
+                g,
+                q,
+                input,
+                weights,
+                bias,
+                rq,
+            })
     })
 }
 
@@ -197,15 +220,21 @@ fn ref_conv(c: &ConvCase) -> Vec<i8> {
                     let mut acc: i64 = c.bias.as_ref().map_or(0, |b| b[o as usize] as i64);
                     for ky in 0..g.kernel_h as i64 {
                         for kx in 0..g.kernel_w as i64 {
-                            let iy = oy * g.stride_h as i64 + ky * g.dilation_h as i64 - g.pad_top as i64;
-                            let ix = ox * g.stride_w as i64 + kx * g.dilation_w as i64 - g.pad_left as i64;
+                            let iy = oy * g.stride_h as i64 + ky * g.dilation_h as i64
+                                - g.pad_top as i64;
+                            let ix = ox * g.stride_w as i64 + kx * g.dilation_w as i64
+                                - g.pad_left as i64;
                             if iy < 0 || iy >= g.in_h as i64 || ix < 0 || ix >= g.in_w as i64 {
                                 continue; // padding contributes 0
                             }
                             for i in 0..cin_g {
                                 let ch = group * cin_g + i;
-                                let xi = ((b * g.in_h as i64 + iy) * g.in_w as i64 + ix) * g.in_c as i64 + ch;
-                                let wi = ((o * g.kernel_h as i64 + ky) * g.kernel_w as i64 + kx) * cin_g + i;
+                                let xi = ((b * g.in_h as i64 + iy) * g.in_w as i64 + ix)
+                                    * g.in_c as i64
+                                    + ch;
+                                let wi = ((o * g.kernel_h as i64 + ky) * g.kernel_w as i64 + kx)
+                                    * cin_g
+                                    + i;
                                 let x = c.input[xi as usize] as i64;
                                 let w = c.weights[wi as usize] as i64;
                                 acc += (x - c.q.input_zero_point as i64) * w;
@@ -213,7 +242,14 @@ fn ref_conv(c: &ConvCase) -> Vec<i8> {
                         }
                     }
                     let (m, s) = c.rq[o as usize];
-                    out.push(ref_out_q15(sat32(acc), m, s, c.q.output_zero_point, c.q.act_min, c.q.act_max));
+                    out.push(ref_out_q15(
+                        sat32(acc),
+                        m,
+                        s,
+                        c.q.output_zero_point,
+                        c.q.act_min,
+                        c.q.act_max,
+                    ));
                 }
             }
         }
@@ -255,28 +291,51 @@ struct FcCase {
 fn fc_case() -> impl Strategy<Value = FcCase> {
     (1u32..=3, 1u32..=70, 1u32..=9).prop_flat_map(|(rows, k, n)| {
         (
-            Just(FcGeom { rows, in_features: k, out_features: n }),
+            Just(FcGeom {
+                rows,
+                in_features: k,
+                out_features: n,
+            }),
             quant_s8(),
             vec(any::<i8>(), (rows * k) as usize),
             vec(any::<i8>(), (n * k) as usize),
             proptest::option::of(vec(bias_value(), n as usize)),
             vec(multiplier_q15(), n as usize),
         )
-            .prop_map(|(g, q, input, weights, bias, rq)| FcCase { g, q, input, weights, bias, rq })
+            .prop_map(|(g, q, input, weights, bias, rq)| FcCase {
+                g,
+                q,
+                input,
+                weights,
+                bias,
+                rq,
+            })
     })
 }
 
 fn ref_fc(c: &FcCase) -> Vec<i8> {
-    let (rows, k, n) = (c.g.rows as usize, c.g.in_features as usize, c.g.out_features as usize);
+    let (rows, k, n) = (
+        c.g.rows as usize,
+        c.g.in_features as usize,
+        c.g.out_features as usize,
+    );
     let mut out = Vec::new();
     for r in 0..rows {
         for j in 0..n {
             let mut acc: i64 = c.bias.as_ref().map_or(0, |b| b[j] as i64);
             for i in 0..k {
-                acc += (c.input[r * k + i] as i64 - c.q.input_zero_point as i64) * c.weights[j * k + i] as i64;
+                acc += (c.input[r * k + i] as i64 - c.q.input_zero_point as i64)
+                    * c.weights[j * k + i] as i64;
             }
             let (m, s) = c.rq[j];
-            out.push(ref_out_q15(sat32(acc), m, s, c.q.output_zero_point, c.q.act_min, c.q.act_max));
+            out.push(ref_out_q15(
+                sat32(acc),
+                m,
+                s,
+                c.q.output_zero_point,
+                c.q.act_min,
+                c.q.act_max,
+            ));
         }
     }
     out
@@ -285,7 +344,18 @@ fn ref_fc(c: &FcCase) -> Vec<i8> {
 fn run_fc(c: &FcCase) -> Vec<i8> {
     let (m, s) = split_rq(&c.rq);
     let mut y = vec![0i8; (c.g.rows * c.g.out_features) as usize];
-    kernels::fully_connected_s8(&c.g, &c.q, Requant { multipliers: &m, shifts: &s }, &c.input, &c.weights, c.bias.as_deref(), &mut y);
+    kernels::fully_connected_s8(
+        &c.g,
+        &c.q,
+        Requant {
+            multipliers: &m,
+            shifts: &s,
+        },
+        &c.input,
+        &c.weights,
+        c.bias.as_deref(),
+        &mut y,
+    );
     y
 }
 
@@ -302,10 +372,23 @@ proptest! {
 #[test]
 fn fully_connected_s8_longest_dot_product() {
     let k = MAX_DOT_LEN;
-    for (x, zp, w, bias) in [(127i8, -128, -128i8, -1000), (-128, 127, -128, 1000), (127, -128, 127, i32::MAX)] {
+    for (x, zp, w, bias) in [
+        (127i8, -128, -128i8, -1000),
+        (-128, 127, -128, 1000),
+        (127, -128, 127, i32::MAX),
+    ] {
         let c = FcCase {
-            g: FcGeom { rows: 1, in_features: k, out_features: 1 },
-            q: QuantS8 { input_zero_point: zp, output_zero_point: 0, act_min: -128, act_max: 127 },
+            g: FcGeom {
+                rows: 1,
+                in_features: k,
+                out_features: 1,
+            },
+            q: QuantS8 {
+                input_zero_point: zp,
+                output_zero_point: 0,
+                act_min: -128,
+                act_max: 127,
+            },
             input: vec![x; k as usize],
             weights: vec![w; k as usize],
             bias: Some(vec![bias]),
@@ -323,8 +406,15 @@ fn fully_connected_s8_longest_dot_product() {
 /// Output dims and, for `a` and `b`, a broadcast shape (each axis full or 1) as row-major strides (0 where
 /// broadcast).
 fn broadcast() -> impl Strategy<Value = (Broadcast, usize, usize)> {
-    (1usize..=4).prop_flat_map(|rank| (vec(1u32..=4, rank), vec(any::<bool>(), rank), vec(any::<bool>(), rank))).prop_map(
-        |(out, a_full, b_full)| {
+    (1usize..=4)
+        .prop_flat_map(|rank| {
+            (
+                vec(1u32..=4, rank),
+                vec(any::<bool>(), rank),
+                vec(any::<bool>(), rank),
+            )
+        })
+        .prop_map(|(out, a_full, b_full)| {
             let strides = |full: &[bool]| {
                 let mut s = vec![0u32; out.len()];
                 let mut n = 1u32;
@@ -338,13 +428,25 @@ fn broadcast() -> impl Strategy<Value = (Broadcast, usize, usize)> {
             };
             let (sa, na) = strides(&a_full);
             let (sb, nb) = strides(&b_full);
-            (Broadcast { out: dims(&out), a_strides: dims(&sa), b_strides: dims(&sb) }, na, nb)
-        },
-    )
+            (
+                Broadcast {
+                    out: dims(&out),
+                    a_strides: dims(&sa),
+                    b_strides: dims(&sb),
+                },
+                na,
+                nb,
+            )
+        })
 }
 
 fn binary_kind() -> impl Strategy<Value = BinaryKind> {
-    prop_oneof![Just(BinaryKind::Add), Just(BinaryKind::Sub), Just(BinaryKind::Mul), Just(BinaryKind::PRelu)]
+    prop_oneof![
+        Just(BinaryKind::Add),
+        Just(BinaryKind::Sub),
+        Just(BinaryKind::Mul),
+        Just(BinaryKind::PRelu)
+    ]
 }
 
 fn binary_case() -> impl Strategy<Value = (BinaryS8, Vec<i8>, Vec<i8>)> {
@@ -356,25 +458,34 @@ fn binary_case() -> impl Strategy<Value = (BinaryS8, Vec<i8>, Vec<i8>)> {
         (multiplier(), multiplier(), multiplier()),
         act_range(),
     )
-        .prop_flat_map(|((bcast, na, nb), kind, (za, zb, zo), left_shift, ((am, ash), (bm, bsh), (om, osh)), (lo, hi))| {
-            let p = BinaryS8 {
+        .prop_flat_map(
+            |(
+                (bcast, na, nb),
                 kind,
-                bcast,
-                a_zero_point: za,
-                b_zero_point: zb,
-                out_zero_point: zo,
+                (za, zb, zo),
                 left_shift,
-                a_multiplier: am,
-                a_shift: ash,
-                b_multiplier: bm,
-                b_shift: bsh,
-                out_multiplier: om,
-                out_shift: osh,
-                act_min: lo,
-                act_max: hi,
-            };
-            (Just(p), vec(any::<i8>(), na), vec(any::<i8>(), nb))
-        })
+                ((am, ash), (bm, bsh), (om, osh)),
+                (lo, hi),
+            )| {
+                let p = BinaryS8 {
+                    kind,
+                    bcast,
+                    a_zero_point: za,
+                    b_zero_point: zb,
+                    out_zero_point: zo,
+                    left_shift,
+                    a_multiplier: am,
+                    a_shift: ash,
+                    b_multiplier: bm,
+                    b_shift: bsh,
+                    out_multiplier: om,
+                    out_shift: osh,
+                    act_min: lo,
+                    act_max: hi,
+                };
+                (Just(p), vec(any::<i8>(), na), vec(any::<i8>(), nb))
+            },
+        )
 }
 
 fn ref_binary(p: &BinaryS8, a: &[i8], b: &[i8]) -> Vec<i8> {
@@ -400,7 +511,11 @@ fn ref_binary(p: &BinaryS8, a: &[i8], b: &[i8]) -> Vec<i8> {
                 let scale = 1i64 << p.left_shift;
                 let sx = sat32(ref_requant(x * scale, p.a_multiplier, p.a_shift));
                 let sz = sat32(ref_requant(z * scale, p.b_multiplier, p.b_shift));
-                let acc = if p.kind == BinaryKind::Add { sx + sz } else { sx - sz };
+                let acc = if p.kind == BinaryKind::Add {
+                    sx + sz
+                } else {
+                    sx - sz
+                };
                 ref_out(sat32(acc), p.out_multiplier, p.out_shift, zo, lo, hi)
             }
             BinaryKind::Mul => ref_out(x * z, p.out_multiplier, p.out_shift, zo, lo, hi),
@@ -464,13 +579,24 @@ fn ref_log2_q16(v: u128) -> i64 {
     e * 65536 + frac
 }
 
-fn ref_softmax(outer: usize, len: usize, inner: usize, mode: SoftmaxS8Mode, table: &[u32; 256], zo: i32, x: &[i8]) -> Vec<i8> {
+fn ref_softmax(
+    outer: usize,
+    len: usize,
+    inner: usize,
+    mode: SoftmaxS8Mode,
+    table: &[u32; 256],
+    zo: i32,
+    x: &[i8],
+) -> Vec<i8> {
     let mut y = vec![0i8; x.len()];
     for o in 0..outer {
         for j in 0..inner {
             let idx = |i: usize| (o * len + i) * inner + j;
             let max = (0..len).map(|i| x[idx(i)] as i64).max().unwrap();
-            let sum: u128 = (0..len).map(|i| table[(max - x[idx(i)] as i64) as usize] as u128).sum::<u128>().max(1);
+            let sum: u128 = (0..len)
+                .map(|i| table[(max - x[idx(i)] as i64) as usize] as u128)
+                .sum::<u128>()
+                .max(1);
             for i in 0..len {
                 let t = table[(max - x[idx(i)] as i64) as usize] as u128;
                 let v = match mode {
@@ -480,7 +606,10 @@ fn ref_softmax(outer: usize, len: usize, inner: usize, mode: SoftmaxS8Mode, tabl
                         let q = (2 * t * r + (1u128 << 47)) / (2 * (1u128 << 47));
                         q as i64 + zo as i64
                     }
-                    SoftmaxS8Mode::LogSoftmax { diff_mult, log_mult } => {
+                    SoftmaxS8Mode::LogSoftmax {
+                        diff_mult,
+                        log_mult,
+                    } => {
                         let d = (max - x[idx(i)] as i64) as i128;
                         let l = ref_log2_q16(sum) as i128 - 24 * 65536;
                         let t = diff_mult as i128 * d * 65536 + log_mult as i128 * l;
@@ -514,8 +643,14 @@ fn exp_table() -> impl Strategy<Value = [u32; 256]> {
 fn softmax_mode() -> impl Strategy<Value = SoftmaxS8Mode> {
     prop_oneof![
         Just(SoftmaxS8Mode::Softmax),
-        (0i32..=i32::MAX, 0i32..=i32::MAX).prop_map(|(d, l)| SoftmaxS8Mode::LogSoftmax { diff_mult: d, log_mult: l }),
-        (0i32..300_000, 0i32..3_000_000).prop_map(|(d, l)| SoftmaxS8Mode::LogSoftmax { diff_mult: d, log_mult: l }),
+        (0i32..=i32::MAX, 0i32..=i32::MAX).prop_map(|(d, l)| SoftmaxS8Mode::LogSoftmax {
+            diff_mult: d,
+            log_mult: l
+        }),
+        (0i32..300_000, 0i32..3_000_000).prop_map(|(d, l)| SoftmaxS8Mode::LogSoftmax {
+            diff_mult: d,
+            log_mult: l
+        }),
     ]
 }
 
@@ -599,33 +734,44 @@ fn pool_geom() -> impl Strategy<Value = Pool2d> {
         (0u32..4, 0u32..4, 0u32..4, 0u32..4),
         (any::<bool>(), any::<bool>(), any::<bool>(), zero_point()),
     )
-        .prop_map(|((batch, in_h, in_w, channels), (kh, kw, sh, sw), (pt, pl, pb, pr), (ceil, include, _, zp))| {
-            let axis = |input: u32, k: u32, s: u32, before: u32, after: u32| {
-                let (before, after) = (before % k, after % k);
-                let floor = out_size(input, k, s, 1, before, after);
-                // Ceil mode: one more window if it still starts inside the input.
-                let out = if ceil && floor * s < before + input { floor + 1 } else { floor };
-                (out, before)
-            };
-            let (out_h, pad_top) = axis(in_h, kh, sh, pt, pb);
-            let (out_w, pad_left) = axis(in_w, kw, sw, pl, pr);
-            Pool2d {
-                batch,
-                in_h,
-                in_w,
-                channels,
-                out_h,
-                out_w,
-                kernel_h: kh,
-                kernel_w: kw,
-                stride_h: sh,
-                stride_w: sw,
-                pad_top,
-                pad_left,
-                count_include_pad: include,
-                zero_point: zp,
-            }
-        })
+        .prop_map(
+            |(
+                (batch, in_h, in_w, channels),
+                (kh, kw, sh, sw),
+                (pt, pl, pb, pr),
+                (ceil, include, _, zp),
+            )| {
+                let axis = |input: u32, k: u32, s: u32, before: u32, after: u32| {
+                    let (before, after) = (before % k, after % k);
+                    let floor = out_size(input, k, s, 1, before, after);
+                    // Ceil mode: one more window if it still starts inside the input.
+                    let out = if ceil && floor * s < before + input {
+                        floor + 1
+                    } else {
+                        floor
+                    };
+                    (out, before)
+                };
+                let (out_h, pad_top) = axis(in_h, kh, sh, pt, pb);
+                let (out_w, pad_left) = axis(in_w, kw, sw, pl, pr);
+                Pool2d {
+                    batch,
+                    in_h,
+                    in_w,
+                    channels,
+                    out_h,
+                    out_w,
+                    kernel_h: kh,
+                    kernel_w: kw,
+                    stride_h: sh,
+                    stride_w: sw,
+                    pad_top,
+                    pad_left,
+                    count_include_pad: include,
+                    zero_point: zp,
+                }
+            },
+        )
 }
 
 /// (max, avg) per the documented formulas.
@@ -644,14 +790,20 @@ fn ref_pools(p: &Pool2d, x: &[i8]) -> (Vec<i8>, Vec<i8>) {
                             if iy < 0 || iy >= p.in_h as i64 || ix < 0 || ix >= p.in_w as i64 {
                                 continue;
                             }
-                            let v = x[(((b * p.in_h as i64 + iy) * p.in_w as i64 + ix) * p.channels as i64 + c) as usize] as i64;
+                            let v = x[(((b * p.in_h as i64 + iy) * p.in_w as i64 + ix)
+                                * p.channels as i64
+                                + c) as usize] as i64;
                             max = max.max(v);
                             sum += v - p.zero_point as i64;
                             inside += 1;
                         }
                     }
                     assert!(inside > 0, "generator made an empty window");
-                    let n = if p.count_include_pad { (p.kernel_h * p.kernel_w) as i64 } else { inside };
+                    let n = if p.count_include_pad {
+                        (p.kernel_h * p.kernel_w) as i64
+                    } else {
+                        inside
+                    };
                     // round half up: floor(sum / n + 1/2)
                     let avg = (2 * sum + n).div_euclid(2 * n) + p.zero_point as i64;
                     max_out.push(max as i8);
@@ -689,10 +841,25 @@ proptest! {
 
 fn reduce_case() -> impl Strategy<Value = (ReduceMeanS8, Vec<i8>)> {
     (1usize..=5)
-        .prop_flat_map(|rank| (vec(1u32..=4, rank), 0u8..(1 << rank), zero_point(), zero_point(), multiplier()))
+        .prop_flat_map(|rank| {
+            (
+                vec(1u32..=4, rank),
+                0u8..(1 << rank),
+                zero_point(),
+                zero_point(),
+                multiplier(),
+            )
+        })
         .prop_flat_map(|(d, axes, zi, zo, (m, s))| {
             let n: u32 = d.iter().product();
-            let p = ReduceMeanS8 { dims: dims(&d), axes, input_zero_point: zi, output_zero_point: zo, multiplier: m, shift: s };
+            let p = ReduceMeanS8 {
+                dims: dims(&d),
+                axes,
+                input_zero_point: zi,
+                output_zero_point: zo,
+                multiplier: m,
+                shift: s,
+            };
             (Just(p), vec(any::<i8>(), n as usize))
         })
 }
@@ -716,7 +883,9 @@ fn ref_reduce(p: &ReduceMeanS8, x: &[i8]) -> Vec<i8> {
         }
         sums[o] += v as i64 - p.input_zero_point as i64;
     }
-    sums.iter().map(|&s| ref_out(s, p.multiplier, p.shift, p.output_zero_point, -128, 127)).collect()
+    sums.iter()
+        .map(|&s| ref_out(s, p.multiplier, p.shift, p.output_zero_point, -128, 127))
+        .collect()
 }
 
 proptest! {

@@ -53,7 +53,13 @@ pub struct OnnxBuilder {
 impl OnnxBuilder {
     /// A model importing the default ONNX domain at `opset`.
     pub fn new(opset: i64) -> Self {
-        OnnxBuilder { opset, graph: pb::GraphProto { name: "kiln_test".into(), ..Default::default() } }
+        OnnxBuilder {
+            opset,
+            graph: pb::GraphProto {
+                name: "kiln_test".into(),
+                ..Default::default()
+            },
+        }
     }
 
     /// A float32 graph input with a fixed shape.
@@ -99,7 +105,13 @@ impl OnnxBuilder {
     }
 
     /// A node named after its first output.
-    pub fn node(self, op_type: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<pb::AttributeProto>) -> Self {
+    pub fn node(
+        self,
+        op_type: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+    ) -> Self {
         let name = outputs.first().copied().unwrap_or(op_type).to_string();
         self.named_node(&name, op_type, inputs, outputs, attrs)
     }
@@ -133,7 +145,10 @@ impl OnnxBuilder {
                 19..=20 => 9,
                 _ => 10,
             },
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: self.opset }],
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: self.opset,
+            }],
             producer_name: "kiln-tests".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(self.graph.clone()),
@@ -189,7 +204,11 @@ fn value_info(name: &str, dims: Option<&[Dim]>) -> pb::ValueInfoProto {
 
 /// A float32 `TensorProto` with raw little-endian data.
 pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> pb::TensorProto {
-    assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor {name}: data length vs shape {shape:?}");
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        data.len(),
+        "tensor {name}: data length vs shape {shape:?}"
+    );
     pb::TensorProto {
         name: name.to_string(),
         dims: shape.iter().map(|&d| d as i64).collect(),
@@ -201,7 +220,11 @@ pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> pb::TensorProto 
 
 /// An int64 `TensorProto` with raw little-endian data.
 pub fn tensor_i64(name: &str, shape: &[usize], data: &[i64]) -> pb::TensorProto {
-    assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor {name}: data length vs shape {shape:?}");
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        data.len(),
+        "tensor {name}: data length vs shape {shape:?}"
+    );
     pb::TensorProto {
         name: name.to_string(),
         dims: shape.iter().map(|&d| d as i64).collect(),
@@ -216,32 +239,54 @@ pub mod attr {
     use super::*;
 
     fn base(name: &str, ty: AttributeType) -> pb::AttributeProto {
-        pb::AttributeProto { name: name.to_string(), r#type: ty as i32, ..Default::default() }
+        pb::AttributeProto {
+            name: name.to_string(),
+            r#type: ty as i32,
+            ..Default::default()
+        }
     }
 
     pub fn int(name: &str, v: i64) -> pb::AttributeProto {
-        pb::AttributeProto { i: v, ..base(name, AttributeType::Int) }
+        pb::AttributeProto {
+            i: v,
+            ..base(name, AttributeType::Int)
+        }
     }
 
     pub fn float(name: &str, v: f32) -> pb::AttributeProto {
-        pb::AttributeProto { f: v, ..base(name, AttributeType::Float) }
+        pb::AttributeProto {
+            f: v,
+            ..base(name, AttributeType::Float)
+        }
     }
 
     pub fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
-        pb::AttributeProto { ints: v.to_vec(), ..base(name, AttributeType::Ints) }
+        pb::AttributeProto {
+            ints: v.to_vec(),
+            ..base(name, AttributeType::Ints)
+        }
     }
 
     pub fn floats(name: &str, v: &[f32]) -> pb::AttributeProto {
-        pb::AttributeProto { floats: v.to_vec(), ..base(name, AttributeType::Floats) }
+        pb::AttributeProto {
+            floats: v.to_vec(),
+            ..base(name, AttributeType::Floats)
+        }
     }
 
     pub fn string(name: &str, v: &str) -> pb::AttributeProto {
-        pb::AttributeProto { s: v.as_bytes().to_vec(), ..base(name, AttributeType::String) }
+        pb::AttributeProto {
+            s: v.as_bytes().to_vec(),
+            ..base(name, AttributeType::String)
+        }
     }
 
     /// A tensor attribute (e.g. `Constant`'s `value`).
     pub fn tensor(name: &str, t: pb::TensorProto) -> pb::AttributeProto {
-        pb::AttributeProto { t: Some(t), ..base(name, AttributeType::Tensor) }
+        pb::AttributeProto {
+            t: Some(t),
+            ..base(name, AttributeType::Tensor)
+        }
     }
 }
 

@@ -79,17 +79,27 @@ struct Tol {
 
 impl Default for Tol {
     fn default() -> Self {
-        Tol { input_scale: 1.0, int8_rel: 0.03, argmax_axis: None }
+        Tol {
+            input_scale: 1.0,
+            int8_rel: 0.03,
+            argmax_axis: None,
+        }
     }
 }
 
 impl Tol {
     fn scale(self, s: f32) -> Self {
-        Tol { input_scale: s, ..self }
+        Tol {
+            input_scale: s,
+            ..self
+        }
     }
 
     fn argmax(self, axis: isize) -> Self {
-        Tol { argmax_axis: Some(axis), ..self }
+        Tol {
+            argmax_axis: Some(axis),
+            ..self
+        }
     }
 }
 
@@ -113,23 +123,43 @@ fn check_op_with(name: &str, model_bytes: &[u8], input_shapes: &[Vec<usize>], to
     let path = dir.path().join(format!("{name}.onnx"));
     std::fs::write(&path, model_bytes).expect("write model");
     let input_names = graph_input_names(model_bytes);
-    assert_eq!(input_names.len(), input_shapes.len(), "{name}: input names vs shapes");
+    assert_eq!(
+        input_names.len(),
+        input_shapes.len(),
+        "{name}: input names vs shapes"
+    );
 
     let mut rng = Rng::from_name(name, "inputs");
-    let samples: Vec<Vec<ArrayD<f32>>> =
-        (0..TEST_SAMPLES).map(|_| input_shapes.iter().map(|s| rng.array(s, tol.input_scale)).collect()).collect();
+    let samples: Vec<Vec<ArrayD<f32>>> = (0..TEST_SAMPLES)
+        .map(|_| {
+            input_shapes
+                .iter()
+                .map(|s| rng.array(s, tol.input_scale))
+                .collect()
+        })
+        .collect();
 
     let reference = match Reference::load(&path) {
         Ok(r) => r,
         Err(e) => panic!("{name}: tract cannot load the generated model (a test bug): {e}"),
     };
-    let expected: Vec<Vec<ArrayD<f32>>> =
-        samples.iter().map(|s| reference.run(s).unwrap_or_else(|e| panic!("{name}: tract: {e}"))).collect();
+    let expected: Vec<Vec<ArrayD<f32>>> = samples
+        .iter()
+        .map(|s| {
+            reference
+                .run(s)
+                .unwrap_or_else(|e| panic!("{name}: tract: {e}"))
+        })
+        .collect();
 
     let mut problems = Vec::new();
 
     // f32.
-    let f32_opts = Options { precision: Precision::F32, calib: None, method: CalibMethod::MinMax };
+    let f32_opts = Options {
+        precision: Precision::F32,
+        calib: None,
+        method: CalibMethod::MinMax,
+    };
     match compile(&path, &f32_opts) {
         Err(e) => problems.push(format!("f32 compile failed: {e}")),
         Ok(c) => match run_all(&c.bytes, &samples) {
@@ -149,8 +179,9 @@ fn check_op_with(name: &str, model_bytes: &[u8], input_shapes: &[Vec<usize>], to
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let mut views: Vec<ArrayD<f32>> =
-                (0..CALIB_SAMPLES - TEST_SAMPLES).map(|_| crng.array(s, tol.input_scale)).collect();
+            let mut views: Vec<ArrayD<f32>> = (0..CALIB_SAMPLES - TEST_SAMPLES)
+                .map(|_| crng.array(s, tol.input_scale))
+                .collect();
             views.extend(samples.iter().map(|t| t[i].clone()));
             let v: Vec<_> = views.iter().map(|a| a.view()).collect();
             ndarray::stack(ndarray::Axis(0), &v).expect("stack calibration samples")
@@ -169,7 +200,11 @@ fn check_op_with(name: &str, model_bytes: &[u8], input_shapes: &[Vec<usize>], to
         w.finish().expect("finish npz");
         p
     };
-    let int8_opts = Options { precision: Precision::Int8, calib: Some(calib_path), method: CalibMethod::MinMax };
+    let int8_opts = Options {
+        precision: Precision::Int8,
+        calib: Some(calib_path),
+        method: CalibMethod::MinMax,
+    };
     match compile(&path, &int8_opts) {
         Err(e) => problems.push(format!("int8 compile failed: {e}")),
         Ok(c) => match run_all(&c.bytes, &samples) {
@@ -179,7 +214,11 @@ fn check_op_with(name: &str, model_bytes: &[u8], input_shapes: &[Vec<usize>], to
     }
 
     if !problems.is_empty() {
-        panic!("{name}: {} problem(s):\n{}", problems.len(), problems.join("\n"));
+        panic!(
+            "{name}: {} problem(s):\n{}",
+            problems.len(),
+            problems.join("\n")
+        );
     }
 }
 
@@ -189,8 +228,13 @@ fn expect_unsupported(name: &str, model_bytes: &[u8], needle: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(format!("{name}.onnx"));
     std::fs::write(&path, model_bytes).expect("write model");
-    Reference::load(&path).unwrap_or_else(|e| panic!("{name}: tract cannot load the generated model: {e}"));
-    let opts = Options { precision: Precision::F32, calib: None, method: CalibMethod::MinMax };
+    Reference::load(&path)
+        .unwrap_or_else(|e| panic!("{name}: tract cannot load the generated model: {e}"));
+    let opts = Options {
+        precision: Precision::F32,
+        calib: None,
+        method: CalibMethod::MinMax,
+    };
     match compile(&path, &opts) {
         Ok(_) => panic!("{name}: expected the compile to reject the model, it compiled"),
         Err(Error::Input(m)) => {
@@ -205,14 +249,21 @@ fn graph_input_names(model_bytes: &[u8]) -> Vec<String> {
     let m = pb::ModelProto::decode(model_bytes).expect("decode own model");
     let g = m.graph.expect("graph");
     let inits: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    g.input.iter().map(|i| i.name.clone()).filter(|n| !inits.contains(&n.as_str())).collect()
+    g.input
+        .iter()
+        .map(|i| i.name.clone())
+        .filter(|n| !inits.contains(&n.as_str()))
+        .collect()
 }
 
 fn run_all(bytes: &[u8], samples: &[Vec<ArrayD<f32>>]) -> Result<Vec<Vec<ArrayD<f32>>>, String> {
     let buf = ModelBuf::new(bytes);
     let model = buf.model().map_err(|e| e.to_string())?;
     let mut runner = Runner::new(&model);
-    samples.iter().map(|s| runner.run(s, |_| {}).map_err(|e| e.to_string())).collect()
+    samples
+        .iter()
+        .map(|s| runner.run(s, |_| {}).map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// Row-major multi-index of flat position `i` in `shape`.
@@ -236,7 +287,11 @@ fn compare_f32(got: &[Vec<ArrayD<f32>>], expected: &[Vec<ArrayD<f32>>]) -> Optio
         }
         for (o, (g, e)) in g.iter().zip(e).enumerate() {
             if g.shape() != e.shape() {
-                return Some(format!("f32: output {o} has shape {:?}, tract's is {:?}", g.shape(), e.shape()));
+                return Some(format!(
+                    "f32: output {o} has shape {:?}, tract's is {:?}",
+                    g.shape(),
+                    e.shape()
+                ));
             }
             for (i, (&k, &t)) in g.iter().zip(e.iter()).enumerate() {
                 total += 1;
@@ -259,7 +314,11 @@ fn compare_f32(got: &[Vec<ArrayD<f32>>], expected: &[Vec<ArrayD<f32>>]) -> Optio
     if bad == 0 {
         return None;
     }
-    let more = if bad > lines.len() { format!("\n    ... and {} more", bad - lines.len()) } else { String::new() };
+    let more = if bad > lines.len() {
+        format!("\n    ... and {} more", bad - lines.len())
+    } else {
+        String::new()
+    };
     Some(format!(
         "f32: {bad} of {total} values differ from tract by more than {F32_ABS:e} + {F32_REL:e}*|tract| (max {max_err:.3e}):\n{}{more}",
         lines.join("\n")
@@ -285,7 +344,9 @@ fn compare_int8(got: &[Vec<ArrayD<f32>>], expected: &[Vec<ArrayD<f32>>], tol: To
         let (lo, hi) = expected
             .iter()
             .flat_map(|e| e[o].iter().copied())
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
         let range = (hi - lo).max(0.0);
         let allowed = tol.int8_rel * range + 1e-3;
         let (mut max_err, mut sum_err, mut n) = (0f32, 0f64, 0usize);
@@ -319,8 +380,11 @@ fn compare_int8(got: &[Vec<ArrayD<f32>>], expected: &[Vec<ArrayD<f32>>], tol: To
             100.0 * mean as f32 / range.max(1e-12),
         );
         if bad > 0 {
-            let more =
-                if bad > lines.len() { format!("\n    ... and {} more", bad - lines.len()) } else { String::new() };
+            let more = if bad > lines.len() {
+                format!("\n    ... and {} more", bad - lines.len())
+            } else {
+                String::new()
+            };
             problems.push(format!(
                 "int8 output {o}: {bad} of {n} values off by more than {allowed:.3e} ({}% of the float range {range:.4} \
                  + 1e-3); max error {max_err:.3e}:\n{}{more}",
@@ -343,13 +407,20 @@ fn compare_int8(got: &[Vec<ArrayD<f32>>], expected: &[Vec<ArrayD<f32>>], tol: To
             let (mut rows, mut agree, mut bad_rows) = (0, 0, Vec::new());
             for (s, (g, e)) in got.iter().zip(expected).enumerate() {
                 let rank = e[o].ndim() as isize;
-                let ax = ndarray::Axis(if axis < 0 { (rank + axis) as usize } else { axis as usize });
+                let ax = ndarray::Axis(if axis < 0 {
+                    (rank + axis) as usize
+                } else {
+                    axis as usize
+                });
                 for (lane, (gl, el)) in g[o].lanes(ax).into_iter().zip(e[o].lanes(ax)).enumerate() {
                     rows += 1;
                     let am = |v: &ndarray::ArrayView1<f32>| {
                         v.iter()
                             .enumerate()
-                            .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+                            .fold(
+                                (0, f32::NEG_INFINITY),
+                                |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                            )
                             .0
                     };
                     let (kg, ke) = (am(&gl), am(&el));
@@ -371,7 +442,10 @@ fn compare_int8(got: &[Vec<ArrayD<f32>>], expected: &[Vec<ArrayD<f32>>], tol: To
             }
             println!("int8 output {o}: argmax agrees on {agree}/{rows} rows");
             if !bad_rows.is_empty() {
-                problems.push(format!("int8 output {o}: argmax disagrees:\n{}", bad_rows.join("\n")));
+                problems.push(format!(
+                    "int8 output {o}: argmax disagrees:\n{}",
+                    bad_rows.join("\n")
+                ));
             }
         }
     }
@@ -390,7 +464,13 @@ struct M {
 }
 
 fn model(name: &'static str) -> M {
-    M { name, b: OnnxBuilder::new(13), rng: Rng::from_name(name, "weights"), shapes: vec![], tol: Tol::default() }
+    M {
+        name,
+        b: OnnxBuilder::new(13),
+        rng: Rng::from_name(name, "weights"),
+        shapes: vec![],
+        tol: Tol::default(),
+    }
 }
 
 impl M {
@@ -416,7 +496,9 @@ impl M {
 
     /// A random constant uniform in `[lo, hi)`.
     fn weight_in(mut self, name: &str, shape: &[usize], lo: f32, hi: f32) -> Self {
-        let v: Vec<f32> = (0..shape.iter().product()).map(|_| lo + (hi - lo) * (self.rng.sym() * 0.5 + 0.5)).collect();
+        let v: Vec<f32> = (0..shape.iter().product())
+            .map(|_| lo + (hi - lo) * (self.rng.sym() * 0.5 + 0.5))
+            .collect();
         self.b = self.b.initializer(name, shape, &v);
         self
     }
@@ -431,7 +513,13 @@ impl M {
         self
     }
 
-    fn node(mut self, op: &str, ins: &[&str], outs: &[&str], attrs: Vec<pb::AttributeProto>) -> Self {
+    fn node(
+        mut self,
+        op: &str,
+        ins: &[&str],
+        outs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+    ) -> Self {
         self.b = self.b.node(op, ins, outs, attrs);
         self
     }
@@ -458,10 +546,18 @@ impl M {
 use attr::{float, int, ints, string};
 
 /// `y = Conv(x, w[, b])` with random weights; `w` is OIHW (or OIW).
-fn conv(name: &'static str, x: &[usize], w: &[usize], bias: bool, attrs: Vec<pb::AttributeProto>) -> M {
+fn conv(
+    name: &'static str,
+    x: &[usize],
+    w: &[usize],
+    bias: bool,
+    attrs: Vec<pb::AttributeProto>,
+) -> M {
     let m = model(name).input("x", x).weight("w", w, 0.5);
     if bias {
-        m.weight("b", &[w[0]], 0.5).node("Conv", &["x", "w", "b"], &["y"], attrs).output("y")
+        m.weight("b", &[w[0]], 0.5)
+            .node("Conv", &["x", "w", "b"], &["y"], attrs)
+            .output("y")
     } else {
         m.node("Conv", &["x", "w"], &["y"], attrs).output("y")
     }
@@ -469,19 +565,36 @@ fn conv(name: &'static str, x: &[usize], w: &[usize], bias: bool, attrs: Vec<pb:
 
 /// `x [2,4,5,5]` through one unary op.
 fn unary(name: &'static str, op: &str, attrs: Vec<pb::AttributeProto>) -> M {
-    model(name).input("x", &[2, 4, 5, 5]).node(op, &["x"], &["y"], attrs).output("y")
+    model(name)
+        .input("x", &[2, 4, 5, 5])
+        .node(op, &["x"], &["y"], attrs)
+        .output("y")
 }
 
 // ----- Conv ---------------------------------------------------------------------------------------------------
 
 #[test]
 fn conv2d_pads1() {
-    conv("conv2d_pads1", &[2, 3, 8, 8], &[4, 3, 3, 3], true, vec![ints("pads", &[1, 1, 1, 1])]).check();
+    conv(
+        "conv2d_pads1",
+        &[2, 3, 8, 8],
+        &[4, 3, 3, 3],
+        true,
+        vec![ints("pads", &[1, 1, 1, 1])],
+    )
+    .check();
 }
 
 #[test]
 fn conv1d_pads1() {
-    conv("conv1d_pads1", &[2, 3, 16], &[4, 3, 3], true, vec![ints("pads", &[1, 1])]).check();
+    conv(
+        "conv1d_pads1",
+        &[2, 3, 16],
+        &[4, 3, 3],
+        true,
+        vec![ints("pads", &[1, 1])],
+    )
+    .check();
 }
 
 #[test]
@@ -503,36 +616,76 @@ fn conv2d_stride2() {
 
 #[test]
 fn conv1d_stride2() {
-    conv("conv1d_stride2", &[2, 3, 15], &[4, 3, 3], true, vec![ints("strides", &[2]), ints("pads", &[1, 1])]).check();
+    conv(
+        "conv1d_stride2",
+        &[2, 3, 15],
+        &[4, 3, 3],
+        true,
+        vec![ints("strides", &[2]), ints("pads", &[1, 1])],
+    )
+    .check();
 }
 
 #[test]
 fn conv2d_rect_kernel_stride_2x1() {
-    conv("conv2d_rect_kernel_stride_2x1", &[2, 3, 9, 8], &[4, 3, 2, 3], true, vec![ints("strides", &[2, 1])]).check();
+    conv(
+        "conv2d_rect_kernel_stride_2x1",
+        &[2, 3, 9, 8],
+        &[4, 3, 2, 3],
+        true,
+        vec![ints("strides", &[2, 1])],
+    )
+    .check();
 }
 
 #[test]
 fn conv2d_pads_asymmetric() {
     // [top, left, bottom, right]
-    conv("conv2d_pads_asymmetric", &[2, 3, 7, 8], &[4, 3, 3, 3], true, vec![ints("pads", &[1, 0, 2, 1])]).check();
+    conv(
+        "conv2d_pads_asymmetric",
+        &[2, 3, 7, 8],
+        &[4, 3, 3, 3],
+        true,
+        vec![ints("pads", &[1, 0, 2, 1])],
+    )
+    .check();
 }
 
 #[test]
 fn conv1d_pads_asymmetric() {
-    conv("conv1d_pads_asymmetric", &[2, 3, 12], &[4, 3, 3], true, vec![ints("pads", &[0, 2])]).check();
+    conv(
+        "conv1d_pads_asymmetric",
+        &[2, 3, 12],
+        &[4, 3, 3],
+        true,
+        vec![ints("pads", &[0, 2])],
+    )
+    .check();
 }
 
 #[test]
 fn conv2d_auto_pad_same_upper() {
     // Kernel 4: total padding 3 per axis, the odd one at the end.
-    conv("conv2d_auto_pad_same_upper", &[2, 3, 8, 7], &[4, 3, 4, 4], true, vec![string("auto_pad", "SAME_UPPER")])
-        .check();
+    conv(
+        "conv2d_auto_pad_same_upper",
+        &[2, 3, 8, 7],
+        &[4, 3, 4, 4],
+        true,
+        vec![string("auto_pad", "SAME_UPPER")],
+    )
+    .check();
 }
 
 #[test]
 fn conv2d_auto_pad_same_lower() {
-    conv("conv2d_auto_pad_same_lower", &[2, 3, 8, 7], &[4, 3, 4, 4], true, vec![string("auto_pad", "SAME_LOWER")])
-        .check();
+    conv(
+        "conv2d_auto_pad_same_lower",
+        &[2, 3, 8, 7],
+        &[4, 3, 4, 4],
+        true,
+        vec![string("auto_pad", "SAME_LOWER")],
+    )
+    .check();
 }
 
 #[test]
@@ -561,12 +714,26 @@ fn conv2d_auto_pad_same_lower_stride2() {
 
 #[test]
 fn conv1d_auto_pad_same_upper() {
-    conv("conv1d_auto_pad_same_upper", &[2, 3, 10], &[4, 3, 4], true, vec![string("auto_pad", "SAME_UPPER")]).check();
+    conv(
+        "conv1d_auto_pad_same_upper",
+        &[2, 3, 10],
+        &[4, 3, 4],
+        true,
+        vec![string("auto_pad", "SAME_UPPER")],
+    )
+    .check();
 }
 
 #[test]
 fn conv1d_auto_pad_same_lower() {
-    conv("conv1d_auto_pad_same_lower", &[2, 3, 10], &[4, 3, 4], true, vec![string("auto_pad", "SAME_LOWER")]).check();
+    conv(
+        "conv1d_auto_pad_same_lower",
+        &[2, 3, 10],
+        &[4, 3, 4],
+        true,
+        vec![string("auto_pad", "SAME_LOWER")],
+    )
+    .check();
 }
 
 #[test]
@@ -583,7 +750,14 @@ fn conv2d_auto_pad_valid() {
 
 #[test]
 fn conv1d_auto_pad_valid() {
-    conv("conv1d_auto_pad_valid", &[2, 3, 11], &[4, 3, 3], true, vec![string("auto_pad", "VALID")]).check();
+    conv(
+        "conv1d_auto_pad_valid",
+        &[2, 3, 11],
+        &[4, 3, 3],
+        true,
+        vec![string("auto_pad", "VALID")],
+    )
+    .check();
 }
 
 #[test]
@@ -600,25 +774,50 @@ fn conv2d_dilation2() {
 
 #[test]
 fn conv1d_dilation2() {
-    conv("conv1d_dilation2", &[2, 3, 16], &[4, 3, 3], true, vec![ints("dilations", &[2]), ints("pads", &[2, 2])])
-        .check();
+    conv(
+        "conv1d_dilation2",
+        &[2, 3, 16],
+        &[4, 3, 3],
+        true,
+        vec![ints("dilations", &[2]), ints("pads", &[2, 2])],
+    )
+    .check();
 }
 
 #[test]
 fn conv2d_group2() {
-    conv("conv2d_group2", &[2, 4, 6, 6], &[6, 2, 3, 3], true, vec![int("group", 2), ints("pads", &[1, 1, 1, 1])])
-        .check();
+    conv(
+        "conv2d_group2",
+        &[2, 4, 6, 6],
+        &[6, 2, 3, 3],
+        true,
+        vec![int("group", 2), ints("pads", &[1, 1, 1, 1])],
+    )
+    .check();
 }
 
 #[test]
 fn conv1d_group2() {
-    conv("conv1d_group2", &[2, 4, 12], &[6, 2, 3], true, vec![int("group", 2), ints("pads", &[1, 1])]).check();
+    conv(
+        "conv1d_group2",
+        &[2, 4, 12],
+        &[6, 2, 3],
+        true,
+        vec![int("group", 2), ints("pads", &[1, 1])],
+    )
+    .check();
 }
 
 #[test]
 fn conv2d_depthwise() {
-    conv("conv2d_depthwise", &[2, 3, 6, 6], &[3, 1, 3, 3], true, vec![int("group", 3), ints("pads", &[1, 1, 1, 1])])
-        .check();
+    conv(
+        "conv2d_depthwise",
+        &[2, 3, 6, 6],
+        &[3, 1, 3, 3],
+        true,
+        vec![int("group", 3), ints("pads", &[1, 1, 1, 1])],
+    )
+    .check();
 }
 
 #[test]
@@ -635,8 +834,14 @@ fn conv2d_depthwise_multiplier2() {
 
 #[test]
 fn conv1d_depthwise_multiplier2() {
-    conv("conv1d_depthwise_multiplier2", &[2, 3, 12], &[6, 1, 3], true, vec![int("group", 3), ints("pads", &[1, 1])])
-        .check();
+    conv(
+        "conv1d_depthwise_multiplier2",
+        &[2, 3, 12],
+        &[6, 1, 3],
+        true,
+        vec![int("group", 3), ints("pads", &[1, 1])],
+    )
+    .check();
 }
 
 #[test]
@@ -646,14 +851,25 @@ fn conv2d_depthwise_stride2() {
         &[2, 4, 9, 9],
         &[4, 1, 3, 3],
         true,
-        vec![int("group", 4), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])],
+        vec![
+            int("group", 4),
+            ints("strides", &[2, 2]),
+            ints("pads", &[1, 1, 1, 1]),
+        ],
     )
     .check();
 }
 
 #[test]
 fn conv2d_no_bias() {
-    conv("conv2d_no_bias", &[2, 3, 6, 6], &[4, 3, 3, 3], false, vec![ints("pads", &[1, 1, 1, 1])]).check();
+    conv(
+        "conv2d_no_bias",
+        &[2, 3, 6, 6],
+        &[4, 3, 3, 3],
+        false,
+        vec![ints("pads", &[1, 1, 1, 1])],
+    )
+    .check();
 }
 
 #[test]
@@ -668,17 +884,38 @@ fn conv2d_1x1() {
 
 #[test]
 fn conv2d_1x1_stride2() {
-    conv("conv2d_1x1_stride2", &[2, 3, 8, 7], &[4, 3, 1, 1], true, vec![ints("strides", &[2, 2])]).check();
+    conv(
+        "conv2d_1x1_stride2",
+        &[2, 3, 8, 7],
+        &[4, 3, 1, 1],
+        true,
+        vec![ints("strides", &[2, 2])],
+    )
+    .check();
 }
 
 #[test]
 fn conv1d_1x1_stride2() {
-    conv("conv1d_1x1_stride2", &[2, 3, 9], &[4, 3, 1], true, vec![ints("strides", &[2])]).check();
+    conv(
+        "conv1d_1x1_stride2",
+        &[2, 3, 9],
+        &[4, 3, 1],
+        true,
+        vec![ints("strides", &[2])],
+    )
+    .check();
 }
 
 #[test]
 fn conv2d_1x1_no_bias() {
-    conv("conv2d_1x1_no_bias", &[2, 3, 5, 5], &[4, 3, 1, 1], false, vec![]).check();
+    conv(
+        "conv2d_1x1_no_bias",
+        &[2, 3, 5, 5],
+        &[4, 3, 1, 1],
+        false,
+        vec![],
+    )
+    .check();
 }
 
 // ----- Gemm / MatMul ------------------------------------------------------------------------------------------
@@ -693,7 +930,12 @@ fn gemm_transb1_alpha_beta_bias() {
             "Gemm",
             &["x", "w", "c"],
             &["y"],
-            vec![int("transA", 0), int("transB", 1), float("alpha", 0.5), float("beta", 2.0)],
+            vec![
+                int("transA", 0),
+                int("transB", 1),
+                float("alpha", 0.5),
+                float("beta", 2.0),
+            ],
         )
         .output("y")
         .check();
@@ -715,7 +957,12 @@ fn gemm_no_bias() {
     model("gemm_no_bias")
         .input("x", &[2, 16])
         .weight("w", &[8, 16], 0.5)
-        .node("Gemm", &["x", "w"], &["y"], vec![int("transB", 1), float("alpha", 1.5)])
+        .node(
+            "Gemm",
+            &["x", "w"],
+            &["y"],
+            vec![int("transB", 1), float("alpha", 1.5)],
+        )
         .output("y")
         .check();
 }
@@ -761,7 +1008,11 @@ fn binary_const(name: &'static str, op: &str, x: &[usize], c: &[usize], const_fi
 }
 
 fn binary_two(name: &'static str, op: &str, a: &[usize], b: &[usize]) -> M {
-    model(name).input("a", a).input("b", b).node(op, &["a", "b"], &["y"], vec![]).output("y")
+    model(name)
+        .input("a", a)
+        .input("b", b)
+        .node(op, &["a", "b"], &["y"], vec![])
+        .output("y")
 }
 
 #[test]
@@ -776,7 +1027,14 @@ fn sub_const_c11() {
 
 #[test]
 fn sub_const_c11_const_first() {
-    binary_const("sub_const_c11_const_first", "Sub", &[2, 4, 5, 5], &[4, 1, 1], true).check();
+    binary_const(
+        "sub_const_c11_const_first",
+        "Sub",
+        &[2, 4, 5, 5],
+        &[4, 1, 1],
+        true,
+    )
+    .check();
 }
 
 #[test]
@@ -791,7 +1049,14 @@ fn add_const_c1_1d() {
 
 #[test]
 fn mul_const_full_shape() {
-    binary_const("mul_const_full_shape", "Mul", &[2, 4, 5, 5], &[4, 5, 5], true).check();
+    binary_const(
+        "mul_const_full_shape",
+        "Mul",
+        &[2, 4, 5, 5],
+        &[4, 5, 5],
+        true,
+    )
+    .check();
 }
 
 #[test]
@@ -806,7 +1071,14 @@ fn sub_const_scalar() {
 
 #[test]
 fn sub_const_scalar_const_first() {
-    binary_const("sub_const_scalar_const_first", "Sub", &[2, 4, 5, 5], &[1], true).check();
+    binary_const(
+        "sub_const_scalar_const_first",
+        "Sub",
+        &[2, 4, 5, 5],
+        &[1],
+        true,
+    )
+    .check();
 }
 
 #[test]
@@ -816,7 +1088,13 @@ fn mul_const_scalar() {
 
 #[test]
 fn add_two_inputs_residual() {
-    binary_two("add_two_inputs_residual", "Add", &[2, 4, 5, 5], &[2, 4, 5, 5]).check();
+    binary_two(
+        "add_two_inputs_residual",
+        "Add",
+        &[2, 4, 5, 5],
+        &[2, 4, 5, 5],
+    )
+    .check();
 }
 
 #[test]
@@ -831,22 +1109,44 @@ fn mul_two_inputs() {
 
 #[test]
 fn add_two_inputs_bcast_nc11() {
-    binary_two("add_two_inputs_bcast_nc11", "Add", &[2, 4, 5, 5], &[2, 4, 1, 1]).check();
+    binary_two(
+        "add_two_inputs_bcast_nc11",
+        "Add",
+        &[2, 4, 5, 5],
+        &[2, 4, 1, 1],
+    )
+    .check();
 }
 
 #[test]
 fn mul_two_inputs_bcast_nc11() {
-    binary_two("mul_two_inputs_bcast_nc11", "Mul", &[2, 4, 5, 5], &[2, 4, 1, 1]).check();
+    binary_two(
+        "mul_two_inputs_bcast_nc11",
+        "Mul",
+        &[2, 4, 5, 5],
+        &[2, 4, 1, 1],
+    )
+    .check();
 }
 
 #[test]
 fn sub_two_inputs_bcast_nc11_first() {
-    binary_two("sub_two_inputs_bcast_nc11_first", "Sub", &[2, 4, 1, 1], &[2, 4, 5, 5]).check();
+    binary_two(
+        "sub_two_inputs_bcast_nc11_first",
+        "Sub",
+        &[2, 4, 1, 1],
+        &[2, 4, 5, 5],
+    )
+    .check();
 }
 
 #[test]
 fn mul_self_square() {
-    model("mul_self_square").input("x", &[2, 4, 5, 5]).node("Mul", &["x", "x"], &["y"], vec![]).output("y").check();
+    model("mul_self_square")
+        .input("x", &[2, 4, 5, 5])
+        .node("Mul", &["x", "x"], &["y"], vec![])
+        .output("y")
+        .check();
 }
 
 /// Residual add of two convolution outputs (both channels-last inside Kiln).
@@ -856,7 +1156,12 @@ fn conv_add_conv_residual() {
         .input("x", &[2, 3, 6, 6])
         .weight("w1", &[4, 3, 3, 3], 0.5)
         .weight("w2", &[4, 3, 1, 1], 0.5)
-        .node("Conv", &["x", "w1"], &["a"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w1"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("Conv", &["x", "w2"], &["b"], vec![])
         .node("Add", &["a", "b"], &["y"], vec![])
         .output("y")
@@ -869,7 +1174,12 @@ fn conv_mul_gap_gate_bcast() {
     model("conv_mul_gap_gate_bcast")
         .input("x", &[2, 3, 6, 6])
         .weight("w", &[4, 3, 3, 3], 0.5)
-        .node("Conv", &["x", "w"], &["a"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("GlobalAveragePool", &["a"], &["g"], vec![])
         .node("Sigmoid", &["g"], &["s"], vec![])
         .node("Mul", &["a", "s"], &["y"], vec![])
@@ -884,7 +1194,12 @@ fn conv_add_input_mixed_layout() {
         .input("x", &[2, 3, 6, 6])
         .input("r", &[2, 4, 6, 6])
         .weight("w", &[4, 3, 3, 3], 0.5)
-        .node("Conv", &["x", "w"], &["a"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("Add", &["r", "a"], &["y"], vec![])
         .output("y")
         .check();
@@ -894,13 +1209,20 @@ fn conv_add_input_mixed_layout() {
 
 #[test]
 fn relu() {
-    let m = OnnxBuilder::new(13).input("x", &[2, 4, 5, 5]).node("Relu", &["x"], &["y"], vec![]).output_unshaped("y");
+    let m = OnnxBuilder::new(13)
+        .input("x", &[2, 4, 5, 5])
+        .node("Relu", &["x"], &["y"], vec![])
+        .output_unshaped("y");
     check_op("relu", &m.to_bytes(), &[vec![2, 4, 5, 5]]);
 }
 
 #[test]
 fn relu_1d() {
-    model("relu_1d").input("x", &[2, 4, 10]).node("Relu", &["x"], &["y"], vec![]).output("y").check();
+    model("relu_1d")
+        .input("x", &[2, 4, 10])
+        .node("Relu", &["x"], &["y"], vec![])
+        .output("y")
+        .check();
 }
 
 #[test]
@@ -951,14 +1273,24 @@ fn clip_opset6_attributes() {
     model("clip_opset6_attributes")
         .opset(6)
         .input("x", &[2, 4, 5, 5])
-        .node("Clip", &["x"], &["y"], vec![float("min", -0.25), float("max", 0.5)])
+        .node(
+            "Clip",
+            &["x"],
+            &["y"],
+            vec![float("min", -0.25), float("max", 0.5)],
+        )
         .output("y")
         .check();
 }
 
 #[test]
 fn leaky_relu_alpha0_1() {
-    unary("leaky_relu_alpha0_1", "LeakyRelu", vec![float("alpha", 0.1)]).check();
+    unary(
+        "leaky_relu_alpha0_1",
+        "LeakyRelu",
+        vec![float("alpha", 0.1)],
+    )
+    .check();
 }
 
 #[test]
@@ -993,22 +1325,30 @@ fn prelu_scalar_slope() {
 
 #[test]
 fn elu() {
-    unary("elu", "Elu", vec![]).tol(Tol::default().scale(3.0)).check();
+    unary("elu", "Elu", vec![])
+        .tol(Tol::default().scale(3.0))
+        .check();
 }
 
 #[test]
 fn elu_alpha0_5() {
-    unary("elu_alpha0_5", "Elu", vec![float("alpha", 0.5)]).tol(Tol::default().scale(3.0)).check();
+    unary("elu_alpha0_5", "Elu", vec![float("alpha", 0.5)])
+        .tol(Tol::default().scale(3.0))
+        .check();
 }
 
 #[test]
 fn sigmoid() {
-    unary("sigmoid", "Sigmoid", vec![]).tol(Tol::default().scale(4.0)).check();
+    unary("sigmoid", "Sigmoid", vec![])
+        .tol(Tol::default().scale(4.0))
+        .check();
 }
 
 #[test]
 fn tanh() {
-    unary("tanh", "Tanh", vec![]).tol(Tol::default().scale(3.0)).check();
+    unary("tanh", "Tanh", vec![])
+        .tol(Tol::default().scale(3.0))
+        .check();
 }
 
 // ----- Softmax / LogSoftmax -----------------------------------------------------------------------------------
@@ -1067,7 +1407,12 @@ fn conv_softmax_4d_axis1() {
     model("conv_softmax_4d_axis1")
         .input("x", &[2, 3, 5, 5])
         .weight("w", &[6, 3, 3, 3], 1.0)
-        .node("Conv", &["x", "w"], &["a"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("Softmax", &["a"], &["y"], vec![int("axis", 1)])
         .output("y")
         .tol(Tol::default().argmax(1))
@@ -1079,7 +1424,12 @@ fn conv_logsoftmax_4d_axis1() {
     model("conv_logsoftmax_4d_axis1")
         .input("x", &[2, 3, 5, 5])
         .weight("w", &[6, 3, 3, 3], 1.0)
-        .node("Conv", &["x", "w"], &["a"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("LogSoftmax", &["a"], &["y"], vec![int("axis", 1)])
         .output("y")
         .tol(Tol::default().argmax(1))
@@ -1101,13 +1451,21 @@ fn conv1d_softmax_axis_neg1() {
 // ----- pools --------------------------------------------------------------------------------------------------
 
 fn pool(name: &'static str, op: &str, x: &[usize], attrs: Vec<pb::AttributeProto>) -> M {
-    model(name).input("x", x).node(op, &["x"], &["y"], attrs).output("y")
+    model(name)
+        .input("x", x)
+        .node(op, &["x"], &["y"], attrs)
+        .output("y")
 }
 
 #[test]
 fn maxpool2d_k2_s2() {
-    pool("maxpool2d_k2_s2", "MaxPool", &[2, 3, 8, 8], vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])])
-        .check();
+    pool(
+        "maxpool2d_k2_s2",
+        "MaxPool",
+        &[2, 3, 8, 8],
+        vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+    )
+    .check();
 }
 
 #[test]
@@ -1116,7 +1474,11 @@ fn maxpool2d_k3_s2_pads1() {
         "maxpool2d_k3_s2_pads1",
         "MaxPool",
         &[2, 3, 9, 9],
-        vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])],
+        vec![
+            ints("kernel_shape", &[3, 3]),
+            ints("strides", &[2, 2]),
+            ints("pads", &[1, 1, 1, 1]),
+        ],
     )
     .check();
 }
@@ -1127,7 +1489,11 @@ fn maxpool2d_pads_asymmetric() {
         "maxpool2d_pads_asymmetric",
         "MaxPool",
         &[2, 3, 7, 8],
-        vec![ints("kernel_shape", &[2, 3]), ints("strides", &[1, 2]), ints("pads", &[1, 0, 0, 1])],
+        vec![
+            ints("kernel_shape", &[2, 3]),
+            ints("strides", &[1, 2]),
+            ints("pads", &[1, 0, 0, 1]),
+        ],
     )
     .check();
 }
@@ -1138,14 +1504,24 @@ fn maxpool1d_k3_s2_pads1() {
         "maxpool1d_k3_s2_pads1",
         "MaxPool",
         &[2, 3, 15],
-        vec![ints("kernel_shape", &[3]), ints("strides", &[2]), ints("pads", &[1, 1])],
+        vec![
+            ints("kernel_shape", &[3]),
+            ints("strides", &[2]),
+            ints("pads", &[1, 1]),
+        ],
     )
     .check();
 }
 
 #[test]
 fn maxpool1d_k2_s2() {
-    pool("maxpool1d_k2_s2", "MaxPool", &[2, 3, 16], vec![ints("kernel_shape", &[2]), ints("strides", &[2])]).check();
+    pool(
+        "maxpool1d_k2_s2",
+        "MaxPool",
+        &[2, 3, 16],
+        vec![ints("kernel_shape", &[2]), ints("strides", &[2])],
+    )
+    .check();
 }
 
 #[test]
@@ -1213,7 +1589,12 @@ fn avgpool1d_pads_count_include_pad0() {
         "avgpool1d_pads_count_include_pad0",
         "AveragePool",
         &[2, 3, 15],
-        vec![ints("kernel_shape", &[3]), ints("strides", &[2]), ints("pads", &[1, 1]), int("count_include_pad", 0)],
+        vec![
+            ints("kernel_shape", &[3]),
+            ints("strides", &[2]),
+            ints("pads", &[1, 1]),
+            int("count_include_pad", 0),
+        ],
     )
     .check();
 }
@@ -1224,14 +1605,25 @@ fn avgpool1d_pads_count_include_pad1() {
         "avgpool1d_pads_count_include_pad1",
         "AveragePool",
         &[2, 3, 15],
-        vec![ints("kernel_shape", &[3]), ints("strides", &[2]), ints("pads", &[1, 1]), int("count_include_pad", 1)],
+        vec![
+            ints("kernel_shape", &[3]),
+            ints("strides", &[2]),
+            ints("pads", &[1, 1]),
+            int("count_include_pad", 1),
+        ],
     )
     .check();
 }
 
 #[test]
 fn global_avgpool2d() {
-    pool("global_avgpool2d", "GlobalAveragePool", &[2, 3, 5, 7], vec![]).check();
+    pool(
+        "global_avgpool2d",
+        "GlobalAveragePool",
+        &[2, 3, 5, 7],
+        vec![],
+    )
+    .check();
 }
 
 #[test]
@@ -1252,18 +1644,21 @@ fn global_maxpool1d() {
 // ----- BatchNormalization -------------------------------------------------------------------------------------
 
 fn bn_params(m: M, c: usize) -> M {
-    m.weight_in("scale", &[c], 0.5, 1.5).weight("bias", &[c], 0.5).weight("mean", &[c], 0.5).weight_in(
-        "var",
-        &[c],
-        0.25,
-        1.5,
-    )
+    m.weight_in("scale", &[c], 0.5, 1.5)
+        .weight("bias", &[c], 0.5)
+        .weight("mean", &[c], 0.5)
+        .weight_in("var", &[c], 0.25, 1.5)
 }
 
 #[test]
 fn batchnorm2d_standalone() {
     bn_params(model("batchnorm2d_standalone").input("x", &[2, 4, 5, 5]), 4)
-        .node("BatchNormalization", &["x", "scale", "bias", "mean", "var"], &["y"], vec![float("epsilon", 1e-3)])
+        .node(
+            "BatchNormalization",
+            &["x", "scale", "bias", "mean", "var"],
+            &["y"],
+            vec![float("epsilon", 1e-3)],
+        )
         .output("y")
         .check();
 }
@@ -1271,29 +1666,59 @@ fn batchnorm2d_standalone() {
 #[test]
 fn batchnorm1d_standalone() {
     bn_params(model("batchnorm1d_standalone").input("x", &[2, 4, 10]), 4)
-        .node("BatchNormalization", &["x", "scale", "bias", "mean", "var"], &["y"], vec![])
+        .node(
+            "BatchNormalization",
+            &["x", "scale", "bias", "mean", "var"],
+            &["y"],
+            vec![],
+        )
         .output("y")
         .check();
 }
 
 #[test]
 fn conv2d_batchnorm_folded() {
-    bn_params(model("conv2d_batchnorm_folded").input("x", &[2, 3, 6, 6]).weight("w", &[4, 3, 3, 3], 0.5), 4)
-        .weight("b", &[4], 0.5)
-        .node("Conv", &["x", "w", "b"], &["c"], vec![ints("pads", &[1, 1, 1, 1])])
-        .node("BatchNormalization", &["c", "scale", "bias", "mean", "var"], &["y"], vec![float("epsilon", 1e-3)])
-        .output("y")
-        .check();
+    bn_params(
+        model("conv2d_batchnorm_folded")
+            .input("x", &[2, 3, 6, 6])
+            .weight("w", &[4, 3, 3, 3], 0.5),
+        4,
+    )
+    .weight("b", &[4], 0.5)
+    .node(
+        "Conv",
+        &["x", "w", "b"],
+        &["c"],
+        vec![ints("pads", &[1, 1, 1, 1])],
+    )
+    .node(
+        "BatchNormalization",
+        &["c", "scale", "bias", "mean", "var"],
+        &["y"],
+        vec![float("epsilon", 1e-3)],
+    )
+    .output("y")
+    .check();
 }
 
 #[test]
 fn conv1d_batchnorm_relu_folded() {
-    bn_params(model("conv1d_batchnorm_relu_folded").input("x", &[2, 3, 12]).weight("w", &[4, 3, 3], 0.5), 4)
-        .node("Conv", &["x", "w"], &["c"], vec![ints("pads", &[1, 1])])
-        .node("BatchNormalization", &["c", "scale", "bias", "mean", "var"], &["n"], vec![])
-        .node("Relu", &["n"], &["y"], vec![])
-        .output("y")
-        .check();
+    bn_params(
+        model("conv1d_batchnorm_relu_folded")
+            .input("x", &[2, 3, 12])
+            .weight("w", &[4, 3, 3], 0.5),
+        4,
+    )
+    .node("Conv", &["x", "w"], &["c"], vec![ints("pads", &[1, 1])])
+    .node(
+        "BatchNormalization",
+        &["c", "scale", "bias", "mean", "var"],
+        &["n"],
+        vec![],
+    )
+    .node("Relu", &["n"], &["y"], vec![])
+    .output("y")
+    .check();
 }
 
 // ----- Pad ----------------------------------------------------------------------------------------------------
@@ -1394,7 +1819,12 @@ fn conv_concat_axis1() {
         .input("x", &[2, 3, 6, 6])
         .weight("w1", &[4, 3, 3, 3], 0.5)
         .weight("w2", &[2, 3, 1, 1], 0.5)
-        .node("Conv", &["x", "w1"], &["a"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w1"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("Conv", &["x", "w2"], &["b"], vec![])
         .node("Concat", &["a", "b"], &["y"], vec![int("axis", 1)])
         .output("y")
@@ -1407,7 +1837,12 @@ fn conv_concat_with_input() {
     model("conv_concat_with_input")
         .input("x", &[2, 3, 6, 6])
         .weight("w", &[4, 3, 3, 3], 0.5)
-        .node("Conv", &["x", "w"], &["a"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("Concat", &["x", "a"], &["y"], vec![int("axis", 1)])
         .output("y")
         .check();
@@ -1477,7 +1912,12 @@ fn unsqueeze_axis1() {
 fn transpose_0231() {
     model("transpose_0231")
         .input("x", &[2, 3, 4, 5])
-        .node("Transpose", &["x"], &["y"], vec![ints("perm", &[0, 2, 3, 1])])
+        .node(
+            "Transpose",
+            &["x"],
+            &["y"],
+            vec![ints("perm", &[0, 2, 3, 1])],
+        )
         .output("y")
         .check();
 }
@@ -1486,8 +1926,18 @@ fn transpose_0231() {
 fn transpose_0231_and_back() {
     model("transpose_0231_and_back")
         .input("x", &[2, 3, 4, 5])
-        .node("Transpose", &["x"], &["t"], vec![ints("perm", &[0, 2, 3, 1])])
-        .node("Transpose", &["t"], &["y"], vec![ints("perm", &[0, 3, 1, 2])])
+        .node(
+            "Transpose",
+            &["x"],
+            &["t"],
+            vec![ints("perm", &[0, 2, 3, 1])],
+        )
+        .node(
+            "Transpose",
+            &["t"],
+            &["y"],
+            vec![ints("perm", &[0, 3, 1, 2])],
+        )
         .output("y")
         .check();
 }
@@ -1497,9 +1947,19 @@ fn transpose_0231_and_back() {
 fn transpose_relu_transpose_back() {
     model("transpose_relu_transpose_back")
         .input("x", &[2, 3, 4, 5])
-        .node("Transpose", &["x"], &["t"], vec![ints("perm", &[0, 2, 3, 1])])
+        .node(
+            "Transpose",
+            &["x"],
+            &["t"],
+            vec![ints("perm", &[0, 2, 3, 1])],
+        )
         .node("Relu", &["t"], &["r"], vec![])
-        .node("Transpose", &["r"], &["y"], vec![ints("perm", &[0, 3, 1, 2])])
+        .node(
+            "Transpose",
+            &["r"],
+            &["y"],
+            vec![ints("perm", &[0, 3, 1, 2])],
+        )
         .output("y")
         .check();
 }
@@ -1520,7 +1980,12 @@ fn conv_transpose_0231() {
         .input("x", &[2, 3, 6, 6])
         .weight("w", &[4, 3, 3, 3], 0.5)
         .node("Conv", &["x", "w"], &["c"], vec![])
-        .node("Transpose", &["c"], &["y"], vec![ints("perm", &[0, 2, 3, 1])])
+        .node(
+            "Transpose",
+            &["c"],
+            &["y"],
+            vec![ints("perm", &[0, 2, 3, 1])],
+        )
         .output("y")
         .check();
 }
@@ -1542,7 +2007,12 @@ fn conv_reshape() {
 fn reduce_mean(name: &'static str, x: &[usize], axes: &[i64], keepdims: i64) -> M {
     model(name)
         .input("x", x)
-        .node("ReduceMean", &["x"], &["y"], vec![ints("axes", axes), int("keepdims", keepdims)])
+        .node(
+            "ReduceMean",
+            &["x"],
+            &["y"],
+            vec![ints("axes", axes), int("keepdims", keepdims)],
+        )
         .output("y")
 }
 
@@ -1583,7 +2053,12 @@ fn conv_reducemean_axes23_keepdims0() {
         .input("x", &[2, 3, 6, 6])
         .weight("w", &[4, 3, 3, 3], 0.5)
         .node("Conv", &["x", "w"], &["c"], vec![])
-        .node("ReduceMean", &["c"], &["y"], vec![ints("axes", &[2, 3]), int("keepdims", 0)])
+        .node(
+            "ReduceMean",
+            &["c"],
+            &["y"],
+            vec![ints("axes", &[2, 3]), int("keepdims", 0)],
+        )
         .output("y")
         .check();
 }
@@ -1594,7 +2069,12 @@ fn conv_reducemean_axis1_keepdims0() {
         .input("x", &[2, 3, 6, 6])
         .weight("w", &[4, 3, 3, 3], 0.5)
         .node("Conv", &["x", "w"], &["c"], vec![])
-        .node("ReduceMean", &["c"], &["y"], vec![ints("axes", &[1]), int("keepdims", 0)])
+        .node(
+            "ReduceMean",
+            &["c"],
+            &["y"],
+            vec![ints("axes", &[1]), int("keepdims", 0)],
+        )
         .output("y")
         .check();
 }
@@ -1605,7 +2085,12 @@ fn glu(name: &'static str, x: &[usize], axis: i64, half: i64) -> M {
     model(name)
         .input("x", x)
         .ints("split", &[half, half])
-        .node("Split", &["x", "split"], &["a", "b"], vec![int("axis", axis)])
+        .node(
+            "Split",
+            &["x", "split"],
+            &["a", "b"],
+            vec![int("axis", axis)],
+        )
         .node("Sigmoid", &["b"], &["s"], vec![])
         .node("Mul", &["a", "s"], &["y"], vec![])
         .output("y")
@@ -1663,8 +2148,18 @@ fn chain_conv_transpose_reshape_gemm() {
         .ints("s", &[2, 144])
         .weight("fw", &[10, 144], 0.2)
         .weight("fb", &[10], 0.5)
-        .node("Conv", &["x", "w", "b"], &["c"], vec![ints("pads", &[1, 1, 1, 1])])
-        .node("Transpose", &["c"], &["t"], vec![ints("perm", &[0, 2, 3, 1])])
+        .node(
+            "Conv",
+            &["x", "w", "b"],
+            &["c"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
+        .node(
+            "Transpose",
+            &["c"],
+            &["t"],
+            vec![ints("perm", &[0, 2, 3, 1])],
+        )
         .node("Reshape", &["t", "s"], &["r"], vec![])
         .node("Gemm", &["r", "fw", "fb"], &["y"], vec![int("transB", 1)])
         .output("y")
@@ -1679,7 +2174,12 @@ fn chain_conv_flatten_gemm() {
         .weight("b", &[4], 0.5)
         .weight("fw", &[10, 36], 0.2)
         .weight("fb", &[10], 0.5)
-        .node("Conv", &["x", "w", "b"], &["c"], vec![ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w", "b"],
+            &["c"],
+            vec![ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])],
+        )
         .node("Flatten", &["c"], &["f"], vec![int("axis", 1)])
         .node("Gemm", &["f", "fw", "fb"], &["y"], vec![int("transB", 1)])
         .output("y")
@@ -1694,7 +2194,12 @@ fn chain_conv1d_relu_maxpool_flatten_gemm() {
         .weight("fw", &[32, 8], 0.3)
         .node("Conv", &["x", "w"], &["c"], vec![ints("pads", &[1, 1])])
         .node("Relu", &["c"], &["r"], vec![])
-        .node("MaxPool", &["r"], &["p"], vec![ints("kernel_shape", &[2]), ints("strides", &[2])])
+        .node(
+            "MaxPool",
+            &["r"],
+            &["p"],
+            vec![ints("kernel_shape", &[2]), ints("strides", &[2])],
+        )
         .node("Flatten", &["p"], &["f"], vec![int("axis", 1)])
         .node("MatMul", &["f", "fw"], &["y"], vec![])
         .output("y")
@@ -1709,7 +2214,12 @@ fn chain_conv_relu_residual_gap_flatten_gemm_softmax() {
         .weight("b", &[4], 0.5)
         .weight("fw", &[10, 4], 1.0)
         .weight("fb", &[10], 0.5)
-        .node("Conv", &["x", "w", "b"], &["c"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w", "b"],
+            &["c"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("Relu", &["c"], &["r"], vec![])
         .node("Add", &["r", "x"], &["s"], vec![])
         .node("GlobalAveragePool", &["s"], &["g"], vec![])
@@ -1723,15 +2233,40 @@ fn chain_conv_relu_residual_gap_flatten_gemm_softmax() {
 
 #[test]
 fn chain_conv_bn_relu_maxpool_conv() {
-    bn_params(model("chain_conv_bn_relu_maxpool_conv").input("x", &[2, 3, 8, 8]).weight("w", &[4, 3, 3, 3], 0.5), 4)
-        .weight("w2", &[6, 4, 3, 3], 0.5)
-        .node("Conv", &["x", "w"], &["c"], vec![ints("pads", &[1, 1, 1, 1])])
-        .node("BatchNormalization", &["c", "scale", "bias", "mean", "var"], &["n"], vec![])
-        .node("Relu", &["n"], &["r"], vec![])
-        .node("MaxPool", &["r"], &["p"], vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])])
-        .node("Conv", &["p", "w2"], &["y"], vec![ints("pads", &[1, 1, 1, 1])])
-        .output("y")
-        .check();
+    bn_params(
+        model("chain_conv_bn_relu_maxpool_conv")
+            .input("x", &[2, 3, 8, 8])
+            .weight("w", &[4, 3, 3, 3], 0.5),
+        4,
+    )
+    .weight("w2", &[6, 4, 3, 3], 0.5)
+    .node(
+        "Conv",
+        &["x", "w"],
+        &["c"],
+        vec![ints("pads", &[1, 1, 1, 1])],
+    )
+    .node(
+        "BatchNormalization",
+        &["c", "scale", "bias", "mean", "var"],
+        &["n"],
+        vec![],
+    )
+    .node("Relu", &["n"], &["r"], vec![])
+    .node(
+        "MaxPool",
+        &["r"],
+        &["p"],
+        vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+    )
+    .node(
+        "Conv",
+        &["p", "w2"],
+        &["y"],
+        vec![ints("pads", &[1, 1, 1, 1])],
+    )
+    .output("y")
+    .check();
 }
 
 // ----- more attributes and operator versions ------------------------------------------------------------------
@@ -1743,7 +2278,12 @@ fn gemm_transa1_is_rejected() {
         .input("x", &[16, 2])
         .weight("w", &[8, 16], 0.5)
         .weight("c", &[8], 0.5)
-        .node("Gemm", &["x", "w", "c"], &["y"], vec![int("transA", 1), int("transB", 1)])
+        .node(
+            "Gemm",
+            &["x", "w", "c"],
+            &["y"],
+            vec![int("transA", 1), int("transB", 1)],
+        )
         .output("y")
         .unsupported("transA");
 }
@@ -1754,7 +2294,12 @@ fn gemm_bias_scalar() {
         .input("x", &[2, 16])
         .weight("w", &[8, 16], 0.5)
         .konst("c", &[], &[0.75])
-        .node("Gemm", &["x", "w", "c"], &["y"], vec![int("transB", 1), float("beta", 0.5)])
+        .node(
+            "Gemm",
+            &["x", "w", "c"],
+            &["y"],
+            vec![int("transB", 1), float("beta", 0.5)],
+        )
         .output("y")
         .check();
 }
@@ -1773,7 +2318,9 @@ fn gemm_bias_matrix() {
 
 #[test]
 fn leaky_relu_default_alpha() {
-    unary("leaky_relu_default_alpha", "LeakyRelu", vec![]).tol(Tol::default().scale(4.0)).check();
+    unary("leaky_relu_default_alpha", "LeakyRelu", vec![])
+        .tol(Tol::default().scale(4.0))
+        .check();
 }
 
 #[test]
@@ -1804,7 +2351,11 @@ fn maxpool2d_ceil_mode() {
         "maxpool2d_ceil_mode",
         "MaxPool",
         &[2, 3, 8, 8],
-        vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), int("ceil_mode", 1)],
+        vec![
+            ints("kernel_shape", &[3, 3]),
+            ints("strides", &[2, 2]),
+            int("ceil_mode", 1),
+        ],
     )
     .check();
 }
@@ -1815,7 +2366,11 @@ fn avgpool2d_ceil_mode() {
         "avgpool2d_ceil_mode",
         "AveragePool",
         &[2, 3, 8, 8],
-        vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), int("ceil_mode", 1)],
+        vec![
+            ints("kernel_shape", &[3, 3]),
+            ints("strides", &[2, 2]),
+            int("ceil_mode", 1),
+        ],
     )
     .check();
 }
@@ -1838,7 +2393,11 @@ fn maxpool2d_auto_pad_same_upper() {
         "maxpool2d_auto_pad_same_upper",
         "MaxPool",
         &[2, 3, 7, 7],
-        vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2]), string("auto_pad", "SAME_UPPER")],
+        vec![
+            ints("kernel_shape", &[2, 2]),
+            ints("strides", &[2, 2]),
+            string("auto_pad", "SAME_UPPER"),
+        ],
     )
     .check();
 }
@@ -1869,7 +2428,15 @@ fn pad_opset2_attributes() {
     model("pad_opset2_attributes")
         .opset(2)
         .input("x", &[2, 3, 5, 5])
-        .node("Pad", &["x"], &["y"], vec![ints("pads", &[0, 0, 1, 1, 0, 0, 1, 1]), float("value", 0.25)])
+        .node(
+            "Pad",
+            &["x"],
+            &["y"],
+            vec![
+                ints("pads", &[0, 0, 1, 1, 0, 0, 1, 1]),
+                float("value", 0.25),
+            ],
+        )
         .output("y")
         .check();
 }
@@ -1880,7 +2447,12 @@ fn reducemean_opset18_axes_input() {
         .opset(18)
         .input("x", &[2, 4, 5, 6])
         .ints("axes", &[2, 3])
-        .node("ReduceMean", &["x", "axes"], &["y"], vec![int("keepdims", 1)])
+        .node(
+            "ReduceMean",
+            &["x", "axes"],
+            &["y"],
+            vec![int("keepdims", 1)],
+        )
         .output("y")
         .check();
 }
@@ -1910,7 +2482,12 @@ fn split_opset11_attribute_glu() {
     model("split_opset11_attribute_glu")
         .opset(11)
         .input("x", &[2, 8, 5])
-        .node("Split", &["x"], &["a", "b"], vec![int("axis", 1), ints("split", &[4, 4])])
+        .node(
+            "Split",
+            &["x"],
+            &["a", "b"],
+            vec![int("axis", 1), ints("split", &[4, 4])],
+        )
         .node("Sigmoid", &["b"], &["s"], vec![])
         .node("Mul", &["a", "s"], &["y"], vec![])
         .output("y")
@@ -1922,7 +2499,12 @@ fn split_unequal_three_way_concat() {
     model("split_unequal_three_way_concat")
         .input("x", &[2, 9, 4])
         .ints("split", &[2, 3, 4])
-        .node("Split", &["x", "split"], &["a", "b", "c"], vec![int("axis", 1)])
+        .node(
+            "Split",
+            &["x", "split"],
+            &["a", "b", "c"],
+            vec![int("axis", 1)],
+        )
         .node("Relu", &["b"], &["rb"], vec![])
         .node("Concat", &["c", "rb", "a"], &["y"], vec![int("axis", 1)])
         .output("y")
@@ -1959,14 +2541,13 @@ fn concat_ten_parts() {
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
     let mut m = model("concat_ten_parts").input("x", &[2, 2, 3, 3]);
     for (k, n) in names.iter().enumerate() {
-        m = m.konst(&format!("k{n}"), &[], &[k as f32 * 0.25 - 1.0]).node(
-            "Add",
-            &["x", &format!("k{n}")],
-            &[n],
-            vec![],
-        );
+        m = m
+            .konst(&format!("k{n}"), &[], &[k as f32 * 0.25 - 1.0])
+            .node("Add", &["x", &format!("k{n}")], &[n], vec![]);
     }
-    m.node("Concat", &names, &["y"], vec![int("axis", 1)]).output("y").check();
+    m.node("Concat", &names, &["y"], vec![int("axis", 1)])
+        .output("y")
+        .check();
 }
 
 #[test]
@@ -2001,7 +2582,12 @@ fn conv_prelu() {
         .input("x", &[2, 3, 6, 6])
         .weight("w", &[4, 3, 3, 3], 0.5)
         .weight_in("slope", &[4, 1, 1], 0.05, 0.5)
-        .node("Conv", &["x", "w"], &["a"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("PRelu", &["a", "slope"], &["y"], vec![])
         .output("y")
         .check();
@@ -2013,7 +2599,12 @@ fn conv_sub_input_mixed_layout() {
         .input("x", &[2, 3, 6, 6])
         .input("r", &[2, 4, 6, 6])
         .weight("w", &[4, 3, 3, 3], 0.5)
-        .node("Conv", &["x", "w"], &["a"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("Sub", &["r", "a"], &["y"], vec![])
         .output("y")
         .check();
@@ -2025,7 +2616,12 @@ fn transpose_add_input() {
     model("transpose_add_input")
         .input("x", &[2, 3, 4, 5])
         .input("r", &[2, 4, 5, 3])
-        .node("Transpose", &["x"], &["t"], vec![ints("perm", &[0, 2, 3, 1])])
+        .node(
+            "Transpose",
+            &["x"],
+            &["t"],
+            vec![ints("perm", &[0, 2, 3, 1])],
+        )
         .node("Add", &["t", "r"], &["y"], vec![])
         .output("y")
         .check();
@@ -2051,7 +2647,12 @@ fn chain_conv_reshape_softmax_last_axis() {
         .input("x", &[2, 3, 4, 4])
         .weight("w", &[5, 3, 3, 3], 1.0)
         .ints("s", &[2, 5, 16])
-        .node("Conv", &["x", "w"], &["c"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w"],
+            &["c"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("Reshape", &["c", "s"], &["r"], vec![])
         .node("Softmax", &["r"], &["y"], vec![int("axis", -1)])
         .output("y")
@@ -2071,7 +2672,11 @@ fn chain_depthwise_pointwise_relu6_gap() {
             "Conv",
             &["x", "dw"],
             &["d"],
-            vec![int("group", 4), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])],
+            vec![
+                int("group", 4),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 1, 1, 1]),
+            ],
         )
         .node("Clip", &["d", "lo", "hi"], &["d6"], vec![])
         .node("Conv", &["d6", "pw"], &["p"], vec![])
@@ -2100,7 +2705,13 @@ fn reducemean_axes13_keepdims1() {
 
 #[test]
 fn reducemean_all_but_batch_keepdims0() {
-    reduce_mean("reducemean_all_but_batch_keepdims0", &[2, 4, 5, 6], &[1, 2, 3], 0).check();
+    reduce_mean(
+        "reducemean_all_but_batch_keepdims0",
+        &[2, 4, 5, 6],
+        &[1, 2, 3],
+        0,
+    )
+    .check();
 }
 
 #[test]
@@ -2122,7 +2733,14 @@ fn add_outer_broadcast() {
 /// The activation has a lower rank than the constant: the output is bigger than either operand.
 #[test]
 fn mul_const_higher_rank() {
-    binary_const("mul_const_higher_rank", "Mul", &[5, 5], &[2, 3, 1, 1], false).check();
+    binary_const(
+        "mul_const_higher_rank",
+        "Mul",
+        &[5, 5],
+        &[2, 3, 1, 1],
+        false,
+    )
+    .check();
 }
 
 /// Spatial attention: a conv output (channels-last inside Kiln) times an `[N, 1, H, W]` input.
@@ -2132,7 +2750,12 @@ fn conv_mul_spatial_gate() {
         .input("x", &[2, 3, 6, 6])
         .input("g", &[2, 1, 6, 6])
         .weight("w", &[4, 3, 3, 3], 0.5)
-        .node("Conv", &["x", "w"], &["a"], vec![ints("pads", &[1, 1, 1, 1])])
+        .node(
+            "Conv",
+            &["x", "w"],
+            &["a"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
         .node("Mul", &["a", "g"], &["y"], vec![])
         .output("y")
         .check();
@@ -2150,7 +2773,14 @@ fn matmul_rank4() {
 
 #[test]
 fn conv2d_wide_channels() {
-    conv("conv2d_wide_channels", &[2, 16, 5, 5], &[32, 16, 3, 3], true, vec![ints("pads", &[1, 1, 1, 1])]).check();
+    conv(
+        "conv2d_wide_channels",
+        &[2, 16, 5, 5],
+        &[32, 16, 3, 3],
+        true,
+        vec![ints("pads", &[1, 1, 1, 1])],
+    )
+    .check();
 }
 
 #[test]
@@ -2160,20 +2790,35 @@ fn conv2d_group2_stride2_dilation2() {
         &[2, 4, 11, 11],
         &[6, 2, 3, 3],
         true,
-        vec![int("group", 2), ints("strides", &[2, 2]), ints("dilations", &[2, 2]), ints("pads", &[2, 1, 1, 2])],
+        vec![
+            int("group", 2),
+            ints("strides", &[2, 2]),
+            ints("dilations", &[2, 2]),
+            ints("pads", &[2, 1, 1, 2]),
+        ],
     )
     .check();
 }
 
 #[test]
 fn conv2d_pads_larger_than_half_kernel() {
-    conv("conv2d_pads_larger_than_half_kernel", &[2, 3, 4, 4], &[4, 3, 3, 3], true, vec![ints("pads", &[2, 3, 2, 3])])
-        .check();
+    conv(
+        "conv2d_pads_larger_than_half_kernel",
+        &[2, 3, 4, 4],
+        &[4, 3, 3, 3],
+        true,
+        vec![ints("pads", &[2, 3, 2, 3])],
+    )
+    .check();
 }
 
 #[test]
 fn identity_only() {
-    model("identity_only").input("x", &[2, 4, 5]).node("Identity", &["x"], &["y"], vec![]).output("y").check();
+    model("identity_only")
+        .input("x", &[2, 4, 5])
+        .node("Identity", &["x"], &["y"], vec![])
+        .output("y")
+        .check();
 }
 
 // ----- fusions (passes.rs) ------------------------------------------------------------------------------------
@@ -2219,12 +2864,22 @@ fn conv_relu_clip6() {
 /// BatchNormalization after a Relu cannot fold into the conv (the Relu sits between them).
 #[test]
 fn conv_relu_batchnorm_not_folded() {
-    bn_params(model("conv_relu_batchnorm_not_folded").input("x", &[2, 3, 6, 6]).weight("w", &[4, 3, 3, 3], 0.5), 4)
-        .node("Conv", &["x", "w"], &["c"], vec![])
-        .node("Relu", &["c"], &["r"], vec![])
-        .node("BatchNormalization", &["r", "scale", "bias", "mean", "var"], &["y"], vec![])
-        .output("y")
-        .check();
+    bn_params(
+        model("conv_relu_batchnorm_not_folded")
+            .input("x", &[2, 3, 6, 6])
+            .weight("w", &[4, 3, 3, 3], 0.5),
+        4,
+    )
+    .node("Conv", &["x", "w"], &["c"], vec![])
+    .node("Relu", &["c"], &["r"], vec![])
+    .node(
+        "BatchNormalization",
+        &["r", "scale", "bias", "mean", "var"],
+        &["y"],
+        vec![],
+    )
+    .output("y")
+    .check();
 }
 
 /// A negative per-channel scale folded into the weights, then a Relu fused: the order of the two matters.
@@ -2262,10 +2917,25 @@ fn chain_nhwc_transpose_conv_transpose() {
         .input("x", &[2, 6, 6, 3])
         .weight("w", &[4, 3, 3, 3], 0.5)
         .weight("b", &[4], 0.5)
-        .node("Transpose", &["x"], &["t"], vec![ints("perm", &[0, 3, 1, 2])])
-        .node("Conv", &["t", "w", "b"], &["c"], vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])])
+        .node(
+            "Transpose",
+            &["x"],
+            &["t"],
+            vec![ints("perm", &[0, 3, 1, 2])],
+        )
+        .node(
+            "Conv",
+            &["t", "w", "b"],
+            &["c"],
+            vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])],
+        )
         .node("Relu", &["c"], &["r"], vec![])
-        .node("Transpose", &["r"], &["y"], vec![ints("perm", &[0, 2, 3, 1])])
+        .node(
+            "Transpose",
+            &["r"],
+            &["y"],
+            vec![ints("perm", &[0, 2, 3, 1])],
+        )
         .output("y")
         .check();
 }

@@ -70,9 +70,18 @@ impl Lowerer<'_> {
     fn peel_downsamples(&self, mut outlet: OutletId, geo: &mut Geometry) -> LResult<OutletId> {
         while self.downsampled.contains(&outlet) {
             let node = self.model.node(outlet.node);
-            let ds = node.op_as::<Downsample>().ok_or_else(|| anyhow!("deferred non-Downsample {}", node.name))?;
-            let Some(j) = ds.axis.checked_sub(geo.h_axis).filter(|&j| j < geo.kernel.len()) else {
-                unsupported!("subsampling of non-spatial axis {} before a convolution", ds.axis);
+            let ds = node
+                .op_as::<Downsample>()
+                .ok_or_else(|| anyhow!("deferred non-Downsample {}", node.name))?;
+            let Some(j) = ds
+                .axis
+                .checked_sub(geo.h_axis)
+                .filter(|&j| j < geo.kernel.len())
+            else {
+                unsupported!(
+                    "subsampling of non-spatial axis {} before a convolution",
+                    ds.axis
+                );
             };
             if geo.pads_begin[j] != 0 || geo.pads_end[j] != 0 {
                 unsupported!("subsampling before a padded convolution");
@@ -104,11 +113,17 @@ impl Lowerer<'_> {
             let (k, s, d) = (geo.kernel[j], geo.strides[j], geo.dilations[j]);
             let got = swept_len(input, k, s, d, geo.pads_begin[j], geo.pads_end[j]);
             if got.is_some_and(|g| g < want) && ceil && pool.is_some() {
-                if matches!(pool, Some(PoolKind::Avg { count_include_pad: true })) {
+                if matches!(
+                    pool,
+                    Some(PoolKind::Avg {
+                        count_include_pad: true
+                    })
+                ) {
                     unsupported!("average pooling with ceil_mode and count_include_pad");
                 }
                 let span = d * (k - 1) + 1;
-                geo.pads_end[j] += (want - 1) * s + span - (input + geo.pads_begin[j] + geo.pads_end[j]);
+                geo.pads_end[j] +=
+                    (want - 1) * s + span - (input + geo.pads_begin[j] + geo.pads_end[j]);
             }
             let got = swept_len(input, k, s, d, geo.pads_begin[j], geo.pads_end[j]);
             if got != Some(want) {
@@ -124,7 +139,14 @@ impl Lowerer<'_> {
 
     /// Emits a convolution or pool. Without a batch axis (tract's CHW / HWC), the input gets a unit batch axis
     /// and the output loses it again.
-    fn emit_spatial(&mut self, node: &TypedNode, op: Op, x: TensorId, has_n: bool, out: OutletId) -> LResult<()> {
+    fn emit_spatial(
+        &mut self,
+        node: &TypedNode,
+        op: Op,
+        x: TensorId,
+        has_n: bool,
+        out: OutletId,
+    ) -> LResult<()> {
         if has_n {
             return self.emit(node, op, vec![x], out).map(drop);
         }
@@ -141,7 +163,8 @@ impl Lowerer<'_> {
             unsupported!("quantized convolution");
         }
         let spec = &conv.pool_spec;
-        let (Some(kernel), Some(bias)) = (self.konst(node.inputs[1])?, self.konst(node.inputs[2])?) else {
+        let (Some(kernel), Some(bias)) = (self.konst(node.inputs[1])?, self.konst(node.inputs[2])?)
+        else {
             unsupported!("convolution weights and bias must be constants");
         };
         let out = OutletId::new(node.id, 0);
@@ -154,9 +177,14 @@ impl Lowerer<'_> {
 
         let out_channels = spec.output_channels;
         let weights = ohwi_weights(conv, &kernel)?;
-        let expected = out_channels * geo.kernel.iter().product::<usize>() * (spec.input_channels / conv.group);
+        let expected = out_channels
+            * geo.kernel.iter().product::<usize>()
+            * (spec.input_channels / conv.group);
         if weights.len() != expected {
-            return Err(Fail::Internal(anyhow!("conv weights: {} values, expected {expected}", weights.len())));
+            return Err(Fail::Internal(anyhow!(
+                "conv weights: {} values, expected {expected}",
+                weights.len()
+            )));
         }
         let attrs = ConvAttrs {
             data_format: geo.data_format,
@@ -175,7 +203,12 @@ impl Lowerer<'_> {
         self.emit_spatial(node, Op::Conv(attrs), x, geo.has_n, out)
     }
 
-    pub(super) fn lower_pool(&mut self, node: &TypedNode, spec: &PoolSpec, kind: PoolKind) -> LResult<()> {
+    pub(super) fn lower_pool(
+        &mut self,
+        node: &TypedNode,
+        spec: &PoolSpec,
+        kind: PoolKind,
+    ) -> LResult<()> {
         let out = OutletId::new(node.id, 0);
         let x_shape = self.shape(node.inputs[0])?;
         let mut geo = self.geometry(spec, &x_shape)?;
@@ -218,12 +251,17 @@ impl Lowerer<'_> {
             (None, None) => {
                 unsupported!("matrix product of two activations (Kiln supports MatMul and Gemm with constant weights)")
             }
-            (Some(_), Some(_)) => return Err(Fail::Internal(anyhow!("einsum of two constants was not folded"))),
+            (Some(_), Some(_)) => {
+                return Err(Fail::Internal(anyhow!(
+                    "einsum of two constants was not folded"
+                )))
+            }
         };
         let w_slot = 1 - x_slot;
         let x_in = node.inputs[x_slot];
         let y_out = OutletId::new(node.id, 0);
-        let (x_shape, w_shape, y_shape) = (self.shape(x_in)?, w.shape().to_vec(), self.shape(y_out)?);
+        let (x_shape, w_shape, y_shape) =
+            (self.shape(x_in)?, w.shape().to_vec(), self.shape(y_out)?);
         let expr = format!("{}", op.axes);
 
         #[derive(Clone, Copy)]
@@ -238,10 +276,21 @@ impl Lowerer<'_> {
             let pos = |v: &[usize]| match v {
                 [] => Ok(None),
                 [p] => Ok(Some(*p)),
-                _ => Err(Fail::Unsupported(format!("einsum {expr} repeats axis '{}'", axis.repr))),
+                _ => Err(Fail::Unsupported(format!(
+                    "einsum {expr} repeats axis '{}'",
+                    axis.repr
+                ))),
             };
-            let (x, w, y) = (pos(&axis.inputs[x_slot])?, pos(&axis.inputs[w_slot])?, pos(&axis.outputs[0])?);
-            let dim = x.map(|p| x_shape[p]).or(w.map(|p| w_shape[p])).or(y.map(|p| y_shape[p])).unwrap_or(1);
+            let (x, w, y) = (
+                pos(&axis.inputs[x_slot])?,
+                pos(&axis.inputs[w_slot])?,
+                pos(&axis.outputs[0])?,
+            );
+            let dim = x
+                .map(|p| x_shape[p])
+                .or(w.map(|p| w_shape[p]))
+                .or(y.map(|p| y_shape[p]))
+                .unwrap_or(1);
             axes.push(Ax { x, w, y, dim });
         }
         let is_k = |a: &Ax| a.x.is_some() && a.w.is_some() && a.y.is_none();
@@ -272,9 +321,14 @@ impl Lowerer<'_> {
                 continue;
             }
             if a.x.is_some() && a.y.is_some() {
-                unsupported!("einsum {expr}: batched matrix product with different weights per batch");
+                unsupported!(
+                    "einsum {expr}: batched matrix product with different weights per batch"
+                );
             }
-            unsupported!("einsum {expr}: axis of size {} is summed or broadcast", a.dim);
+            unsupported!(
+                "einsum {expr}: axis of size {} is summed or broadcast",
+                a.dim
+            );
         }
         let k_dims: Vec<usize> = ks.iter().map(|&i| axes[i].dim).collect();
         let (kk, nn): (usize, usize) = (k_dims.iter().product(), axes[n].dim);
@@ -304,9 +358,13 @@ impl Lowerer<'_> {
         // The activation's and the output's significant axes, in their order. The contracted axes must be
         // adjacent in the activation, and the output must list the activation's axes in the same order, with the
         // features where the contracted axes were.
-        let mut xs: Vec<usize> = (0..axes.len()).filter(|&i| ks.contains(&i) || is_m(&axes[i])).collect();
+        let mut xs: Vec<usize> = (0..axes.len())
+            .filter(|&i| ks.contains(&i) || is_m(&axes[i]))
+            .collect();
         xs.sort_by_key(|&i| axes[i].x);
-        let mut ys: Vec<usize> = (0..axes.len()).filter(|&i| i == n || is_m(&axes[i])).collect();
+        let mut ys: Vec<usize> = (0..axes.len())
+            .filter(|&i| i == n || is_m(&axes[i]))
+            .collect();
         ys.sort_by_key(|&i| axes[i].y);
         let p = xs.iter().position(|&i| i == ks[0]).unwrap_or(0);
         if xs.get(p..p + ks.len()) != Some(&ks[..]) {
@@ -349,22 +407,35 @@ impl Lowerer<'_> {
         if ys.len() == y_shape.len() {
             let n_pos = axes[n].y.unwrap_or(0);
             while let Some(next) = self.sole_consumer(out) {
-                let Some(bin) = next.op_as::<TypedBinOp>() else { break };
-                let other = if next.inputs[0] == out { next.inputs[1] } else { next.inputs[0] };
+                let Some(bin) = next.op_as::<TypedBinOp>() else {
+                    break;
+                };
+                let other = if next.inputs[0] == out {
+                    next.inputs[1]
+                } else {
+                    next.inputs[0]
+                };
                 let Some(c) = self.konst(other)? else { break };
                 let (c_shape, rank) = (c.shape(), y_shape.len());
                 if c_shape.len() > rank || next.inputs[0] == next.inputs[1] {
                     break;
                 }
                 let offset = rank - c_shape.len();
-                let per_feature = c_shape.iter().enumerate().all(|(i, &d)| d == 1 || (i + offset == n_pos && d == nn));
+                let per_feature = c_shape
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &d)| d == 1 || (i + offset == n_pos && d == nn));
                 if !per_feature {
                     break;
                 }
                 let cv = to_f32_vec(&c)?;
                 let at = |i: usize| if cv.len() == 1 { cv[0] } else { cv[i] };
                 if bin.0.is::<Add>() {
-                    bias = Some((0..nn).map(|i| bias.as_ref().map_or(0.0, |b| b[i]) + at(i)).collect());
+                    bias = Some(
+                        (0..nn)
+                            .map(|i| bias.as_ref().map_or(0.0, |b| b[i]) + at(i))
+                            .collect(),
+                    );
                 } else if bin.0.is::<Mul>() && cv.len() == 1 {
                     weights.iter_mut().for_each(|w| *w *= cv[0]);
                     if let Some(b) = &mut bias {
@@ -383,13 +454,23 @@ impl Lowerer<'_> {
         // strided 1x1 convolution, the tensor before the subsampling.
         let mut op_in_shape = xs_shape.clone();
         let op = match conv_format {
-            None => Op::Dense { weights, in_features: kk, out_features: nn, bias, act: Activation::None },
+            None => Op::Dense {
+                weights,
+                in_features: kk,
+                out_features: nn,
+                bias,
+                act: Activation::None,
+            },
             Some(data_format) => {
                 let spatial = r - 2;
                 let mut geo = Geometry {
                     data_format,
                     has_n: true,
-                    h_axis: if data_format == DataFormat::ChannelsFirst { 2 } else { 1 },
+                    h_axis: if data_format == DataFormat::ChannelsFirst {
+                        2
+                    } else {
+                        1
+                    },
                     kernel: vec![1; spatial],
                     strides: vec![1; spatial],
                     dilations: vec![1; spatial],
@@ -445,7 +526,10 @@ impl Lowerer<'_> {
 fn ohwi_weights(conv: &Conv, kernel: &Tensor) -> LResult<Vec<f32>> {
     let mut k = kernel.cast_to::<f32>()?.into_owned();
     // tract's own axis ops bring any of its kernel formats to [group, out_c / group, in_c / group, spatial...].
-    for op in conv.kernel_fmt.kernel_as_group_o_i_h_w_ops(k.shape(), conv.group) {
+    for op in conv
+        .kernel_fmt
+        .kernel_as_group_o_i_h_w_ops(k.shape(), conv.group)
+    {
         op.change_tensor(&mut k, false)?;
     }
     let view = k.to_plain_array_view::<f32>()?;
@@ -466,6 +550,8 @@ fn bias_vec(bias: &Tensor, out_channels: usize) -> LResult<Option<Vec<f32>>> {
     match v.len() {
         1 => Ok(Some(vec![v[0]; out_channels])),
         l if l == out_channels => Ok(Some(v)),
-        l => Err(Fail::Internal(anyhow!("conv bias has {l} values for {out_channels} channels"))),
+        l => Err(Fail::Internal(anyhow!(
+            "conv bias has {l} values for {out_channels} channels"
+        ))),
     }
 }

@@ -115,7 +115,11 @@ pub(super) fn lower(file: &str, graph: &pb::GraphProto, model: &TypedModel) -> R
         let name = model.node(outlet.node).name.clone();
         let shape = match l.shape(outlet) {
             Ok(s) => s,
-            Err(_) => return Err(Error::Input(format!("{file}: input '{name}' does not have a fixed shape"))),
+            Err(_) => {
+                return Err(Error::Input(format!(
+                    "{file}: input '{name}' does not have a fixed shape"
+                )))
+            }
         };
         let t = l.g.add_tensor(name, shape, None);
         l.g.inputs.push(t);
@@ -152,7 +156,9 @@ pub(super) fn lower(file: &str, graph: &pb::GraphProto, model: &TypedModel) -> R
                 }
             }
             Err(Fail::Internal(e)) => {
-                return Err(Error::Internal(e.context(format!("{file}: lowering {}", l.describe(node)))))
+                return Err(Error::Internal(
+                    e.context(format!("{file}: lowering {}", l.describe(node))),
+                ))
             }
         }
     }
@@ -168,7 +174,9 @@ pub(super) fn lower(file: &str, graph: &pb::GraphProto, model: &TypedModel) -> R
     for &outlet in model.output_outlets()? {
         match l.tensor(outlet) {
             Ok(t) => l.g.outputs.push(t),
-            Err(Fail::Unsupported(why)) => return Err(Error::Input(format!("{file}: model output: {why}"))),
+            Err(Fail::Unsupported(why)) => {
+                return Err(Error::Input(format!("{file}: model output: {why}")))
+            }
             Err(Fail::Internal(e)) => return Err(Error::Internal(e.context("model output"))),
         }
     }
@@ -180,9 +188,15 @@ pub(super) fn lower(file: &str, graph: &pb::GraphProto, model: &TypedModel) -> R
 fn compact(g: &mut ir::Graph) {
     let mut used = vec![false; g.tensors.len()];
     for n in &g.nodes {
-        n.inputs.iter().chain([&n.output]).for_each(|&t| used[t] = true);
+        n.inputs
+            .iter()
+            .chain([&n.output])
+            .for_each(|&t| used[t] = true);
     }
-    g.inputs.iter().chain(&g.outputs).for_each(|&t| used[t] = true);
+    g.inputs
+        .iter()
+        .chain(&g.outputs)
+        .for_each(|&t| used[t] = true);
     if used.iter().all(|&u| u) {
         return;
     }
@@ -199,7 +213,10 @@ fn compact(g: &mut ir::Graph) {
         n.inputs.iter_mut().for_each(|t| *t = new_id[*t]);
         n.output = new_id[n.output];
     }
-    g.inputs.iter_mut().chain(g.outputs.iter_mut()).for_each(|t| *t = new_id[*t]);
+    g.inputs
+        .iter_mut()
+        .chain(g.outputs.iter_mut())
+        .for_each(|t| *t = new_id[*t]);
 }
 
 impl<'a> Lowerer<'a> {
@@ -257,7 +274,11 @@ impl<'a> Lowerer<'a> {
         let fact = self.model.outlet_fact(outlet)?;
         match fact.shape.as_concrete() {
             Some(s) => Ok(s.to_vec()),
-            None => unsupported!("tensor '{}' has a symbolic shape {:?}", self.outlet_name(outlet), fact.shape),
+            None => unsupported!(
+                "tensor '{}' has a symbolic shape {:?}",
+                self.outlet_name(outlet),
+                fact.shape
+            ),
         }
     }
 
@@ -268,7 +289,9 @@ impl<'a> Lowerer<'a> {
 
     /// The value of an outlet that is a constant with all elements equal.
     fn uniform(&self, outlet: OutletId) -> LResult<Option<f32>> {
-        let Some(k) = self.konst(outlet)? else { return Ok(None) };
+        let Some(k) = self.konst(outlet)? else {
+            return Ok(None);
+        };
         let v = to_f32_vec(&k)?;
         Ok(match v.first() {
             Some(&first) if v.iter().all(|&x| x == first) => Some(first),
@@ -282,7 +305,11 @@ impl<'a> Lowerer<'a> {
             return Ok(t);
         }
         if let Some(k) = self.konst(outlet)? {
-            let t = self.g.add_tensor(self.outlet_name(outlet), k.shape().to_vec(), Some(to_f32_vec(&k)?));
+            let t = self.g.add_tensor(
+                self.outlet_name(outlet),
+                k.shape().to_vec(),
+                Some(to_f32_vec(&k)?),
+            );
             self.values.insert(outlet, t);
             return Ok(t);
         }
@@ -291,7 +318,10 @@ impl<'a> Lowerer<'a> {
                 "reads a strided subsampling (tract Downsample) of its input, which Kiln only folds into convolutions"
             );
         }
-        Err(Fail::Internal(anyhow!("no IR tensor for {outlet:?} ('{}')", self.outlet_name(outlet))))
+        Err(Fail::Internal(anyhow!(
+            "no IR tensor for {outlet:?} ('{}')",
+            self.outlet_name(outlet)
+        )))
     }
 
     /// The node consuming `outlet`, if it is the only consumer and `outlet` is not a model output: such a
@@ -323,7 +353,13 @@ impl<'a> Lowerer<'a> {
     // ----- emitting ------------------------------------------------------------------------------------------
 
     /// Emits an IR node named after `node`, whose output is the value of tract outlet `out`.
-    pub(super) fn emit(&mut self, node: &TypedNode, op: Op, inputs: Vec<TensorId>, out: OutletId) -> LResult<TensorId> {
+    pub(super) fn emit(
+        &mut self,
+        node: &TypedNode,
+        op: Op,
+        inputs: Vec<TensorId>,
+        out: OutletId,
+    ) -> LResult<TensorId> {
         let shape = self.shape(out)?;
         self.check_reshape(&op, &inputs, &shape)?;
         let t = self.g.add_tensor(self.outlet_name(out), shape, None);
@@ -331,10 +367,18 @@ impl<'a> Lowerer<'a> {
         // carries an ONNX node's own name (Gemm's `y.ab` ... `y`; a 1x1 Conv's `c.einsum` ... `c`).
         let model = self.model;
         let last = &model.node(out.node).name;
-        let base =
-            if !self.onnx_ops.contains_key(&node.name) && self.onnx_ops.contains_key(last) { last } else { &node.name };
+        let base = if !self.onnx_ops.contains_key(&node.name) && self.onnx_ops.contains_key(last) {
+            last
+        } else {
+            &node.name
+        };
         let name = self.unique_name(base);
-        self.g.nodes.push(ir::Node { name, op, inputs, output: t });
+        self.g.nodes.push(ir::Node {
+            name,
+            op,
+            inputs,
+            output: t,
+        });
         self.values.insert(out, t);
         Ok(t)
     }
@@ -350,7 +394,12 @@ impl<'a> Lowerer<'a> {
         self.check_reshape(&op, &inputs, &shape)?;
         let name = self.unique_name(name);
         let t = self.g.add_tensor(name.clone(), shape, None);
-        self.g.nodes.push(ir::Node { name, op, inputs, output: t });
+        self.g.nodes.push(ir::Node {
+            name,
+            op,
+            inputs,
+            output: t,
+        });
         Ok(t)
     }
 
@@ -359,14 +408,21 @@ impl<'a> Lowerer<'a> {
         if *op == Op::Reshape {
             let from = &self.g.tensors[inputs[0]].shape;
             if from.iter().product::<usize>() != shape.iter().product::<usize>() {
-                return Err(Fail::Internal(anyhow!("reshape from {from:?} to {shape:?}")));
+                return Err(Fail::Internal(anyhow!(
+                    "reshape from {from:?} to {shape:?}"
+                )));
             }
         }
         Ok(())
     }
 
     /// A reshape of `t` to `shape` (no node when the shape is already right).
-    pub(super) fn reshape_tmp(&mut self, name: &str, t: TensorId, shape: Vec<usize>) -> LResult<TensorId> {
+    pub(super) fn reshape_tmp(
+        &mut self,
+        name: &str,
+        t: TensorId,
+        shape: Vec<usize>,
+    ) -> LResult<TensorId> {
         if self.g.tensors[t].shape == shape {
             return Ok(t);
         }
@@ -410,7 +466,9 @@ impl<'a> Lowerer<'a> {
 
     /// `x > 0` as tract writes it: `0 < x` or `x > 0`. Returns `x`.
     fn is_positive_test(&self, node: &TypedNode) -> LResult<Option<OutletId>> {
-        let Some(b) = self.bin_op(node) else { return Ok(None) };
+        let Some(b) = self.bin_op(node) else {
+            return Ok(None);
+        };
         let (zero_slot, x_slot) = if b.0.is::<CompLT>() {
             (0, 1)
         } else if b.0.is::<CompGT>() {
@@ -423,7 +481,9 @@ impl<'a> Lowerer<'a> {
 
     /// `x < 0` as tract writes it: `0 > x` or `x < 0`. Returns `x`.
     fn is_negative_test(&self, node: &TypedNode) -> LResult<Option<OutletId>> {
-        let Some(b) = self.bin_op(node) else { return Ok(None) };
+        let Some(b) = self.bin_op(node) else {
+            return Ok(None);
+        };
         let (zero_slot, x_slot) = if b.0.is::<CompGT>() {
             (0, 1)
         } else if b.0.is::<CompLT>() {
@@ -437,25 +497,41 @@ impl<'a> Lowerer<'a> {
     /// Elu: `Iff(x > 0, x, alpha * (exp(x) - 1))`.
     fn match_elu(&self, iff: &TypedNode) -> LResult<Option<(Pattern, Vec<usize>)>> {
         let (c, t, f) = (iff.inputs[0], iff.inputs[1], iff.inputs[2]);
-        let Some(test) = self.private_producer(c) else { return Ok(None) };
-        let Some(x) = self.is_positive_test(test)? else { return Ok(None) };
+        let Some(test) = self.private_producer(c) else {
+            return Ok(None);
+        };
+        let Some(x) = self.is_positive_test(test)? else {
+            return Ok(None);
+        };
         if t != x {
             return Ok(None);
         }
-        let Some(f_node) = self.private_producer(f) else { return Ok(None) };
+        let Some(f_node) = self.private_producer(f) else {
+            return Ok(None);
+        };
         // `alpha * (exp(x) - 1)`; tract drops the multiplication when alpha is 1 (ONNX's default).
         let (mul, minus_one, alpha) = if self.bin_op(f_node).is_some_and(|b| b.0.is::<Mul>()) {
-            let Some((minus_one, alpha)) = self.var_and_uniform(f_node)? else { return Ok(None) };
+            let Some((minus_one, alpha)) = self.var_and_uniform(f_node)? else {
+                return Ok(None);
+            };
             (Some(f_node), minus_one, alpha)
         } else {
             (None, f, 1.0)
         };
-        let Some(sub) = self.private_producer(minus_one) else { return Ok(None) };
-        if !self.bin_op(sub).is_some_and(|b| b.0.is::<Sub>()) || self.uniform(sub.inputs[1])? != Some(1.0) {
+        let Some(sub) = self.private_producer(minus_one) else {
+            return Ok(None);
+        };
+        if !self.bin_op(sub).is_some_and(|b| b.0.is::<Sub>())
+            || self.uniform(sub.inputs[1])? != Some(1.0)
+        {
             return Ok(None);
         }
-        let Some(exp) = self.private_producer(sub.inputs[0]) else { return Ok(None) };
-        let is_exp = exp.op_as::<ElementWiseOp>().is_some_and(|e| e.0.is::<Exp>());
+        let Some(exp) = self.private_producer(sub.inputs[0]) else {
+            return Ok(None);
+        };
+        let is_exp = exp
+            .op_as::<ElementWiseOp>()
+            .is_some_and(|e| e.0.is::<Exp>());
         if !is_exp || exp.inputs[0] != x {
             return Ok(None);
         }
@@ -467,12 +543,18 @@ impl<'a> Lowerer<'a> {
     /// PRelu: `Iff(x < 0, x * slope, x)`.
     fn match_prelu(&self, iff: &TypedNode) -> LResult<Option<(Pattern, Vec<usize>)>> {
         let (c, t, f) = (iff.inputs[0], iff.inputs[1], iff.inputs[2]);
-        let Some(test) = self.private_producer(c) else { return Ok(None) };
-        let Some(x) = self.is_negative_test(test)? else { return Ok(None) };
+        let Some(test) = self.private_producer(c) else {
+            return Ok(None);
+        };
+        let Some(x) = self.is_negative_test(test)? else {
+            return Ok(None);
+        };
         if f != x {
             return Ok(None);
         }
-        let Some(mul) = self.private_producer(t) else { return Ok(None) };
+        let Some(mul) = self.private_producer(t) else {
+            return Ok(None);
+        };
         if !self.bin_op(mul).is_some_and(|b| b.0.is::<Mul>()) {
             return Ok(None);
         }
@@ -492,12 +574,21 @@ impl<'a> Lowerer<'a> {
             return match p {
                 Pattern::Elu { x, alpha } => {
                     let x = self.tensor(x)?;
-                    self.emit(node, Op::Unary(UnaryKind::Elu { alpha }), vec![x], out).map(drop)
+                    self.emit(node, Op::Unary(UnaryKind::Elu { alpha }), vec![x], out)
+                        .map(drop)
                 }
                 Pattern::PRelu { x, slope } => {
                     let ins = vec![self.tensor(x)?, self.tensor(slope)?];
-                    self.emit(node, Op::Binary { kind: BinaryKind::PRelu, act: ir::Activation::None }, ins, out)
-                        .map(drop)
+                    self.emit(
+                        node,
+                        Op::Binary {
+                            kind: BinaryKind::PRelu,
+                            act: ir::Activation::None,
+                        },
+                        ins,
+                        out,
+                    )
+                    .map(drop)
                 }
             };
         }
@@ -525,7 +616,13 @@ impl<'a> Lowerer<'a> {
             if !op.normalize {
                 unsupported!("sum pooling (Kiln supports average and max pooling)");
             }
-            return self.lower_pool(node, &op.pool_spec, PoolKind::Avg { count_include_pad: op.count_include_pad });
+            return self.lower_pool(
+                node,
+                &op.pool_spec,
+                PoolKind::Avg {
+                    count_include_pad: op.count_include_pad,
+                },
+            );
         }
         if let Some(op) = node.op_as::<TypedBinOp>() {
             return self.lower_binary(node, op);
@@ -549,15 +646,32 @@ impl<'a> Lowerer<'a> {
             return self.emit(node, op, vec![x], out).map(drop);
         }
         if let Some(op) = node.op_as::<TypedConcat>() {
-            let ins = node.inputs.iter().map(|&i| self.tensor(i)).collect::<LResult<Vec<_>>>()?;
-            return self.emit(node, Op::Concat { axis: op.axis }, ins, out).map(drop);
+            let ins = node
+                .inputs
+                .iter()
+                .map(|&i| self.tensor(i))
+                .collect::<LResult<Vec<_>>>()?;
+            return self
+                .emit(node, Op::Concat { axis: op.axis }, ins, out)
+                .map(drop);
         }
         if let Some(op) = node.op_as::<Slice>() {
             let (Ok(start), Ok(end)) = (op.start.to_usize(), op.end.to_usize()) else {
                 unsupported!("slice bounds {}..{} are not constant", op.start, op.end);
             };
             let x = self.tensor(node.inputs[0])?;
-            return self.emit(node, Op::Slice { axis: op.axis, start, end }, vec![x], out).map(drop);
+            return self
+                .emit(
+                    node,
+                    Op::Slice {
+                        axis: op.axis,
+                        start,
+                        end,
+                    },
+                    vec![x],
+                    out,
+                )
+                .map(drop);
         }
         if let Some(op) = node.op_as::<Reduce>() {
             return self.lower_reduce(node, op);
@@ -579,7 +693,14 @@ impl<'a> Lowerer<'a> {
             return Ok(());
         }
         let info = node.op.info().unwrap_or_default().join("; ");
-        unsupported!("Kiln has no lowering for this op{}", if info.is_empty() { info } else { format!(" ({info})") })
+        unsupported!(
+            "Kiln has no lowering for this op{}",
+            if info.is_empty() {
+                info
+            } else {
+                format!(" ({info})")
+            }
+        )
     }
 
     /// Add, Sub and Mul map directly; Max and Min with a constant bound are Relu or Clip.
@@ -593,22 +714,47 @@ impl<'a> Lowerer<'a> {
         } else if op.0.is::<Max>() || op.0.is::<Min>() {
             return self.lower_clamp(node, op.0.is::<Max>());
         } else {
-            unsupported!("binary op {} (Kiln supports Add, Sub, Mul, and Max/Min with a constant)", op.0.name());
+            unsupported!(
+                "binary op {} (Kiln supports Add, Sub, Mul, and Max/Min with a constant)",
+                op.0.name()
+            );
         };
         let ins = vec![self.tensor(node.inputs[0])?, self.tensor(node.inputs[1])?];
-        self.emit(node, Op::Binary { kind, act: ir::Activation::None }, ins, OutletId::new(node.id, 0)).map(drop)
+        self.emit(
+            node,
+            Op::Binary {
+                kind,
+                act: ir::Activation::None,
+            },
+            ins,
+            OutletId::new(node.id, 0),
+        )
+        .map(drop)
     }
 
     /// `Max(x, lo)` and/or `Min(x, hi)` with scalar constants (tract's Relu and Clip), folding a following
     /// opposite bound into the same `Clip`.
     fn lower_clamp(&mut self, node: &TypedNode, is_max: bool) -> LResult<()> {
         let Some((x, bound)) = self.var_and_uniform(node)? else {
-            unsupported!("{} of two tensors or with a non-uniform bound", if is_max { "Max" } else { "Min" });
+            unsupported!(
+                "{} of two tensors or with a non-uniform bound",
+                if is_max { "Max" } else { "Min" }
+            );
         };
-        let (mut lo, mut hi) = if is_max { (bound, f32::INFINITY) } else { (f32::NEG_INFINITY, bound) };
+        let (mut lo, mut hi) = if is_max {
+            (bound, f32::INFINITY)
+        } else {
+            (f32::NEG_INFINITY, bound)
+        };
         let mut out = OutletId::new(node.id, 0);
         if let Some(next) = self.sole_consumer(out) {
-            let opposite = self.bin_op(next).is_some_and(|b| if is_max { b.0.is::<Min>() } else { b.0.is::<Max>() });
+            let opposite = self.bin_op(next).is_some_and(|b| {
+                if is_max {
+                    b.0.is::<Min>()
+                } else {
+                    b.0.is::<Max>()
+                }
+            });
             if opposite {
                 if let Some((var, b2)) = self.var_and_uniform(next)? {
                     if var == out {
@@ -623,8 +769,11 @@ impl<'a> Lowerer<'a> {
                 }
             }
         }
-        let kind =
-            if lo == 0.0 && hi == f32::INFINITY { UnaryKind::Relu } else { UnaryKind::Clip { min: lo, max: hi } };
+        let kind = if lo == 0.0 && hi == f32::INFINITY {
+            UnaryKind::Relu
+        } else {
+            UnaryKind::Clip { min: lo, max: hi }
+        };
         let x = self.tensor(x)?;
         self.emit(node, Op::Unary(kind), vec![x], out).map(drop)
     }
@@ -642,10 +791,21 @@ impl<'a> Lowerer<'a> {
         } else if mini.is::<Square>() {
             // tract's form of Mul(x, x).
             return self
-                .emit(node, Op::Binary { kind: BinaryKind::Mul, act: ir::Activation::None }, vec![x, x], out)
+                .emit(
+                    node,
+                    Op::Binary {
+                        kind: BinaryKind::Mul,
+                        act: ir::Activation::None,
+                    },
+                    vec![x, x],
+                    out,
+                )
                 .map(drop);
         } else {
-            unsupported!("element-wise {} (not an activation Kiln supports)", mini.name());
+            unsupported!(
+                "element-wise {} (not an activation Kiln supports)",
+                mini.name()
+            );
         };
         self.emit(node, op, vec![x], out).map(drop)
     }
@@ -682,7 +842,9 @@ impl<'a> Lowerer<'a> {
                 self.values.insert(out, x);
                 return Ok(());
             }
-            return self.emit(node, Op::Transpose { perm }, vec![x], out).map(drop);
+            return self
+                .emit(node, Op::Transpose { perm }, vec![x], out)
+                .map(drop);
         }
         if let Some(p) = producer {
             if self.g.nodes[p].op == Op::Reshape {
@@ -732,13 +894,16 @@ impl<'a> Lowerer<'a> {
                 if !squared {
                     let n: usize = axes.iter().map(|&a| x_shape[a]).product();
                     let scale = match self.sole_consumer(out) {
-                        Some(mul) if self.bin_op(mul).is_some_and(|b| b.0.is::<Mul>()) => {
-                            self.var_and_uniform(mul)?.filter(|(v, _)| *v == out).map(|(_, c)| (mul, c))
-                        }
+                        Some(mul) if self.bin_op(mul).is_some_and(|b| b.0.is::<Mul>()) => self
+                            .var_and_uniform(mul)?
+                            .filter(|(v, _)| *v == out)
+                            .map(|(_, c)| (mul, c)),
                         _ => None,
                     };
                     let Some((mul, c)) = scale else {
-                        unsupported!("sum reduction over axes {axes:?} (Kiln supports mean reductions)");
+                        unsupported!(
+                            "sum reduction over axes {axes:?} (Kiln supports mean reductions)"
+                        );
                     };
                     if ((c * n as f32) - 1.0).abs() > 1e-5 {
                         unsupported!("sum reduction over axes {axes:?} scaled by {c} (a mean would be 1/{n})");
@@ -749,10 +914,23 @@ impl<'a> Lowerer<'a> {
                 let mut x = self.tensor(input)?;
                 if squared {
                     // tract's fold of ReduceMean(Mul(x, x)).
-                    let op = Op::Binary { kind: BinaryKind::Mul, act: ir::Activation::None };
-                    x = self.emit_tmp(&format!("{}.square", node.name), op, vec![x, x], x_shape.clone())?;
+                    let op = Op::Binary {
+                        kind: BinaryKind::Mul,
+                        act: ir::Activation::None,
+                    };
+                    x = self.emit_tmp(
+                        &format!("{}.square", node.name),
+                        op,
+                        vec![x, x],
+                        x_shape.clone(),
+                    )?;
                 } else if global && origin == "GlobalAveragePool" {
-                    let op = global_pool(PoolKind::Avg { count_include_pad: false }, &x_shape);
+                    let op = global_pool(
+                        PoolKind::Avg {
+                            count_include_pad: false,
+                        },
+                        &x_shape,
+                    );
                     return self.emit(node, op, vec![x], out).map(drop);
                 }
                 // ReduceMean with keepdims=0: tract removes the reduced axes afterwards.
@@ -767,11 +945,13 @@ impl<'a> Lowerer<'a> {
                         _ => break,
                     }
                 }
-                self.emit(node, Op::ReduceMean { axes }, vec![x], out).map(drop)
+                self.emit(node, Op::ReduceMean { axes }, vec![x], out)
+                    .map(drop)
             }
             Reducer::Max if global => {
                 let x = self.tensor(input)?;
-                self.emit(node, global_pool(PoolKind::Max, &x_shape), vec![x], out).map(drop)
+                self.emit(node, global_pool(PoolKind::Max, &x_shape), vec![x], out)
+                    .map(drop)
             }
             r => unsupported!("{r:?} reduction over axes {axes:?}"),
         }
@@ -788,7 +968,10 @@ impl<'a> Lowerer<'a> {
         if !log {
             // LogSoftmax is a Softmax then Ln.
             if let Some(next) = self.sole_consumer(out) {
-                if next.op_as::<ElementWiseOp>().is_some_and(|e| e.0.is::<Ln>()) {
+                if next
+                    .op_as::<ElementWiseOp>()
+                    .is_some_and(|e| e.0.is::<Ln>())
+                {
                     self.mark_absorbed(next);
                     out = OutletId::new(next.id, 0);
                     log = true;
@@ -800,13 +983,21 @@ impl<'a> Lowerer<'a> {
         let x_shape = self.shape(node.inputs[0])?;
         let x = self.tensor(node.inputs[0])?;
         match axes[..] {
-            [axis] => self.emit(node, Op::Softmax { axis, log }, vec![x], out).map(drop),
+            [axis] => self
+                .emit(node, Op::Softmax { axis, log }, vec![x], out)
+                .map(drop),
             [first, .., last] if axes.windows(2).all(|w| w[1] == w[0] + 1) => {
                 let mut merged = x_shape[..first].to_vec();
                 merged.push(x_shape[first..=last].iter().product());
                 merged.extend_from_slice(&x_shape[last + 1..]);
-                let flat = self.reshape_tmp(&format!("{}.flatten", node.name), x, merged.clone())?;
-                let sm = self.emit_tmp(&node.name, Op::Softmax { axis: first, log }, vec![flat], merged)?;
+                let flat =
+                    self.reshape_tmp(&format!("{}.flatten", node.name), x, merged.clone())?;
+                let sm = self.emit_tmp(
+                    &node.name,
+                    Op::Softmax { axis: first, log },
+                    vec![flat],
+                    merged,
+                )?;
                 self.emit(node, Op::Reshape, vec![sm], out).map(drop)
             }
             _ => unsupported!("softmax over axes {axes:?}"),
@@ -845,7 +1036,10 @@ fn global_pool(kind: PoolKind, x_shape: &[usize]) -> Op {
 
 /// A tensor's elements as f32, row-major.
 pub(super) fn to_f32_vec(t: &Tensor) -> LResult<Vec<f32>> {
-    if !(t.datum_type().is_float() || t.datum_type().is_integer() || t.datum_type() == bool::datum_type()) {
+    if !(t.datum_type().is_float()
+        || t.datum_type().is_integer()
+        || t.datum_type() == bool::datum_type())
+    {
         unsupported!("constant of type {:?}", t.datum_type());
     }
     let t = t.cast_to::<f32>()?;

@@ -65,12 +65,20 @@ pub const SUPPORTED_OPS: &[&str] = &[
 /// Reads the ONNX model at `path` and lowers it to Kiln's IR.
 pub fn import_onnx(path: &Path) -> Result<ir::Graph> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| input(format!("{file}: cannot read the model: {e}")))?;
-    let proto = pb::ModelProto::decode(&*bytes)
-        .map_err(|e| input(format!("{file}: not an ONNX model (protobuf decoding failed: {e})")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| input(format!("{file}: cannot read the model: {e}")))?;
+    let proto = pb::ModelProto::decode(&*bytes).map_err(|e| {
+        input(format!(
+            "{file}: not an ONNX model (protobuf decoding failed: {e})"
+        ))
+    })?;
     let graph = match &proto.graph {
         Some(g) if !g.node.is_empty() || !g.output.is_empty() => g,
-        _ => return Err(input(format!("{file}: not an ONNX model (it has no graph)"))),
+        _ => {
+            return Err(input(format!(
+                "{file}: not an ONNX model (it has no graph)"
+            )))
+        }
     };
     check_supported(&file, graph)?;
     let model = load_decluttered(&file, &proto, graph, path.parent())?;
@@ -83,10 +91,15 @@ fn check_supported(file: &str, graph: &pb::GraphProto) -> Result<()> {
         .node
         .iter()
         .enumerate()
-        .filter(|(_, n)| !(is_default_domain(&n.domain) && SUPPORTED_OPS.contains(&n.op_type.as_str())))
+        .filter(|(_, n)| {
+            !(is_default_domain(&n.domain) && SUPPORTED_OPS.contains(&n.op_type.as_str()))
+        })
         .map(|(ix, n)| {
-            let op =
-                if is_default_domain(&n.domain) { n.op_type.clone() } else { format!("{}.{}", n.domain, n.op_type) };
+            let op = if is_default_domain(&n.domain) {
+                n.op_type.clone()
+            } else {
+                format!("{}.{}", n.domain, n.op_type)
+            };
             format!("  node '{}' (op {op})", onnx_node_name(n, ix))
         })
         .collect();
@@ -145,7 +158,9 @@ fn load_decluttered(
             .map_err(|e| tract_err(&format!("input '{name}' cannot take shape {shape:?}"), e))?;
     }
 
-    let mut typed = model.into_typed().map_err(|e| tract_err("tract could not type the model", e))?;
+    let mut typed = model
+        .into_typed()
+        .map_err(|e| tract_err("tract could not type the model", e))?;
     declutter(&mut typed).map_err(|e| tract_err("tract could not simplify the model", e))?;
     Ok(typed)
 }
@@ -156,7 +171,9 @@ fn load_decluttered(
 fn declutter(model: &mut TypedModel) -> TractResult<()> {
     let mut optimizer = tract_onnx::tract_core::optim::Optimizer::declutter();
     // The pass has no public type; its Debug output is its name.
-    optimizer.passes.retain(|p| format!("{p:?}") != "ChangeAxes");
+    optimizer
+        .passes
+        .retain(|p| format!("{p:?}") != "ChangeAxes");
     optimizer.optimize(model)
 }
 
@@ -165,9 +182,16 @@ fn input_shape(file: &str, graph: &pb::GraphProto, name: &str) -> Result<Vec<usi
     use pb::tensor_shape_proto::dimension::Value as Dim;
     use pb::type_proto::Value;
     let info = graph.input.iter().find(|i| i.name == name);
-    let tensor = match info.and_then(|i| i.r#type.as_ref()).and_then(|t| t.value.as_ref()) {
+    let tensor = match info
+        .and_then(|i| i.r#type.as_ref())
+        .and_then(|t| t.value.as_ref())
+    {
         Some(Value::TensorType(t)) => t,
-        None => return Err(input(format!("{file}: graph input '{name}' has no tensor type"))),
+        None => {
+            return Err(input(format!(
+                "{file}: graph input '{name}' has no tensor type"
+            )))
+        }
     };
     if tensor.elem_type != pb::tensor_proto::DataType::Float as i32 {
         let ty = pb::tensor_proto::DataType::try_from(tensor.elem_type)
@@ -185,9 +209,9 @@ fn input_shape(file: &str, graph: &pb::GraphProto, name: &str) -> Result<Vec<usi
         .iter()
         .map(|d| match d.value {
             Some(Dim::DimValue(v)) if v > 0 => Ok(v as usize),
-            Some(Dim::DimValue(v)) if v < 0 => {
-                Err(input(format!("{file}: graph input '{name}' has a negative dimension {v}")))
-            }
+            Some(Dim::DimValue(v)) if v < 0 => Err(input(format!(
+                "{file}: graph input '{name}' has a negative dimension {v}"
+            ))),
             // dim_param, 0 ("unknown") or absent: the batch, fixed to 1.
             _ => Ok(1),
         })

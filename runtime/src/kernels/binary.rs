@@ -13,7 +13,13 @@ pub const MAX_LEFT_SHIFT: u8 = 23;
 /// Preconditions: the three lists have the same length (at most `MAX_RANK`), `out` holds `prod(bc.out)` elements,
 /// and the largest `ia` (`sum (out[d] - 1) * a_strides[d]`) is below `a.len()` (likewise `b`), unless the output
 /// is empty.
-pub fn broadcast<A: Copy, B: Copy, O>(bc: &Broadcast, a: &[A], b: &[B], out: &mut [O], mut f: impl FnMut(A, B) -> O) {
+pub fn broadcast<A: Copy, B: Copy, O>(
+    bc: &Broadcast,
+    a: &[A],
+    b: &[B],
+    out: &mut [O],
+    mut f: impl FnMut(A, B) -> O,
+) {
     let (dims, rank) = dims_usize(&bc.out);
     let (sa, _) = dims_usize(&bc.a_strides);
     let (sb, _) = dims_usize(&bc.b_strides);
@@ -60,19 +66,37 @@ pub fn binary_s8(p: &BinaryS8, a: &[i8], b: &[i8], out: &mut [i8]) {
             broadcast(&p.bcast, a, b, out, |x, y| {
                 let sx = requantize((x as i32 - za).wrapping_shl(ls), p.a_multiplier, p.a_shift);
                 let sy = requantize((y as i32 - zb).wrapping_shl(ls), p.b_multiplier, p.b_shift);
-                let acc = if sub { sx.saturating_sub(sy) } else { sx.saturating_add(sy) };
+                let acc = if sub {
+                    sx.saturating_sub(sy)
+                } else {
+                    sx.saturating_add(sy)
+                };
                 output_s8(acc, p.out_multiplier, p.out_shift, zo, lo, hi)
             })
         }
         BinaryKind::Mul => broadcast(&p.bcast, a, b, out, |x, y| {
-            output_s8((x as i32 - za) * (y as i32 - zb), p.out_multiplier, p.out_shift, zo, lo, hi)
+            output_s8(
+                (x as i32 - za) * (y as i32 - zb),
+                p.out_multiplier,
+                p.out_shift,
+                zo,
+                lo,
+                hi,
+            )
         }),
         BinaryKind::PRelu => broadcast(&p.bcast, a, b, out, |x, y| {
             let xs = x as i32 - za;
             if xs >= 0 {
                 output_s8(xs, p.a_multiplier, p.a_shift, zo, lo, hi)
             } else {
-                output_s8(xs * (y as i32 - zb), p.out_multiplier, p.out_shift, zo, lo, hi)
+                output_s8(
+                    xs * (y as i32 - zb),
+                    p.out_multiplier,
+                    p.out_shift,
+                    zo,
+                    lo,
+                    hi,
+                )
             }
         }),
     }
@@ -86,9 +110,9 @@ pub fn binary_f32(p: &BinaryF32, a: &[f32], b: &[f32], out: &mut [f32]) {
         BinaryKind::Add => broadcast(&p.bcast, a, b, out, |x, y| clamp_f32(x + y, lo, hi)),
         BinaryKind::Sub => broadcast(&p.bcast, a, b, out, |x, y| clamp_f32(x - y, lo, hi)),
         BinaryKind::Mul => broadcast(&p.bcast, a, b, out, |x, y| clamp_f32(x * y, lo, hi)),
-        BinaryKind::PRelu => {
-            broadcast(&p.bcast, a, b, out, |x, y| clamp_f32(if x > 0.0 { x } else { x * y }, lo, hi))
-        }
+        BinaryKind::PRelu => broadcast(&p.bcast, a, b, out, |x, y| {
+            clamp_f32(if x > 0.0 { x } else { x * y }, lo, hi)
+        }),
     }
 }
 
@@ -105,8 +129,17 @@ mod tests {
     #[test]
     fn f32_broadcast_row_and_column() {
         // out [2, 3]; a is a column [2, 1], b a row [1, 3].
-        let bc = Broadcast { out: dims(&[2, 3]), a_strides: dims(&[1, 0]), b_strides: dims(&[0, 1]) };
-        let p = BinaryF32 { kind: BinaryKind::Add, bcast: bc, act_min: f32::MIN, act_max: f32::MAX };
+        let bc = Broadcast {
+            out: dims(&[2, 3]),
+            a_strides: dims(&[1, 0]),
+            b_strides: dims(&[0, 1]),
+        };
+        let p = BinaryF32 {
+            kind: BinaryKind::Add,
+            bcast: bc,
+            act_min: f32::MIN,
+            act_max: f32::MAX,
+        };
         let mut y = [0f32; 6];
         binary_f32(&p, &[10.0, 20.0], &[1.0, 2.0, 3.0], &mut y);
         assert_eq!(y, [11., 12., 13., 21., 22., 23.]);
@@ -114,8 +147,17 @@ mod tests {
 
     #[test]
     fn f32_prelu() {
-        let bc = Broadcast { out: dims(&[4]), a_strides: dims(&[1]), b_strides: dims(&[0]) };
-        let p = BinaryF32 { kind: BinaryKind::PRelu, bcast: bc, act_min: f32::MIN, act_max: f32::MAX };
+        let bc = Broadcast {
+            out: dims(&[4]),
+            a_strides: dims(&[1]),
+            b_strides: dims(&[0]),
+        };
+        let p = BinaryF32 {
+            kind: BinaryKind::PRelu,
+            bcast: bc,
+            act_min: f32::MIN,
+            act_max: f32::MAX,
+        };
         let mut y = [0f32; 4];
         binary_f32(&p, &[-2.0, -1.0, 0.0, 3.0], &[0.25], &mut y);
         assert_eq!(y, [-0.5, -0.25, 0.0, 3.0]);
@@ -124,7 +166,11 @@ mod tests {
     #[test]
     fn s8_add_same_scales() {
         // a, b and out share scale s and zero point 0: y = a + b. TFLM-style: multipliers 0.5, out 2 / 2^20.
-        let bc = Broadcast { out: dims(&[3]), a_strides: dims(&[1]), b_strides: dims(&[1]) };
+        let bc = Broadcast {
+            out: dims(&[3]),
+            a_strides: dims(&[1]),
+            b_strides: dims(&[1]),
+        };
         let p = BinaryS8 {
             kind: BinaryKind::Add,
             bcast: bc,

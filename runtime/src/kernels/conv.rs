@@ -141,7 +141,14 @@ pub fn conv2d_s8(
                 None => sum,
             };
             let (multiplier, shift) = requant.pair(oc);
-            output[out] = output_s8(acc, multiplier, shift, q.output_zero_point, q.act_min, q.act_max);
+            output[out] = output_s8(
+                acc,
+                multiplier,
+                shift,
+                q.output_zero_point,
+                q.act_min,
+                q.act_max,
+            );
             sum = 0;
         }
     });
@@ -182,7 +189,16 @@ mod tests {
     use super::*;
 
     #[allow(clippy::too_many_arguments)]
-    fn geom(in_h: u32, in_w: u32, in_c: u32, out_h: u32, out_w: u32, out_c: u32, k: u32, pad: u32) -> ConvGeom {
+    fn geom(
+        in_h: u32,
+        in_w: u32,
+        in_c: u32,
+        out_h: u32,
+        out_w: u32,
+        out_c: u32,
+        k: u32,
+        pad: u32,
+    ) -> ConvGeom {
         ConvGeom {
             batch: 1,
             in_h,
@@ -217,11 +233,19 @@ mod tests {
     fn s8_padding_contributes_zero_not_minus_zero_point() {
         // 1x1 input, 3x3 kernel, pad 1: only the centre tap is inside.
         let g = geom(1, 1, 1, 1, 1, 1, 3, 1);
-        let q = QuantS8 { input_zero_point: 10, output_zero_point: -5, act_min: -128, act_max: 127 };
+        let q = QuantS8 {
+            input_zero_point: 10,
+            output_zero_point: -5,
+            act_min: -128,
+            act_max: 127,
+        };
         let w = [1i8; 9];
         let mut y = [0i8; 1];
         // acc = 3 + (20 - 10) * 1 = 13; * 0.5 = 6.5 -> 7; + (-5) = 2.
-        let rq = Requant { multipliers: &[1 << 14], shifts: &[0] };
+        let rq = Requant {
+            multipliers: &[1 << 14],
+            shifts: &[0],
+        };
         conv2d_s8(&g, &q, rq, &[20], &w, Some(&[3]), &mut y);
         assert_eq!(y, [2]);
     }
@@ -231,8 +255,16 @@ mod tests {
         // groups = in_c = 2, out_c = 4: out channels 0,1 read input channel 0; 2,3 read channel 1.
         let mut g = geom(1, 1, 2, 1, 1, 4, 1, 0);
         g.groups = 2;
-        let q = QuantS8 { input_zero_point: 0, output_zero_point: 0, act_min: -128, act_max: 127 };
-        let rq = Requant { multipliers: &[1 << 14; 4], shifts: &[1; 4] }; // x1.0
+        let q = QuantS8 {
+            input_zero_point: 0,
+            output_zero_point: 0,
+            act_min: -128,
+            act_max: 127,
+        };
+        let rq = Requant {
+            multipliers: &[1 << 14; 4],
+            shifts: &[1; 4],
+        }; // x1.0
         let mut y = [0i8; 4];
         conv2d_s8(&g, &q, rq, &[3, 5], &[1, 2, 3, 4], None, &mut y);
         assert_eq!(y, [3, 6, 15, 20]);
@@ -241,8 +273,16 @@ mod tests {
     #[test]
     fn s8_clamps_to_activation_range() {
         let g = geom(1, 1, 1, 1, 1, 1, 1, 0);
-        let q = QuantS8 { input_zero_point: -128, output_zero_point: 0, act_min: 0, act_max: 100 };
-        let rq = Requant { multipliers: &[1 << 14], shifts: &[1] };
+        let q = QuantS8 {
+            input_zero_point: -128,
+            output_zero_point: 0,
+            act_min: 0,
+            act_max: 100,
+        };
+        let rq = Requant {
+            multipliers: &[1 << 14],
+            shifts: &[1],
+        };
         let mut y = [0i8; 1];
         conv2d_s8(&g, &q, rq, &[127], &[127], Some(&[i32::MAX]), &mut y);
         assert_eq!(y, [100]);

@@ -25,7 +25,9 @@ pub fn unary_f32(op: UnaryF32, input: &[f32], output: &mut [f32]) {
     match op {
         UnaryF32::Relu => pairs.for_each(|(y, &x)| *y = x.max(0.0)),
         UnaryF32::Clip { min, max } => pairs.for_each(|(y, &x)| *y = x.max(min).min(max)),
-        UnaryF32::LeakyRelu { alpha } => pairs.for_each(|(y, &x)| *y = if x >= 0.0 { x } else { alpha * x }),
+        UnaryF32::LeakyRelu { alpha } => {
+            pairs.for_each(|(y, &x)| *y = if x >= 0.0 { x } else { alpha * x })
+        }
         UnaryF32::Elu { alpha } => {
             pairs.for_each(|(y, &x)| *y = if x >= 0.0 { x } else { alpha * libm::expm1f(x) })
         }
@@ -73,9 +75,23 @@ mod tests {
         assert!((y[1] - 2.0 * (-0.632_120_56)).abs() < 1e-6 && y[3] == 0.5);
         unary_f32(UnaryF32::LeakyRelu { alpha: 0.1 }, &x, &mut y);
         assert_eq!(y, [-10.0, -0.1, 0.0, 0.5, 100.0]);
-        unary_f32(UnaryF32::Clip { min: -0.5, max: 6.0 }, &x, &mut y);
+        unary_f32(
+            UnaryF32::Clip {
+                min: -0.5,
+                max: 6.0,
+            },
+            &x,
+            &mut y,
+        );
         assert_eq!(y, [-0.5, -0.5, 0.0, 0.5, 6.0]);
-        unary_f32(UnaryF32::Clip { min: 1.0, max: -1.0 }, &x, &mut y); // inverted: max wins, no panic
+        unary_f32(
+            UnaryF32::Clip {
+                min: 1.0,
+                max: -1.0,
+            },
+            &x,
+            &mut y,
+        ); // inverted: max wins, no panic
         assert!(y.iter().all(|&v| v == -1.0));
         unary_f32(UnaryF32::Relu, &x, &mut y);
         assert_eq!(y, [0.0, 0.0, 0.0, 0.5, 100.0]);

@@ -19,7 +19,11 @@ pub fn fully_connected_s8(
     bias: Option<&[i32]>,
     output: &mut [i8],
 ) {
-    let (rows, k, n_out) = (geom.rows as usize, geom.in_features as usize, geom.out_features as usize);
+    let (rows, k, n_out) = (
+        geom.rows as usize,
+        geom.in_features as usize,
+        geom.out_features as usize,
+    );
     let izp = q.input_zero_point;
     for r in 0..rows {
         let x = &input[r * k..(r + 1) * k];
@@ -35,7 +39,14 @@ pub fn fully_connected_s8(
                 None => sum,
             };
             let (multiplier, shift) = requant.pair(n);
-            *out = output_s8(acc, multiplier, shift, q.output_zero_point, q.act_min, q.act_max);
+            *out = output_s8(
+                acc,
+                multiplier,
+                shift,
+                q.output_zero_point,
+                q.act_min,
+                q.act_max,
+            );
         }
     }
 }
@@ -51,7 +62,11 @@ pub fn fully_connected_f32(
     act_max: f32,
     output: &mut [f32],
 ) {
-    let (rows, k, n_out) = (geom.rows as usize, geom.in_features as usize, geom.out_features as usize);
+    let (rows, k, n_out) = (
+        geom.rows as usize,
+        geom.in_features as usize,
+        geom.out_features as usize,
+    );
     for r in 0..rows {
         let x = &input[r * k..(r + 1) * k];
         let y = &mut output[r * n_out..(r + 1) * n_out];
@@ -73,21 +88,53 @@ mod tests {
 
     #[test]
     fn s8_two_rows() {
-        let g = FcGeom { rows: 2, in_features: 3, out_features: 2 };
-        let q = QuantS8 { input_zero_point: 1, output_zero_point: 2, act_min: -128, act_max: 127 };
-        let rq = Requant { multipliers: &[1 << 14, 1 << 14], shifts: &[1, 0] }; // x1, x0.5
+        let g = FcGeom {
+            rows: 2,
+            in_features: 3,
+            out_features: 2,
+        };
+        let q = QuantS8 {
+            input_zero_point: 1,
+            output_zero_point: 2,
+            act_min: -128,
+            act_max: 127,
+        };
+        let rq = Requant {
+            multipliers: &[1 << 14, 1 << 14],
+            shifts: &[1, 0],
+        }; // x1, x0.5
         let mut y = [0i8; 4];
         // row 0: x - 1 = [0, 1, 2]; w0 = [1, 2, 3] -> 8 + 10 = 18 (x1) -> 20; w1 = [-1, 0, 1] -> 2 + 0 = 2 (x0.5) -> 1 + 2 = 3
         // row 1: x - 1 = [-3, 0, 3]; w0 -> 6 + 10 = 16 -> 18; w1 -> 6 (x0.5) = 3 -> 5
-        fully_connected_s8(&g, &q, rq, &[1, 2, 3, -2, 1, 4], &[1, 2, 3, -1, 0, 1], Some(&[10, 0]), &mut y);
+        fully_connected_s8(
+            &g,
+            &q,
+            rq,
+            &[1, 2, 3, -2, 1, 4],
+            &[1, 2, 3, -1, 0, 1],
+            Some(&[10, 0]),
+            &mut y,
+        );
         assert_eq!(y, [20, 3, 18, 5]);
     }
 
     #[test]
     fn f32_relu6() {
-        let g = FcGeom { rows: 1, in_features: 2, out_features: 3 };
+        let g = FcGeom {
+            rows: 1,
+            in_features: 2,
+            out_features: 3,
+        };
         let mut y = [0f32; 3];
-        fully_connected_f32(&g, &[1.0, 2.0], &[1., 1., -1., -1., 5., 5.], None, 0.0, 6.0, &mut y);
+        fully_connected_f32(
+            &g,
+            &[1.0, 2.0],
+            &[1., 1., -1., -1., 5., 5.],
+            None,
+            0.0,
+            6.0,
+            &mut y,
+        );
         assert_eq!(y, [3.0, 0.0, 6.0]);
     }
 }

@@ -68,7 +68,14 @@ pub struct QuantS8 {
 /// `clamp(requantize(acc, multiplier, shift) + zero_point, act_min, act_max)`, the tail of every int8 MAC kernel.
 /// The addition saturates; the clamp never panics even if `act_min > act_max` (then `act_max` wins).
 #[inline(always)]
-pub fn output_s8(acc: i32, multiplier: i32, shift: i8, zero_point: i32, act_min: i8, act_max: i8) -> i8 {
+pub fn output_s8(
+    acc: i32,
+    multiplier: i32,
+    shift: i8,
+    zero_point: i32,
+    act_min: i8,
+    act_max: i8,
+) -> i8 {
     let v = requantize(acc, multiplier, shift).saturating_add(zero_point);
     clamp_s8(v, act_min, act_max)
 }

@@ -104,7 +104,10 @@ pub fn transpose(p: &TransposeParams, input: &[u8], output: &mut [u8]) {
                 *y = input[base + i * step];
             }
         } else {
-            for (i, y) in output[o * eb..(o + n) * eb].chunks_exact_mut(eb).enumerate() {
+            for (i, y) in output[o * eb..(o + n) * eb]
+                .chunks_exact_mut(eb)
+                .enumerate()
+            {
                 let s = base + i * step;
                 y.copy_from_slice(&input[s..s + eb]);
             }
@@ -132,7 +135,13 @@ mod tests {
     #[test]
     fn pad_2d_u16() {
         // [[1, 2]] padded by one row above, one column each side, value 0xABCD.
-        let p = PadParams { dims: d(&[1, 2]), before: d(&[1, 1]), after: d(&[0, 1]), elem_bytes: 2, value: 0xABCD };
+        let p = PadParams {
+            dims: d(&[1, 2]),
+            before: d(&[1, 1]),
+            after: d(&[0, 1]),
+            elem_bytes: 2,
+            value: 0xABCD,
+        };
         let x = [1u8, 0, 2, 0];
         let mut y = [0u8; 16];
         pad(&p, &x, &mut y);
@@ -143,11 +152,21 @@ mod tests {
 
     #[test]
     fn concat_and_slice() {
-        let p = ConcatParams { outer: 2, inner_bytes: 1, parts: Vec::from_slice(&[1, 2]).unwrap() };
+        let p = ConcatParams {
+            outer: 2,
+            inner_bytes: 1,
+            parts: Vec::from_slice(&[1, 2]).unwrap(),
+        };
         let mut y = [0u8; 6];
         concat(&p, &[&[1, 2], &[10, 11, 20, 21]], &mut y);
         assert_eq!(y, [1, 10, 11, 2, 20, 21]);
-        let s = SliceParams { outer: 2, axis_len: 3, start: 1, len: 2, inner_bytes: 1 };
+        let s = SliceParams {
+            outer: 2,
+            axis_len: 3,
+            start: 1,
+            len: 2,
+            inner_bytes: 1,
+        };
         let mut z = [0u8; 4];
         slice(&s, &y, &mut z);
         assert_eq!(z, [10, 11, 20, 21]);
@@ -155,14 +174,22 @@ mod tests {
 
     #[test]
     fn transpose_2x3_u8_and_u32() {
-        let p = TransposeParams { dims: d(&[2, 3]), perm: d(&[1, 0]), elem_bytes: 1 };
+        let p = TransposeParams {
+            dims: d(&[2, 3]),
+            perm: d(&[1, 0]),
+            elem_bytes: 1,
+        };
         let mut y = [0u8; 6];
         transpose(&p, &[0, 1, 2, 3, 4, 5], &mut y);
         assert_eq!(y, [0, 3, 1, 4, 2, 5]);
         let p = TransposeParams { elem_bytes: 4, ..p };
         let x: [u32; 6] = [0, 1, 2, 3, 4, 5];
         let mut y = [0u32; 6];
-        transpose(&p, bytemuck::cast_slice(&x), bytemuck::cast_slice_mut(&mut y));
+        transpose(
+            &p,
+            bytemuck::cast_slice(&x),
+            bytemuck::cast_slice_mut(&mut y),
+        );
         assert_eq!(y, [0, 3, 1, 4, 2, 5]);
     }
 }

@@ -58,12 +58,16 @@ fn taps<'x, T: Copy>(
 
 /// int8 max pool: the maximum of the taps inside the input (padding never wins). Same quantisation in and out.
 pub fn max_pool_s8(p: &Pool2d, input: &[i8], output: &mut [i8]) {
-    visit(p, |o, base, ys, xs, _| output[o] = taps(p, input, base, ys, xs).fold(i8::MIN, i8::max));
+    visit(p, |o, base, ys, xs, _| {
+        output[o] = taps(p, input, base, ys, xs).fold(i8::MIN, i8::max)
+    });
 }
 
 /// f32 max pool: the maximum of the taps inside the input (`f32::max`, so NaN taps are skipped).
 pub fn max_pool_f32(p: &Pool2d, input: &[f32], output: &mut [f32]) {
-    visit(p, |o, base, ys, xs, _| output[o] = taps(p, input, base, ys, xs).fold(f32::NEG_INFINITY, f32::max));
+    visit(p, |o, base, ys, xs, _| {
+        output[o] = taps(p, input, base, ys, xs).fold(f32::NEG_INFINITY, f32::max)
+    });
 }
 
 /// int8 average pool, same quantisation (scale and zero point `zp = p.zero_point`) in and out:
@@ -149,9 +153,27 @@ mod tests {
         // Ties: -2.5 -> -2, 2.5 -> 3.
         let p = pool(2, 1, 2, 1, 0, true);
         let mut y = [0i8; 1];
-        avg_pool_s8(&Pool2d { in_w: 2, in_h: 1, kernel_h: 1, ..p.clone() }, &[-2, -3], &mut y);
+        avg_pool_s8(
+            &Pool2d {
+                in_w: 2,
+                in_h: 1,
+                kernel_h: 1,
+                ..p.clone()
+            },
+            &[-2, -3],
+            &mut y,
+        );
         assert_eq!(y, [-2]);
-        avg_pool_s8(&Pool2d { in_w: 2, in_h: 1, kernel_h: 1, ..p }, &[2, 3], &mut y);
+        avg_pool_s8(
+            &Pool2d {
+                in_w: 2,
+                in_h: 1,
+                kernel_h: 1,
+                ..p
+            },
+            &[2, 3],
+            &mut y,
+        );
         assert_eq!(y, [3]);
     }
 
@@ -163,7 +185,11 @@ mod tests {
         assert_eq!(y, [2.5; 4]);
         avg_pool_f32(&pool(2, 2, 3, 1, 1, true), &x, &mut y);
         assert_eq!(y, [10.0 / 9.0; 4]);
-        max_pool_f32(&pool(2, 2, 3, 1, 1, false), &[-1.0, f32::NAN, -3.0, -4.0], &mut y);
+        max_pool_f32(
+            &pool(2, 2, 3, 1, 1, false),
+            &[-1.0, f32::NAN, -3.0, -4.0],
+            &mut y,
+        );
         assert_eq!(y, [-1.0; 4]);
     }
 }

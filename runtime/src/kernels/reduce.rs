@@ -73,7 +73,9 @@ impl Plan {
     #[inline(always)]
     fn for_each_reduced(&self, base: usize, mut g: impl FnMut(usize)) {
         let strides = &self.red_strides[..self.n_red];
-        for_each_index(&self.red[..self.n_red], |ridx| g(base + dot_index(ridx, strides)));
+        for_each_index(&self.red[..self.n_red], |ridx| {
+            g(base + dot_index(ridx, strides))
+        });
     }
 }
 
@@ -111,19 +113,31 @@ mod tests {
     #[test]
     fn merges_axes() {
         let p = Plan::new(&[2, 3, 4, 5], 0b0110);
-        assert_eq!((p.n_kept, &p.kept[..2], &p.kept_strides[..2]), (2, &[2, 5][..], &[60, 1][..]));
-        assert_eq!((p.n_red, &p.red[..1], &p.red_strides[..1]), (1, &[12][..], &[5][..]));
+        assert_eq!(
+            (p.n_kept, &p.kept[..2], &p.kept_strides[..2]),
+            (2, &[2, 5][..], &[60, 1][..])
+        );
+        assert_eq!(
+            (p.n_red, &p.red[..1], &p.red_strides[..1]),
+            (1, &[12][..], &[5][..])
+        );
     }
 
     #[test]
     fn f32_mean_over_middle_axis() {
         // [2, 3, 2], mean over axis 1.
         let x: [f32; 12] = [0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11.];
-        let p = ReduceMeanF32 { dims: Vec::from_slice(&[2, 3, 2]).unwrap(), axes: 0b010 };
+        let p = ReduceMeanF32 {
+            dims: Vec::from_slice(&[2, 3, 2]).unwrap(),
+            axes: 0b010,
+        };
         let mut y = [0f32; 4];
         reduce_mean_f32(&p, &x, &mut y);
         assert_eq!(y, [2.0, 3.0, 8.0, 9.0]);
-        let p = ReduceMeanF32 { dims: Vec::from_slice(&[2, 3, 2]).unwrap(), axes: 0b111 };
+        let p = ReduceMeanF32 {
+            dims: Vec::from_slice(&[2, 3, 2]).unwrap(),
+            axes: 0b111,
+        };
         let mut y = [0f32; 1];
         reduce_mean_f32(&p, &x, &mut y);
         assert_eq!(y, [5.5]);

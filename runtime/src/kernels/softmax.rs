@@ -85,7 +85,10 @@ pub fn softmax_s8(
                         output[row(i)] = (q as i64 + zo).clamp(-128, 127) as i8;
                     }
                 }
-                SoftmaxS8Mode::LogSoftmax { diff_mult, log_mult } => {
+                SoftmaxS8Mode::LogSoftmax {
+                    diff_mult,
+                    log_mult,
+                } => {
                     let l = log2_q16(sum) as i64 - ((EXP_BITS as i64) << 16);
                     let log_term = log_mult as i64 * l;
                     for i in 0..len {
@@ -108,7 +111,11 @@ pub fn log2_q16(v: u64) -> u32 {
     }
     let e = 63 - v.leading_zeros();
     // Mantissa in Q31, in [2^31, 2^32).
-    let mut m = if e <= 31 { v << (31 - e) } else { v >> (e - 31) };
+    let mut m = if e <= 31 {
+        v << (31 - e)
+    } else {
+        v >> (e - 31)
+    };
     let mut frac = 0u32;
     for _ in 0..16 {
         m = (m * m) >> 31; // [2^31, 2^33): m^2 in [1, 4)
@@ -164,10 +171,23 @@ mod tests {
 
     #[test]
     fn log2_q16_matches_float() {
-        for v in [1u64, 2, 3, 5, 1000, 1 << 24, (1 << 24) + 12345, 99_999_999_999, u64::MAX] {
+        for v in [
+            1u64,
+            2,
+            3,
+            5,
+            1000,
+            1 << 24,
+            (1 << 24) + 12345,
+            99_999_999_999,
+            u64::MAX,
+        ] {
             let exact = (v as f64).log2() * 65536.0;
             let got = log2_q16(v) as f64;
-            assert!(got <= exact + 1e-6 && exact - got < 2.0, "v {v}: {got} vs {exact}");
+            assert!(
+                got <= exact + 1e-6 && exact - got < 2.0,
+                "v {v}: {got} vs {exact}"
+            );
         }
         assert_eq!(log2_q16(1 << 40), 40 << 16);
     }
@@ -178,11 +198,25 @@ mod tests {
         let mut table = [0u32; 256];
         table[0] = EXP_ONE;
         let mut y = [0i8; 4];
-        softmax_s8([1, 4, 1], SoftmaxS8Mode::Softmax, &table, -128, &[7; 4], &mut y);
+        softmax_s8(
+            [1, 4, 1],
+            SoftmaxS8Mode::Softmax,
+            &table,
+            -128,
+            &[7; 4],
+            &mut y,
+        );
         assert_eq!(y, [-64; 4]);
         // One element alone saturates to 127 (1.0 is not representable).
         let mut y = [0i8; 1];
-        softmax_s8([1, 1, 1], SoftmaxS8Mode::Softmax, &table, -128, &[-3], &mut y);
+        softmax_s8(
+            [1, 1, 1],
+            SoftmaxS8Mode::Softmax,
+            &table,
+            -128,
+            &[-3],
+            &mut y,
+        );
         assert_eq!(y, [127]);
     }
 

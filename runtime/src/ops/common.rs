@@ -19,7 +19,9 @@ pub fn divides(d: u32, n: u32) -> bool {
 
 /// `a * b * ...` without overflow; `None` if it overflows `u64`.
 pub fn prod(items: impl IntoIterator<Item = u64>) -> Option<u64> {
-    items.into_iter().try_fold(1u64, |acc, x| acc.checked_mul(x))
+    items
+        .into_iter()
+        .try_fold(1u64, |acc, x| acc.checked_mul(x))
 }
 
 /// A value for [`Error::BadParam`] (saturated to `i32`).
@@ -37,7 +39,11 @@ pub struct Ck<'o, 'a> {
 
 impl<'o, 'a> Ck<'o, 'a> {
     pub fn bad(&self, field: Field, value: impl TryInto<i64>) -> Error {
-        Error::BadParam { op: self.op, field, value: val(value) }
+        Error::BadParam {
+            op: self.op,
+            field,
+            value: val(value),
+        }
     }
 
     /// `cond` or [`Error::BadParam`] with `value`.
@@ -52,7 +58,11 @@ impl<'o, 'a> Ck<'o, 'a> {
     pub fn arity(&self, expected: usize) -> Result<(), Error> {
         let found = self.def.inputs.len();
         if found != expected {
-            return Err(Error::Arity { op: self.op, expected: val(expected) as u8, found: found as u8 });
+            return Err(Error::Arity {
+                op: self.op,
+                expected: val(expected) as u8,
+                found: found as u8,
+            });
         }
         Ok(())
     }
@@ -80,7 +90,12 @@ impl<'o, 'a> Ck<'o, 'a> {
 
     fn aligned(&self, field: Field, offset: u32, align: u32) -> Result<(), Error> {
         if align > 1 && !divides(align, offset) {
-            return Err(Error::Misaligned { op: self.op, field, offset, align });
+            return Err(Error::Misaligned {
+                op: self.op,
+                field,
+                offset,
+                align,
+            });
         }
         Ok(())
     }
@@ -100,7 +115,13 @@ impl<'o, 'a> Ck<'o, 'a> {
     }
 
     /// A blob span: inside the blob, `align`-aligned, exactly `expected` bytes. Returns its bytes.
-    pub fn span(&self, field: Field, s: Span, expected: Option<u64>, align: u32) -> Result<&'o [u8], Error> {
+    pub fn span(
+        &self,
+        field: Field,
+        s: Span,
+        expected: Option<u64>,
+        align: u32,
+    ) -> Result<&'o [u8], Error> {
         let end = s.offset.checked_add(s.len);
         let bytes = end.and_then(|end| self.blob.get(s.offset as usize..end as usize));
         let Some(bytes) = bytes else {
@@ -135,14 +156,23 @@ impl<'o, 'a> Ck<'o, 'a> {
         if !(quant::SHIFT_MIN..=quant::SHIFT_MAX).contains(&shift) {
             return Err(self.bad(Field::Shifts, shift));
         }
-        self.ensure(quant::valid_multiplier(multiplier, shift), Field::Multipliers, multiplier)
+        self.ensure(
+            quant::valid_multiplier(multiplier, shift),
+            Field::Multipliers,
+            multiplier,
+        )
     }
 
     /// Per-channel requantisation: `channels` multipliers (`i16`, 2-aligned, each 0 or in `[2^14, 2^15)`) and
     /// shifts (each in `[SHIFT_MIN, SHIFT_MAX]`). The pair `(m, s)` stands for `((m as i32) << 16, s)`, which is
     /// then a valid [`quant::requantize`] pair.
     pub fn per_channel(&self, rq: &crate::format::PerChannel, channels: u64) -> Result<(), Error> {
-        let m = self.span(Field::Multipliers, rq.multipliers, channels.checked_mul(2), 2)?;
+        let m = self.span(
+            Field::Multipliers,
+            rq.multipliers,
+            channels.checked_mul(2),
+            2,
+        )?;
         let s = self.span(Field::Shifts, rq.shifts, Some(channels), 1)?;
         for (mb, &sb) in m.chunks_exact(2).zip(s) {
             let multiplier = i16::from_le_bytes([mb[0], mb[1]]);
@@ -150,7 +180,11 @@ impl<'o, 'a> Ck<'o, 'a> {
             if !(quant::SHIFT_MIN..=quant::SHIFT_MAX).contains(&shift) {
                 return Err(self.bad(Field::Shifts, shift));
             }
-            self.ensure(multiplier == 0 || multiplier >= 1 << 14, Field::Multipliers, multiplier)?;
+            self.ensure(
+                multiplier == 0 || multiplier >= 1 << 14,
+                Field::Multipliers,
+                multiplier,
+            )?;
         }
         Ok(())
     }
@@ -172,33 +206,49 @@ pub fn bytes_of(dims: &[u32], elem: u64) -> Option<u64> {
 
 /// Input `i` of an op being evaluated.
 pub fn input<'x>(inputs: &[&'x [u8]], i: usize) -> Result<&'x [u8], Error> {
-    inputs.get(i).copied().ok_or(Error::Arity { op: EVAL_OP, expected: (i + 1) as u8, found: inputs.len() as u8 })
+    inputs.get(i).copied().ok_or(Error::Arity {
+        op: EVAL_OP,
+        expected: (i + 1) as u8,
+        found: inputs.len() as u8,
+    })
 }
 
 /// A blob span's bytes (checked at load; this only turns an impossible miss into an error).
 pub fn span(blob: &[u8], s: Span, field: Field) -> Result<&[u8], Error> {
     let end = s.offset.saturating_add(s.len);
-    blob.get(s.offset as usize..end as usize).ok_or(Error::OutOfBounds {
-        op: EVAL_OP,
-        field,
-        end,
-        limit: blob.len().min(u32::MAX as usize) as u32,
-    })
+    blob.get(s.offset as usize..end as usize)
+        .ok_or(Error::OutOfBounds {
+            op: EVAL_OP,
+            field,
+            end,
+            limit: blob.len().min(u32::MAX as usize) as u32,
+        })
 }
 
 fn misaligned(field: Field, align: u32) -> Error {
-    Error::Misaligned { op: EVAL_OP, field, offset: 0, align }
+    Error::Misaligned {
+        op: EVAL_OP,
+        field,
+        offset: 0,
+        align,
+    }
 }
 
 pub fn cast<T: bytemuck::Pod>(bytes: &[u8], field: Field) -> Result<&[T], Error> {
-    bytemuck::try_cast_slice(bytes).map_err(|_| misaligned(field, core::mem::align_of::<T>() as u32))
+    bytemuck::try_cast_slice(bytes)
+        .map_err(|_| misaligned(field, core::mem::align_of::<T>() as u32))
 }
 
 pub fn cast_mut<T: bytemuck::Pod>(bytes: &mut [u8], field: Field) -> Result<&mut [T], Error> {
-    bytemuck::try_cast_slice_mut(bytes).map_err(|_| misaligned(field, core::mem::align_of::<T>() as u32))
+    bytemuck::try_cast_slice_mut(bytes)
+        .map_err(|_| misaligned(field, core::mem::align_of::<T>() as u32))
 }
 
 /// An optional blob span cast to `T`.
-pub fn opt_span<T: bytemuck::Pod>(blob: &[u8], s: Option<Span>, field: Field) -> Result<Option<&[T]>, Error> {
+pub fn opt_span<T: bytemuck::Pod>(
+    blob: &[u8],
+    s: Option<Span>,
+    field: Field,
+) -> Result<Option<&[T]>, Error> {
     s.map(|s| cast(span(blob, s, field)?, field)).transpose()
 }

@@ -7,29 +7,73 @@ use crate::format::{ConvF32, ConvGeom, ConvS8, FcGeom, FullyConnectedF32, FullyC
 use crate::kernels::{self, QuantS8, Requant, MAX_DOT_LEN};
 
 /// Geometry, input/output/weights/bias sizes. Returns the dot product length (taps per output).
-fn check_geom(ck: &Ck, g: &ConvGeom, elem: u64, weights: crate::format::Span, bias: Option<crate::format::Span>) -> Result<u64, Error> {
+fn check_geom(
+    ck: &Ck,
+    g: &ConvGeom,
+    elem: u64,
+    weights: crate::format::Span,
+    bias: Option<crate::format::Span>,
+) -> Result<u64, Error> {
     let p = Field::Params;
     let nonzero = [
-        g.batch, g.in_h, g.in_w, g.in_c, g.out_h, g.out_w, g.out_c, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
-        g.dilation_h, g.dilation_w, g.groups,
+        g.batch,
+        g.in_h,
+        g.in_w,
+        g.in_c,
+        g.out_h,
+        g.out_w,
+        g.out_c,
+        g.kernel_h,
+        g.kernel_w,
+        g.stride_h,
+        g.stride_w,
+        g.dilation_h,
+        g.dilation_w,
+        g.groups,
     ];
     for v in nonzero {
         ck.ensure(v > 0, p, v)?;
     }
-    ck.ensure(divides(g.groups, g.in_c) && divides(g.groups, g.out_c), p, g.groups)?;
+    ck.ensure(
+        divides(g.groups, g.in_c) && divides(g.groups, g.out_c),
+        p,
+        g.groups,
+    )?;
     // Largest padded coordinate a tap reaches, and the padded extent: both far from overflowing usize.
     let reach = |out: u32, stride: u32, k: u32, dil: u32| {
         let last_start = (out as u64 - 1).saturating_mul(stride as u64);
-        last_start.saturating_add((k as u64 - 1).saturating_mul(dil as u64)).saturating_add(1)
+        last_start
+            .saturating_add((k as u64 - 1).saturating_mul(dil as u64))
+            .saturating_add(1)
     };
-    ck.ensure(reach(g.out_h, g.stride_h, g.kernel_h, g.dilation_h) <= MAX_COORD, p, g.out_h)?;
-    ck.ensure(reach(g.out_w, g.stride_w, g.kernel_w, g.dilation_w) <= MAX_COORD, p, g.out_w)?;
+    ck.ensure(
+        reach(g.out_h, g.stride_h, g.kernel_h, g.dilation_h) <= MAX_COORD,
+        p,
+        g.out_h,
+    )?;
+    ck.ensure(
+        reach(g.out_w, g.stride_w, g.kernel_w, g.dilation_w) <= MAX_COORD,
+        p,
+        g.out_w,
+    )?;
     ck.ensure(g.pad_top as u64 + g.in_h as u64 <= MAX_COORD, p, g.pad_top)?;
-    ck.ensure(g.pad_left as u64 + g.in_w as u64 <= MAX_COORD, p, g.pad_left)?;
-    let dot = prod([g.kernel_h as u64, g.kernel_w as u64, (g.in_c / g.groups) as u64]);
-    let x = prod([g.batch, g.in_h, g.in_w, g.in_c].map(u64::from)).and_then(|n| n.checked_mul(elem));
-    let y = prod([g.batch, g.out_h, g.out_w, g.out_c].map(u64::from)).and_then(|n| n.checked_mul(elem));
-    let w = dot.and_then(|d| d.checked_mul(g.out_c as u64)).and_then(|n| n.checked_mul(elem));
+    ck.ensure(
+        g.pad_left as u64 + g.in_w as u64 <= MAX_COORD,
+        p,
+        g.pad_left,
+    )?;
+    let dot = prod([
+        g.kernel_h as u64,
+        g.kernel_w as u64,
+        (g.in_c / g.groups) as u64,
+    ]);
+    let x =
+        prod([g.batch, g.in_h, g.in_w, g.in_c].map(u64::from)).and_then(|n| n.checked_mul(elem));
+    let y =
+        prod([g.batch, g.out_h, g.out_w, g.out_c].map(u64::from)).and_then(|n| n.checked_mul(elem));
+    let w = dot
+        .and_then(|d| d.checked_mul(g.out_c as u64))
+        .and_then(|n| n.checked_mul(elem));
     ck.input_size(0, x, elem as u32)?;
     ck.output_size(y, elem as u32)?;
     ck.span(Field::Weights, weights, w, elem as u32)?;
@@ -56,12 +100,20 @@ pub fn check_conv_f32(ck: &Ck, p: &ConvF32) -> Result<(), Error> {
 }
 
 fn quant_s8(input_zero_point: i32, output_zero_point: i32, act_min: i8, act_max: i8) -> QuantS8 {
-    QuantS8 { input_zero_point, output_zero_point, act_min, act_max }
+    QuantS8 {
+        input_zero_point,
+        output_zero_point,
+        act_min,
+        act_max,
+    }
 }
 
 fn requant<'x>(blob: &'x [u8], rq: &crate::format::PerChannel) -> Result<Requant<'x>, Error> {
     Ok(Requant {
-        multipliers: cast(span(blob, rq.multipliers, Field::Multipliers)?, Field::Multipliers)?,
+        multipliers: cast(
+            span(blob, rq.multipliers, Field::Multipliers)?,
+            Field::Multipliers,
+        )?,
         shifts: cast(span(blob, rq.shifts, Field::Shifts)?, Field::Shifts)?,
     })
 }
@@ -70,9 +122,22 @@ pub fn eval_conv_s8(p: &ConvS8, io: OpIo<'_>) -> Result<(), Error> {
     let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
     let w = cast(span(io.blob, p.weights, Field::Weights)?, Field::Weights)?;
     let b = opt_span(io.blob, p.bias, Field::Bias)?;
-    let q = quant_s8(p.input_zero_point, p.output_zero_point, p.act_min, p.act_max);
+    let q = quant_s8(
+        p.input_zero_point,
+        p.output_zero_point,
+        p.act_min,
+        p.act_max,
+    );
     let rq = requant(io.blob, &p.requant)?;
-    kernels::conv2d_s8(&p.geom, &q, rq, x, w, b, cast_mut(io.output, Field::Output)?);
+    kernels::conv2d_s8(
+        &p.geom,
+        &q,
+        rq,
+        x,
+        w,
+        b,
+        cast_mut(io.output, Field::Output)?,
+    );
     Ok(())
 }
 
@@ -108,7 +173,11 @@ fn check_fc_geom(
 pub fn check_fc_s8(ck: &Ck, p: &FullyConnectedS8) -> Result<(), Error> {
     ck.arity(1)?;
     check_fc_geom(ck, &p.geom, 1, p.weights, p.bias)?;
-    ck.ensure(p.geom.in_features <= MAX_DOT_LEN, Field::Weights, p.geom.in_features)?;
+    ck.ensure(
+        p.geom.in_features <= MAX_DOT_LEN,
+        Field::Weights,
+        p.geom.in_features,
+    )?;
     ck.per_channel(&p.requant, p.geom.out_features as u64)?;
     ck.zero_point(p.input_zero_point)?;
     ck.zero_point(p.output_zero_point)?;
@@ -125,9 +194,22 @@ pub fn eval_fc_s8(p: &FullyConnectedS8, io: OpIo<'_>) -> Result<(), Error> {
     let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
     let w = cast(span(io.blob, p.weights, Field::Weights)?, Field::Weights)?;
     let b = opt_span(io.blob, p.bias, Field::Bias)?;
-    let q = quant_s8(p.input_zero_point, p.output_zero_point, p.act_min, p.act_max);
+    let q = quant_s8(
+        p.input_zero_point,
+        p.output_zero_point,
+        p.act_min,
+        p.act_max,
+    );
     let rq = requant(io.blob, &p.requant)?;
-    kernels::fully_connected_s8(&p.geom, &q, rq, x, w, b, cast_mut(io.output, Field::Output)?);
+    kernels::fully_connected_s8(
+        &p.geom,
+        &q,
+        rq,
+        x,
+        w,
+        b,
+        cast_mut(io.output, Field::Output)?,
+    );
     Ok(())
 }
 

@@ -10,8 +10,16 @@ use crate::kernels::{self, binary::MAX_LEFT_SHIFT, softmax::EXP_ONE, SoftmaxS8Mo
 fn check_broadcast(ck: &Ck, bc: &Broadcast, elem: u64) -> Result<(), Error> {
     ck.arity(2)?;
     let rank = ck.rank(&bc.out)?;
-    ck.ensure(bc.a_strides.len() == rank, Field::Input(0), bc.a_strides.len())?;
-    ck.ensure(bc.b_strides.len() == rank, Field::Input(1), bc.b_strides.len())?;
+    ck.ensure(
+        bc.a_strides.len() == rank,
+        Field::Input(0),
+        bc.a_strides.len(),
+    )?;
+    ck.ensure(
+        bc.b_strides.len() == rank,
+        Field::Input(1),
+        bc.b_strides.len(),
+    )?;
     let out_elems = bytes_of(&bc.out, 1);
     ck.output_size(out_elems.and_then(|n| n.checked_mul(elem)), elem as u32)?;
     for (i, strides) in [&bc.a_strides, &bc.b_strides].into_iter().enumerate() {
@@ -20,14 +28,21 @@ fn check_broadcast(ck: &Ck, bc: &Broadcast, elem: u64) -> Result<(), Error> {
         let need = if out_elems == Some(0) {
             Some(o.len as u64 / elem)
         } else {
-            bc.out.iter().zip(strides.iter()).try_fold(1u64, |acc, (&d, &s)| {
-                (d as u64 - 1).checked_mul(s as u64).and_then(|x| x.checked_add(acc))
-            })
+            bc.out
+                .iter()
+                .zip(strides.iter())
+                .try_fold(1u64, |acc, (&d, &s)| {
+                    (d as u64 - 1)
+                        .checked_mul(s as u64)
+                        .and_then(|x| x.checked_add(acc))
+                })
         };
         let need_bytes = need.and_then(|n| n.checked_mul(elem));
         // Larger is fine (a stride may skip a tail); smaller or a partial element is not.
         let expected = match need_bytes {
-            Some(n) if o.len as u64 >= n && (o.len as u64).checked_rem(elem) == Some(0) => Some(o.len as u64),
+            Some(n) if o.len as u64 >= n && (o.len as u64).checked_rem(elem) == Some(0) => {
+                Some(o.len as u64)
+            }
             other => other,
         };
         ck.input_size(i, expected, elem as u32)?;
@@ -114,7 +129,10 @@ pub fn softmax_mode(p: &SoftmaxS8) -> Option<SoftmaxS8Mode> {
     match (p.log, p.params.as_slice()) {
         (false, []) => Some(SoftmaxS8Mode::Softmax),
         (true, &[diff_mult, log_mult]) if diff_mult >= 0 && log_mult >= 0 => {
-            Some(SoftmaxS8Mode::LogSoftmax { diff_mult, log_mult })
+            Some(SoftmaxS8Mode::LogSoftmax {
+                diff_mult,
+                log_mult,
+            })
         }
         _ => None,
     }
@@ -128,7 +146,11 @@ pub fn check_softmax_s8(ck: &Ck, p: &SoftmaxS8) -> Result<(), Error> {
     // table[0] = 2^24 and no entry above it: the kernel's sums and products then stay in range.
     for (d, entry) in table.chunks_exact(4).enumerate() {
         let v = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
-        ck.ensure(if d == 0 { v == EXP_ONE } else { v <= EXP_ONE }, Field::Table, d)?;
+        ck.ensure(
+            if d == 0 { v == EXP_ONE } else { v <= EXP_ONE },
+            Field::Table,
+            d,
+        )?;
     }
     ck.ensure(softmax_mode(p).is_some(), Field::Params, p.params.len())?;
     ck.zero_point(p.output_zero_point)
@@ -140,15 +162,31 @@ pub fn check_softmax_f32(ck: &Ck, p: &SoftmaxF32) -> Result<(), Error> {
 
 pub fn eval_softmax_s8(p: &SoftmaxS8, io: OpIo<'_>) -> Result<(), Error> {
     let table: &[u32] = cast(span(io.blob, p.exp_table, Field::Table)?, Field::Table)?;
-    let mode = softmax_mode(p).ok_or(Error::BadParam { op: super::common::EVAL_OP, field: Field::Params, value: 0 })?;
+    let mode = softmax_mode(p).ok_or(Error::BadParam {
+        op: super::common::EVAL_OP,
+        field: Field::Params,
+        value: 0,
+    })?;
     let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
     let y = cast_mut(io.output, Field::Output)?;
-    kernels::softmax_s8([p.outer, p.len, p.inner], mode, table, p.output_zero_point, x, y);
+    kernels::softmax_s8(
+        [p.outer, p.len, p.inner],
+        mode,
+        table,
+        p.output_zero_point,
+        x,
+        y,
+    );
     Ok(())
 }
 
 pub fn eval_softmax_f32(p: &SoftmaxF32, io: OpIo<'_>) -> Result<(), Error> {
     let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
-    kernels::softmax_f32([p.outer, p.len, p.inner], p.log, x, cast_mut(io.output, Field::Output)?);
+    kernels::softmax_f32(
+        [p.outer, p.len, p.inner],
+        p.log,
+        x,
+        cast_mut(io.output, Field::Output)?,
+    );
     Ok(())
 }

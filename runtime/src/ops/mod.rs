@@ -42,7 +42,11 @@ pub struct OpIo<'x> {
 
 /// Checks op `index` once, at load.
 pub fn check(index: u16, op: &OpDef, blob: &[u8]) -> Result<(), Error> {
-    let ck = Ck { op: index, def: op, blob };
+    let ck = Ck {
+        op: index,
+        def: op,
+        blob,
+    };
     match &op.kind {
         OpKind::Conv2dS8(p) => conv::check_conv_s8(&ck, p),
         OpKind::Conv2dF32(p) => conv::check_conv_f32(&ck, p),

@@ -14,7 +14,13 @@ pub fn check_pad(ck: &Ck, p: &PadParams) -> Result<(), Error> {
     ck.ensure((1..=4).contains(&p.elem_bytes), Field::Params, p.elem_bytes)?;
     let eb = p.elem_bytes as u64;
     // Each output axis is at most 3 * u32::MAX: no overflow in u64.
-    let out = prod(p.dims.iter().zip(&p.before).zip(&p.after).map(|((&d, &b), &a)| d as u64 + b as u64 + a as u64));
+    let out = prod(
+        p.dims
+            .iter()
+            .zip(&p.before)
+            .zip(&p.after)
+            .map(|((&d, &b), &a)| d as u64 + b as u64 + a as u64),
+    );
     ck.input_size(0, bytes_of(&p.dims, eb), 1)?;
     ck.output_size(out.and_then(|n| n.checked_mul(eb)), 1)
 }
@@ -33,9 +39,20 @@ pub fn check_concat(ck: &Ck, p: &ConcatParams) -> Result<(), Error> {
 
 pub fn check_slice(ck: &Ck, p: &SliceParams) -> Result<(), Error> {
     ck.arity(1)?;
-    ck.ensure(p.start as u64 + p.len as u64 <= p.axis_len as u64, Field::Params, p.start)?;
-    ck.input_size(0, prod([p.outer as u64, p.axis_len as u64, p.inner_bytes as u64]), 1)?;
-    ck.output_size(prod([p.outer as u64, p.len as u64, p.inner_bytes as u64]), 1)
+    ck.ensure(
+        p.start as u64 + p.len as u64 <= p.axis_len as u64,
+        Field::Params,
+        p.start,
+    )?;
+    ck.input_size(
+        0,
+        prod([p.outer as u64, p.axis_len as u64, p.inner_bytes as u64]),
+        1,
+    )?;
+    ck.output_size(
+        prod([p.outer as u64, p.len as u64, p.inner_bytes as u64]),
+        1,
+    )
 }
 
 pub fn check_transpose(ck: &Ck, p: &TransposeParams) -> Result<(), Error> {

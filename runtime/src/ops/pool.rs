@@ -20,28 +20,45 @@ pub enum PoolKind {
 pub fn check_pool(ck: &Ck, p: &Pool2d, kind: PoolKind) -> Result<(), Error> {
     ck.arity(1)?;
     let f = Field::Params;
-    let nonzero =
-        [p.batch, p.in_h, p.in_w, p.channels, p.out_h, p.out_w, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w];
+    let nonzero = [
+        p.batch, p.in_h, p.in_w, p.channels, p.out_h, p.out_w, p.kernel_h, p.kernel_w, p.stride_h,
+        p.stride_w,
+    ];
     for v in nonzero {
         ck.ensure(v > 0, f, v)?;
     }
-    for (in_, out, k, s, pad) in
-        [(p.in_h, p.out_h, p.kernel_h, p.stride_h, p.pad_top), (p.in_w, p.out_w, p.kernel_w, p.stride_w, p.pad_left)]
-    {
+    for (in_, out, k, s, pad) in [
+        (p.in_h, p.out_h, p.kernel_h, p.stride_h, p.pad_top),
+        (p.in_w, p.out_w, p.kernel_w, p.stride_w, p.pad_left),
+    ] {
         let (in_, out, k, s, pad) = (in_ as u64, out as u64, k as u64, s as u64, pad as u64);
         // The first window ends inside the input, the last starts inside it.
         ck.ensure(pad < k, f, pad)?;
         let last_start = (out - 1).saturating_mul(s);
         ck.ensure(last_start < pad + in_, f, out)?;
-        ck.ensure(last_start.saturating_add(k) <= MAX_COORD && pad + in_ <= MAX_COORD, f, out)?;
+        ck.ensure(
+            last_start.saturating_add(k) <= MAX_COORD && pad + in_ <= MAX_COORD,
+            f,
+            out,
+        )?;
     }
-    ck.ensure(p.kernel_h as u64 * p.kernel_w as u64 <= MAX_SUM_LEN as u64, f, p.kernel_h)?;
+    ck.ensure(
+        p.kernel_h as u64 * p.kernel_w as u64 <= MAX_SUM_LEN as u64,
+        f,
+        p.kernel_h,
+    )?;
     if kind == PoolKind::AvgS8 {
         ck.zero_point(p.zero_point)?;
     }
-    let elem = if matches!(kind, PoolKind::MaxS8 | PoolKind::AvgS8) { 1 } else { 4 };
-    let x = prod([p.batch, p.in_h, p.in_w, p.channels].map(u64::from)).and_then(|n| n.checked_mul(elem));
-    let y = prod([p.batch, p.out_h, p.out_w, p.channels].map(u64::from)).and_then(|n| n.checked_mul(elem));
+    let elem = if matches!(kind, PoolKind::MaxS8 | PoolKind::AvgS8) {
+        1
+    } else {
+        4
+    };
+    let x = prod([p.batch, p.in_h, p.in_w, p.channels].map(u64::from))
+        .and_then(|n| n.checked_mul(elem));
+    let y = prod([p.batch, p.out_h, p.out_w, p.channels].map(u64::from))
+        .and_then(|n| n.checked_mul(elem));
     ck.input_size(0, x, elem as u32)?;
     ck.output_size(y, elem as u32)
 }
@@ -66,7 +83,11 @@ fn check_reduce(ck: &Ck, dims: &Dims, axes: u8, elem: u64) -> Result<u64, Error>
         ck.ensure(d > 0, Field::Params, d)?;
     }
     ck.ensure((axes as u32) < 1 << rank, Field::Params, axes)?;
-    let reduced = |r: bool| dims.iter().enumerate().filter(move |(i, _)| (axes & (1 << i) != 0) == r);
+    let reduced = |r: bool| {
+        dims.iter()
+            .enumerate()
+            .filter(move |(i, _)| (axes & (1 << i) != 0) == r)
+    };
     let kept = prod(reduced(false).map(|(_, &d)| d as u64));
     let count = prod(reduced(true).map(|(_, &d)| d as u64));
     ck.input_size(0, bytes_of(dims, elem), elem as u32)?;

@@ -39,11 +39,22 @@ impl Buf {
 }
 
 fn arena(offset: u32, len: u32) -> Operand {
-    Operand { space: Space::Arena, offset, len }
+    Operand {
+        space: Space::Arena,
+        offset,
+        len,
+    }
 }
 
 fn op(kind: OpKind, inputs: &[Operand], output: Operand) -> OpDef<'static> {
-    OpDef { name: "t", kind, inputs: HVec::from_slice(inputs).unwrap(), output, output_tensor: 0, macs: 0 }
+    OpDef {
+        name: "t",
+        kind,
+        inputs: HVec::from_slice(inputs).unwrap(),
+        output,
+        output_tensor: 0,
+        macs: 0,
+    }
 }
 
 fn dims(d: &[u32]) -> Dims {
@@ -59,7 +70,10 @@ impl Blob {
         while self.0.len() & 3 != 0 {
             self.0.push(0);
         }
-        let span = Span { offset: self.0.len() as u32, len: bytes.len() as u32 };
+        let span = Span {
+            offset: self.0.len() as u32,
+            len: bytes.len() as u32,
+        };
         self.0.extend_from_slice(bytes);
         span
     }
@@ -124,14 +138,21 @@ fn conv_s8() -> (OpDef<'static>, Blob, Vec<u8>) {
         geom: conv_geom(),
         weights,
         bias,
-        requant: PerChannel { multipliers, shifts },
+        requant: PerChannel {
+            multipliers,
+            shifts,
+        },
         input_zero_point: -3,
         output_zero_point: 5,
         act_min: -100,
         act_max: 120,
     };
     let input: Vec<u8> = (0..32).map(|i| (i * 53 % 256) as u8).collect();
-    (op(OpKind::Conv2dS8(p), &[arena(0, 32)], arena(32, 48)), blob, input)
+    (
+        op(OpKind::Conv2dS8(p), &[arena(0, 32)], arena(32, 48)),
+        blob,
+        input,
+    )
 }
 
 fn expect_err(op: &OpDef, blob: &[u8], want: Error) {
@@ -140,7 +161,9 @@ fn expect_err(op: &OpDef, blob: &[u8], want: Error) {
 
 fn with_conv(f: impl FnOnce(&mut ConvS8, &mut OpDef<'static>)) -> (OpDef<'static>, Buf) {
     let (mut o, blob, _) = conv_s8();
-    let OpKind::Conv2dS8(mut p) = o.kind.clone() else { unreachable!() };
+    let OpKind::Conv2dS8(mut p) = o.kind.clone() else {
+        unreachable!()
+    };
     f(&mut p, &mut o);
     o.kind = OpKind::Conv2dS8(p);
     (o, blob.buf())
@@ -153,13 +176,20 @@ fn conv_s8_op_matches_kernel() {
     let (o, blob, input) = conv_s8();
     let blob = blob.buf();
     let got = run(&o, blob.bytes(), &[&input]);
-    let OpKind::Conv2dS8(p) = &o.kind else { unreachable!() };
+    let OpKind::Conv2dS8(p) = &o.kind else {
+        unreachable!()
+    };
     let b = blob.bytes();
     let sl = |s: Span| &b[s.offset as usize..(s.offset + s.len) as usize];
     let mut want = vec![0i8; 48];
     kernels::conv2d_s8(
         &p.geom,
-        &kernels::QuantS8 { input_zero_point: -3, output_zero_point: 5, act_min: -100, act_max: 120 },
+        &kernels::QuantS8 {
+            input_zero_point: -3,
+            output_zero_point: 5,
+            act_min: -100,
+            act_max: 120,
+        },
         kernels::Requant {
             multipliers: bytemuck::cast_slice(sl(p.requant.multipliers)),
             shifts: bytemuck::cast_slice(sl(p.requant.shifts)),
@@ -190,7 +220,14 @@ fn softmax_ops_match_kernel() {
         let input: Vec<i8> = (0..30).map(|i| (i * 71 % 256) as u8 as i8).collect();
         let got = run(&o, &blob.0, &[bytemuck::cast_slice(&input)]);
         let mut want = vec![0i8; 30];
-        kernels::softmax_s8([2, 5, 3], mode, &h.exp_table, h.output.zero_point, &input, &mut want);
+        kernels::softmax_s8(
+            [2, 5, 3],
+            mode,
+            &h.exp_table,
+            h.output.zero_point,
+            &input,
+            &mut want,
+        );
         assert_eq!(got, bytemuck::cast_slice::<i8, u8>(&want), "log {log}");
     }
 }
@@ -202,27 +239,61 @@ fn f32_ops_run_through_eval() {
     let row = blob.push(bytemuck::cast_slice(&[1.0f32, 2.0, 3.0]));
     let p = BinaryF32 {
         kind: BinaryKind::Mul,
-        bcast: Broadcast { out: dims(&[2, 3]), a_strides: dims(&[3, 1]), b_strides: dims(&[0, 1]) },
+        bcast: Broadcast {
+            out: dims(&[2, 3]),
+            a_strides: dims(&[3, 1]),
+            b_strides: dims(&[0, 1]),
+        },
         act_min: f32::NEG_INFINITY,
         act_max: f32::INFINITY,
     };
-    let b_operand = Operand { space: Space::Blob, offset: row.offset, len: row.len };
-    let o = op(OpKind::BinaryF32(p), &[arena(0, 24), b_operand], arena(32, 24));
+    let b_operand = Operand {
+        space: Space::Blob,
+        offset: row.offset,
+        len: row.len,
+    };
+    let o = op(
+        OpKind::BinaryF32(p),
+        &[arena(0, 24), b_operand],
+        arena(32, 24),
+    );
     let x = [1.0f32, 1.0, 1.0, 2.0, 2.0, 2.0];
-    let got = run(&o, &blob.0, &[bytemuck::cast_slice(&x), bytemuck::cast_slice(&[1.0f32, 2.0, 3.0])]);
-    assert_eq!(bytemuck::cast_slice::<u8, f32>(&got), &[1.0, 2.0, 3.0, 2.0, 4.0, 6.0]);
+    let got = run(
+        &o,
+        &blob.0,
+        &[
+            bytemuck::cast_slice(&x),
+            bytemuck::cast_slice(&[1.0f32, 2.0, 3.0]),
+        ],
+    );
+    assert_eq!(
+        bytemuck::cast_slice::<u8, f32>(&got),
+        &[1.0, 2.0, 3.0, 2.0, 4.0, 6.0]
+    );
 
-    let o = op(OpKind::UnaryF32(UnaryF32::Relu), &[arena(0, 8)], arena(8, 8));
+    let o = op(
+        OpKind::UnaryF32(UnaryF32::Relu),
+        &[arena(0, 8)],
+        arena(8, 8),
+    );
     let got = run(&o, &[], &[bytemuck::cast_slice(&[-1.0f32, 2.0])]);
     assert_eq!(bytemuck::cast_slice::<u8, f32>(&got), &[0.0, 2.0]);
 }
 
 #[test]
 fn movement_ops_run_through_eval() {
-    let t = TransposeParams { dims: dims(&[2, 3]), perm: dims(&[1, 0]), elem_bytes: 1 };
+    let t = TransposeParams {
+        dims: dims(&[2, 3]),
+        perm: dims(&[1, 0]),
+        elem_bytes: 1,
+    };
     let o = op(OpKind::Transpose(t), &[arena(0, 6)], arena(8, 6));
     assert_eq!(run(&o, &[], &[&[0, 1, 2, 3, 4, 5]]), [0, 3, 1, 4, 2, 5]);
-    let c = ConcatParams { outer: 1, inner_bytes: 2, parts: HVec::from_slice(&[1, 1]).unwrap() };
+    let c = ConcatParams {
+        outer: 1,
+        inner_bytes: 2,
+        parts: HVec::from_slice(&[1, 1]).unwrap(),
+    };
     let o = op(OpKind::Concat(c), &[arena(0, 2), arena(4, 2)], arena(8, 4));
     assert_eq!(run(&o, &[], &[&[1, 2], &[3, 4]]), [1, 2, 3, 4]);
     let o = op(OpKind::Copy, &[arena(0, 3)], arena(4, 3));
@@ -234,41 +305,142 @@ fn movement_ops_run_through_eval() {
 #[test]
 fn rejects_zero_stride_and_bad_groups() {
     let (o, blob) = with_conv(|p, _| p.geom.stride_h = 0);
-    expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Params, value: 0 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::BadParam {
+            op: 7,
+            field: Field::Params,
+            value: 0,
+        },
+    );
     let (o, blob) = with_conv(|p, _| p.geom.dilation_w = 0);
-    expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Params, value: 0 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::BadParam {
+            op: 7,
+            field: Field::Params,
+            value: 0,
+        },
+    );
     let (o, blob) = with_conv(|p, _| p.geom.groups = 2); // out_c = 3 not divisible
-    expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Params, value: 2 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::BadParam {
+            op: 7,
+            field: Field::Params,
+            value: 2,
+        },
+    );
 }
 
 #[test]
 fn rejects_wrong_sizes() {
     let (o, blob) = with_conv(|_, o| o.inputs[0].len = 31);
-    expect_err(&o, blob.bytes(), Error::SizeMismatch { op: 7, field: Field::Input(0), expected: 32, found: 31 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::SizeMismatch {
+            op: 7,
+            field: Field::Input(0),
+            expected: 32,
+            found: 31,
+        },
+    );
     let (o, blob) = with_conv(|_, o| o.output.len = 52);
-    expect_err(&o, blob.bytes(), Error::SizeMismatch { op: 7, field: Field::Output, expected: 48, found: 52 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::SizeMismatch {
+            op: 7,
+            field: Field::Output,
+            expected: 48,
+            found: 52,
+        },
+    );
     let (o, blob) = with_conv(|p, _| p.weights.len -= 1);
-    expect_err(&o, blob.bytes(), Error::SizeMismatch { op: 7, field: Field::Weights, expected: 54, found: 53 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::SizeMismatch {
+            op: 7,
+            field: Field::Weights,
+            expected: 54,
+            found: 53,
+        },
+    );
     let (o, blob) = with_conv(|p, _| p.requant.shifts.len = 2);
-    expect_err(&o, blob.bytes(), Error::SizeMismatch { op: 7, field: Field::Shifts, expected: 3, found: 2 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::SizeMismatch {
+            op: 7,
+            field: Field::Shifts,
+            expected: 3,
+            found: 2,
+        },
+    );
     // Multipliers are i16: 2 bytes per channel.
     let (o, blob) = with_conv(|p, _| p.requant.multipliers.len = 3);
-    expect_err(&o, blob.bytes(), Error::SizeMismatch { op: 7, field: Field::Multipliers, expected: 6, found: 3 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::SizeMismatch {
+            op: 7,
+            field: Field::Multipliers,
+            expected: 6,
+            found: 3,
+        },
+    );
     // Shapes whose size overflows are a size mismatch too, never an overflow.
     let (o, blob) = with_conv(|p, _| {
         p.geom.batch = u32::MAX;
         p.geom.in_c = u32::MAX;
     });
-    expect_err(&o, blob.bytes(), Error::SizeMismatch { op: 7, field: Field::Input(0), expected: u32::MAX, found: 32 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::SizeMismatch {
+            op: 7,
+            field: Field::Input(0),
+            expected: u32::MAX,
+            found: 32,
+        },
+    );
 }
 
 #[test]
 fn rejects_spans_outside_the_blob() {
     let (o, blob) = with_conv(|p, _| p.weights.offset = 1 << 20);
     let limit = blob.bytes().len() as u32;
-    expect_err(&o, blob.bytes(), Error::OutOfBounds { op: 7, field: Field::Weights, end: (1 << 20) + 54, limit });
-    let (o, blob) = with_conv(|p, _| p.bias = Some(Span { offset: u32::MAX - 2, len: 12 }));
-    expect_err(&o, blob.bytes(), Error::OutOfBounds { op: 7, field: Field::Bias, end: u32::MAX, limit });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::OutOfBounds {
+            op: 7,
+            field: Field::Weights,
+            end: (1 << 20) + 54,
+            limit,
+        },
+    );
+    let (o, blob) = with_conv(|p, _| {
+        p.bias = Some(Span {
+            offset: u32::MAX - 2,
+            len: 12,
+        })
+    });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::OutOfBounds {
+            op: 7,
+            field: Field::Bias,
+            end: u32::MAX,
+            limit,
+        },
+    );
 }
 
 #[test]
@@ -281,41 +453,103 @@ fn rejects_misaligned_spans() {
         OpKind::Conv2dS8(p) => p.bias.unwrap().offset,
         _ => unreachable!(),
     };
-    expect_err(&o, blob.bytes(), Error::Misaligned { op: 7, field: Field::Bias, offset: off, align: 4 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::Misaligned {
+            op: 7,
+            field: Field::Bias,
+            offset: off,
+            align: 4,
+        },
+    );
     let (o, blob) = with_conv(|p, _| p.requant.multipliers.offset += 1);
     let off = match &o.kind {
         OpKind::Conv2dS8(p) => p.requant.multipliers.offset,
         _ => unreachable!(),
     };
-    expect_err(&o, blob.bytes(), Error::Misaligned { op: 7, field: Field::Multipliers, offset: off, align: 2 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::Misaligned {
+            op: 7,
+            field: Field::Multipliers,
+            offset: off,
+            align: 2,
+        },
+    );
 }
 
 #[test]
 fn rejects_bad_requantisation() {
     // Shift 31 is out of range.
     let (o, mut blob) = with_conv(|_, _| {});
-    let OpKind::Conv2dS8(p) = &o.kind else { unreachable!() };
+    let OpKind::Conv2dS8(p) = &o.kind else {
+        unreachable!()
+    };
     let s = p.requant.shifts.offset as usize;
     blob.bytes_mut()[s + 1] = 31;
-    expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Shifts, value: 31 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::BadParam {
+            op: 7,
+            field: Field::Shifts,
+            value: 31,
+        },
+    );
     // A multiplier below 2^14 (and not 0), or negative; 0 and the bounds are fine.
-    let cases = [(12345i16, true), (-1, true), (i16::MIN, true), ((1 << 14) - 1, true), (1 << 14, false), (i16::MAX, false), (0, false)];
+    let cases = [
+        (12345i16, true),
+        (-1, true),
+        (i16::MIN, true),
+        ((1 << 14) - 1, true),
+        (1 << 14, false),
+        (i16::MAX, false),
+        (0, false),
+    ];
     for (m16, rejected) in cases {
         let (o, mut blob) = with_conv(|_, _| {});
-        let OpKind::Conv2dS8(p) = &o.kind else { unreachable!() };
+        let OpKind::Conv2dS8(p) = &o.kind else {
+            unreachable!()
+        };
         let m = p.requant.multipliers.offset as usize;
         blob.bytes_mut()[m + 2..m + 4].copy_from_slice(&m16.to_le_bytes());
         if rejected {
-            expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Multipliers, value: m16 as i32 });
+            expect_err(
+                &o,
+                blob.bytes(),
+                Error::BadParam {
+                    op: 7,
+                    field: Field::Multipliers,
+                    value: m16 as i32,
+                },
+            );
         } else {
             assert_eq!(check(7, &o, blob.bytes()), Ok(()), "{m16}");
         }
     }
     // Zero points and activation range.
     let (o, blob) = with_conv(|p, _| p.input_zero_point = 128);
-    expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Params, value: 128 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::BadParam {
+            op: 7,
+            field: Field::Params,
+            value: 128,
+        },
+    );
     let (o, blob) = with_conv(|p, _| (p.act_min, p.act_max) = (10, 9));
-    expect_err(&o, blob.bytes(), Error::BadParam { op: 7, field: Field::Params, value: 10 });
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::BadParam {
+            op: 7,
+            field: Field::Params,
+            value: 10,
+        },
+    );
 }
 
 #[test]
@@ -326,33 +560,87 @@ fn rejects_dot_products_that_could_overflow() {
     let multipliers = blob.i16s(&[1 << 14]);
     let shifts = blob.i8s(&[0]);
     let p = FullyConnectedS8 {
-        geom: FcGeom { rows: 1, in_features: k, out_features: 1 },
+        geom: FcGeom {
+            rows: 1,
+            in_features: k,
+            out_features: 1,
+        },
         weights,
         bias: None,
-        requant: PerChannel { multipliers, shifts },
+        requant: PerChannel {
+            multipliers,
+            shifts,
+        },
         input_zero_point: 0,
         output_zero_point: 0,
         act_min: -128,
         act_max: 127,
     };
-    let o = op(OpKind::FullyConnectedS8(p), &[arena(0, k)], arena(k.next_multiple_of(4), 1));
-    expect_err(&o, &blob.0, Error::BadParam { op: 7, field: Field::Weights, value: k as i32 });
+    let o = op(
+        OpKind::FullyConnectedS8(p),
+        &[arena(0, k)],
+        arena(k.next_multiple_of(4), 1),
+    );
+    expect_err(
+        &o,
+        &blob.0,
+        Error::BadParam {
+            op: 7,
+            field: Field::Weights,
+            value: k as i32,
+        },
+    );
 }
 
 #[test]
 fn rejects_bad_shapes_and_params_of_other_ops() {
-    let bp = |value| Error::BadParam { op: 7, field: Field::Params, value };
+    let bp = |value| Error::BadParam {
+        op: 7,
+        field: Field::Params,
+        value,
+    };
     // Arity.
     let o = op(OpKind::Copy, &[], arena(0, 4));
-    expect_err(&o, &[], Error::Arity { op: 7, expected: 1, found: 0 });
+    expect_err(
+        &o,
+        &[],
+        Error::Arity {
+            op: 7,
+            expected: 1,
+            found: 0,
+        },
+    );
     // Transpose: not a permutation, rank 0.
-    let t = TransposeParams { dims: dims(&[2, 3]), perm: dims(&[1, 1]), elem_bytes: 1 };
-    expect_err(&op(OpKind::Transpose(t), &[arena(0, 6)], arena(8, 6)), &[], bp(1));
-    let t = TransposeParams { dims: dims(&[]), perm: dims(&[]), elem_bytes: 1 };
-    expect_err(&op(OpKind::Transpose(t), &[arena(0, 1)], arena(8, 1)), &[], bp(0));
+    let t = TransposeParams {
+        dims: dims(&[2, 3]),
+        perm: dims(&[1, 1]),
+        elem_bytes: 1,
+    };
+    expect_err(
+        &op(OpKind::Transpose(t), &[arena(0, 6)], arena(8, 6)),
+        &[],
+        bp(1),
+    );
+    let t = TransposeParams {
+        dims: dims(&[]),
+        perm: dims(&[]),
+        elem_bytes: 1,
+    };
+    expect_err(
+        &op(OpKind::Transpose(t), &[arena(0, 1)], arena(8, 1)),
+        &[],
+        bp(0),
+    );
     // Reduce: axes beyond the rank.
-    let r = ReduceMeanF32 { dims: dims(&[2, 3]), axes: 0b100 };
-    expect_err(&op(OpKind::ReduceMeanF32(r), &[arena(0, 24)], arena(24, 24)), &[], bp(4));
+    let r = ReduceMeanF32 {
+        dims: dims(&[2, 3]),
+        axes: 0b100,
+    };
+    expect_err(
+        &op(OpKind::ReduceMeanF32(r), &[arena(0, 24)], arena(24, 24)),
+        &[],
+        bp(4),
+    );
     // Pool: padding as large as the kernel; a last window starting past the input.
     let pool = Pool2d {
         batch: 1,
@@ -372,21 +660,73 @@ fn rejects_bad_shapes_and_params_of_other_ops() {
     };
     let o = |p: &Pool2d| op(OpKind::AvgPoolS8(p.clone()), &[arena(0, 16)], arena(16, 4));
     assert_eq!(check(7, &o(&pool), &[]), Ok(()));
-    expect_err(&o(&Pool2d { pad_top: 2, ..pool.clone() }), &[], bp(2));
-    expect_err(&o(&Pool2d { out_h: 3, ..pool.clone() }), &[], bp(3));
-    expect_err(&o(&Pool2d { stride_w: 0, ..pool.clone() }), &[], bp(0));
-    expect_err(&o(&Pool2d { zero_point: -129, ..pool.clone() }), &[], bp(-129));
+    expect_err(
+        &o(&Pool2d {
+            pad_top: 2,
+            ..pool.clone()
+        }),
+        &[],
+        bp(2),
+    );
+    expect_err(
+        &o(&Pool2d {
+            out_h: 3,
+            ..pool.clone()
+        }),
+        &[],
+        bp(3),
+    );
+    expect_err(
+        &o(&Pool2d {
+            stride_w: 0,
+            ..pool.clone()
+        }),
+        &[],
+        bp(0),
+    );
+    expect_err(
+        &o(&Pool2d {
+            zero_point: -129,
+            ..pool.clone()
+        }),
+        &[],
+        bp(-129),
+    );
     // Slice past the axis; pad with 0-byte elements; concat with no parts.
-    let s = SliceParams { outer: 1, axis_len: 4, start: 3, len: 2, inner_bytes: 1 };
-    expect_err(&op(OpKind::Slice(s), &[arena(0, 4)], arena(4, 2)), &[], bp(3));
-    let p = PadParams { dims: dims(&[2]), before: dims(&[1]), after: dims(&[1]), elem_bytes: 0, value: 0 };
+    let s = SliceParams {
+        outer: 1,
+        axis_len: 4,
+        start: 3,
+        len: 2,
+        inner_bytes: 1,
+    };
+    expect_err(
+        &op(OpKind::Slice(s), &[arena(0, 4)], arena(4, 2)),
+        &[],
+        bp(3),
+    );
+    let p = PadParams {
+        dims: dims(&[2]),
+        before: dims(&[1]),
+        after: dims(&[1]),
+        elem_bytes: 0,
+        value: 0,
+    };
     expect_err(&op(OpKind::Pad(p), &[arena(0, 2)], arena(4, 4)), &[], bp(0));
-    let c = ConcatParams { outer: 1, inner_bytes: 1, parts: HVec::new() };
+    let c = ConcatParams {
+        outer: 1,
+        inner_bytes: 1,
+        parts: HVec::new(),
+    };
     expect_err(&op(OpKind::Concat(c), &[], arena(0, 0)), &[], bp(0));
     // Binary: left shift beyond 23, a misaligned f32 operand, an input too small for its strides.
     let b = BinaryS8 {
         kind: BinaryKind::Add,
-        bcast: Broadcast { out: dims(&[4]), a_strides: dims(&[1]), b_strides: dims(&[0]) },
+        bcast: Broadcast {
+            out: dims(&[4]),
+            a_strides: dims(&[1]),
+            b_strides: dims(&[0]),
+        },
         a_zero_point: 0,
         b_zero_point: 0,
         out_zero_point: 0,
@@ -401,30 +741,68 @@ fn rejects_bad_shapes_and_params_of_other_ops() {
         act_max: 127,
     };
     let ins = [arena(0, 4), arena(4, 1)];
-    expect_err(&op(OpKind::BinaryS8(b.clone()), &ins, arena(8, 4)), &[], bp(24));
-    let b = BinaryS8 { left_shift: 20, ..b };
-    assert_eq!(check(7, &op(OpKind::BinaryS8(b.clone()), &ins, arena(8, 4)), &[]), Ok(()));
+    expect_err(
+        &op(OpKind::BinaryS8(b.clone()), &ins, arena(8, 4)),
+        &[],
+        bp(24),
+    );
+    let b = BinaryS8 {
+        left_shift: 20,
+        ..b
+    };
+    assert_eq!(
+        check(7, &op(OpKind::BinaryS8(b.clone()), &ins, arena(8, 4)), &[]),
+        Ok(())
+    );
     let small = [arena(0, 3), arena(4, 1)];
     expect_err(
         &op(OpKind::BinaryS8(b), &small, arena(8, 4)),
         &[],
-        Error::SizeMismatch { op: 7, field: Field::Input(0), expected: 4, found: 3 },
+        Error::SizeMismatch {
+            op: 7,
+            field: Field::Input(0),
+            expected: 4,
+            found: 3,
+        },
     );
     let f = BinaryF32 {
         kind: BinaryKind::Add,
-        bcast: Broadcast { out: dims(&[1]), a_strides: dims(&[1]), b_strides: dims(&[1]) },
+        bcast: Broadcast {
+            out: dims(&[1]),
+            a_strides: dims(&[1]),
+            b_strides: dims(&[1]),
+        },
         act_min: 0.0,
         act_max: 1.0,
     };
-    let ins = [Operand { space: Space::Blob, offset: 2, len: 4 }, arena(4, 4)];
+    let ins = [
+        Operand {
+            space: Space::Blob,
+            offset: 2,
+            len: 4,
+        },
+        arena(4, 4),
+    ];
     expect_err(
         &op(OpKind::BinaryF32(f.clone()), &ins, arena(8, 4)),
         &[0; 8],
-        Error::Misaligned { op: 7, field: Field::Input(0), offset: 2, align: 4 },
+        Error::Misaligned {
+            op: 7,
+            field: Field::Input(0),
+            offset: 2,
+            align: 4,
+        },
     );
-    let nan = BinaryF32 { act_min: f32::NAN, ..f };
+    let nan = BinaryF32 {
+        act_min: f32::NAN,
+        ..f
+    };
     let ins = [arena(0, 4), arena(4, 4)];
-    expect_err(&op(OpKind::BinaryF32(nan), &ins, arena(8, 4)), &[], bp(f32::NAN.to_bits() as i32));
+    expect_err(
+        &op(OpKind::BinaryF32(nan), &ins, arena(8, 4)),
+        &[],
+        bp(f32::NAN.to_bits() as i32),
+    );
 }
 
 #[test]
@@ -436,7 +814,11 @@ fn rejects_bad_softmax_tables_and_params() {
     let good = h.into_op(1, 4, 1, span);
     let o = |p: &SoftmaxS8| op(OpKind::SoftmaxS8(p.clone()), &[arena(0, 4)], arena(4, 4));
     assert_eq!(check(7, &o(&good), &blob.0), Ok(()));
-    let bp = |field, value| Error::BadParam { op: 7, field, value };
+    let bp = |field, value| Error::BadParam {
+        op: 7,
+        field,
+        value,
+    };
     // params must be empty for softmax, [c1 >= 0, c2 >= 0] for LogSoftmax.
     let mut p = good.clone();
     p.params.push(1).unwrap();
@@ -534,28 +916,43 @@ fn conv_geom_any() -> impl Strategy<Value = ConvGeom> {
         (1u32..=3, 1u32..=3, 1u32..=2, 1u32..=2, 1u32..=2, 1u32..=2),
         (0u32..=3, 0u32..=3, 0u32..=3, 0u32..=3),
     )
-        .prop_map(|((batch, in_h, in_w), (dw, groups, cin_g, cout_g), (kh, kw, sh, sw, dh, dwi), (pt, pl, pb, pr))| {
-            let (groups, cin_g) = if dw { (cin_g, 1) } else { (groups, cin_g) };
-            ConvGeom {
-                batch,
-                in_h,
-                in_w,
-                in_c: groups * cin_g,
-                out_h: fuzz_out(in_h, (kh - 1) * dh + 1, sh, pt, pb),
-                out_w: fuzz_out(in_w, (kw - 1) * dwi + 1, sw, pl, pr),
-                out_c: groups * cout_g,
-                kernel_h: kh,
-                kernel_w: kw,
-                stride_h: sh,
-                stride_w: sw,
-                dilation_h: dh,
-                dilation_w: dwi,
-                pad_top: pt,
-                pad_left: pl,
-                groups,
-            }
-        });
-    let random = (small_vec(7), small_vec(6), (prop_oneof![Just(0u32), small()], prop_oneof![Just(0u32), small()], small()))
+        .prop_map(
+            |(
+                (batch, in_h, in_w),
+                (dw, groups, cin_g, cout_g),
+                (kh, kw, sh, sw, dh, dwi),
+                (pt, pl, pb, pr),
+            )| {
+                let (groups, cin_g) = if dw { (cin_g, 1) } else { (groups, cin_g) };
+                ConvGeom {
+                    batch,
+                    in_h,
+                    in_w,
+                    in_c: groups * cin_g,
+                    out_h: fuzz_out(in_h, (kh - 1) * dh + 1, sh, pt, pb),
+                    out_w: fuzz_out(in_w, (kw - 1) * dwi + 1, sw, pl, pr),
+                    out_c: groups * cout_g,
+                    kernel_h: kh,
+                    kernel_w: kw,
+                    stride_h: sh,
+                    stride_w: sw,
+                    dilation_h: dh,
+                    dilation_w: dwi,
+                    pad_top: pt,
+                    pad_left: pl,
+                    groups,
+                }
+            },
+        );
+    let random = (
+        small_vec(7),
+        small_vec(6),
+        (
+            prop_oneof![Just(0u32), small()],
+            prop_oneof![Just(0u32), small()],
+            small(),
+        ),
+    )
         .prop_map(|(a, b, (pad_top, pad_left, groups))| ConvGeom {
             batch: a[0],
             in_h: a[1],
@@ -584,26 +981,41 @@ fn pool_any() -> impl Strategy<Value = Pool2d> {
         (0u32..4, 0u32..4, 0u32..4, 0u32..4),
         (any::<bool>(), zp()),
     )
-        .prop_map(|((batch, in_h, in_w, channels), (kh, kw, sh, sw), (pt, pl, pb, pr), (inc, zero_point))| {
-            let (pt, pl, pb, pr) = (pt % kh, pl % kw, pb % kh, pr % kw);
-            Pool2d {
-                batch,
-                in_h,
-                in_w,
-                channels,
-                out_h: fuzz_out(in_h, kh, sh, pt, pb),
-                out_w: fuzz_out(in_w, kw, sw, pl, pr),
-                kernel_h: kh,
-                kernel_w: kw,
-                stride_h: sh,
-                stride_w: sw,
-                pad_top: pt,
-                pad_left: pl,
-                count_include_pad: inc,
-                zero_point,
-            }
-        });
-    let random = (small_vec(6), small_vec(4), (prop_oneof![Just(0u32), small()], prop_oneof![Just(0u32), small()]), (any::<bool>(), zp()))
+        .prop_map(
+            |(
+                (batch, in_h, in_w, channels),
+                (kh, kw, sh, sw),
+                (pt, pl, pb, pr),
+                (inc, zero_point),
+            )| {
+                let (pt, pl, pb, pr) = (pt % kh, pl % kw, pb % kh, pr % kw);
+                Pool2d {
+                    batch,
+                    in_h,
+                    in_w,
+                    channels,
+                    out_h: fuzz_out(in_h, kh, sh, pt, pb),
+                    out_w: fuzz_out(in_w, kw, sw, pl, pr),
+                    kernel_h: kh,
+                    kernel_w: kw,
+                    stride_h: sh,
+                    stride_w: sw,
+                    pad_top: pt,
+                    pad_left: pl,
+                    count_include_pad: inc,
+                    zero_point,
+                }
+            },
+        );
+    let random = (
+        small_vec(6),
+        small_vec(4),
+        (
+            prop_oneof![Just(0u32), small()],
+            prop_oneof![Just(0u32), small()],
+        ),
+        (any::<bool>(), zp()),
+    )
         .prop_map(|(a, b, (pad_top, pad_left), (inc, zero_point))| Pool2d {
             batch: a[0],
             in_h: a[1],
@@ -624,13 +1036,24 @@ fn pool_any() -> impl Strategy<Value = Pool2d> {
 }
 
 fn binary_kind() -> impl Strategy<Value = BinaryKind> {
-    prop_oneof![Just(BinaryKind::Add), Just(BinaryKind::Sub), Just(BinaryKind::Mul), Just(BinaryKind::PRelu)]
+    prop_oneof![
+        Just(BinaryKind::Add),
+        Just(BinaryKind::Sub),
+        Just(BinaryKind::Mul),
+        Just(BinaryKind::PRelu)
+    ]
 }
 
 fn bcast_any() -> impl Strategy<Value = Broadcast> {
     // Consistent: each input full or broadcast along each axis, row-major strides.
     let consistent = (1usize..=4)
-        .prop_flat_map(|r| (pvec(0u32..=4, r), pvec(any::<bool>(), r), pvec(any::<bool>(), r)))
+        .prop_flat_map(|r| {
+            (
+                pvec(0u32..=4, r),
+                pvec(any::<bool>(), r),
+                pvec(any::<bool>(), r),
+            )
+        })
         .prop_map(|(out, fa, fb)| {
             let strides = |full: &[bool]| {
                 let mut s = vec![0u32; out.len()];
@@ -643,14 +1066,29 @@ fn bcast_any() -> impl Strategy<Value = Broadcast> {
                 }
                 s
             };
-            Broadcast { out: dims(&out), a_strides: dims(&strides(&fa)), b_strides: dims(&strides(&fb)) }
+            Broadcast {
+                out: dims(&out),
+                a_strides: dims(&strides(&fa)),
+                b_strides: dims(&strides(&fb)),
+            }
         });
     let random = (1usize..=4)
-        .prop_flat_map(|r| (Just(r), prop_oneof![8 => Just(r), 1 => 0usize..=6], prop_oneof![8 => Just(r), 1 => 0usize..=6]))
+        .prop_flat_map(|r| {
+            (
+                Just(r),
+                prop_oneof![8 => Just(r), 1 => 0usize..=6],
+                prop_oneof![8 => Just(r), 1 => 0usize..=6],
+            )
+        })
         .prop_flat_map(|(r, na, nb)| {
             let stride = || prop_oneof![Just(0u32), small()];
-            (pvec(small(), r), pvec(stride(), na), pvec(stride(), nb))
-                .prop_map(|(o, a, b)| Broadcast { out: dims(&o), a_strides: dims(&a), b_strides: dims(&b) })
+            (pvec(small(), r), pvec(stride(), na), pvec(stride(), nb)).prop_map(|(o, a, b)| {
+                Broadcast {
+                    out: dims(&o),
+                    a_strides: dims(&a),
+                    b_strides: dims(&b),
+                }
+            })
         });
     prop_oneof![3 => consistent, 1 => random]
 }
@@ -661,19 +1099,60 @@ fn rank_like(r: usize) -> impl Strategy<Value = usize> {
 }
 
 fn op_kind() -> impl Strategy<Value = OpKind> {
-    let rq = || (span_in(R_MULT), span_in(R_SMALL)).prop_map(|(multipliers, shifts)| PerChannel { multipliers, shifts });
-    let fc_geom = || (small(), small(), small()).prop_map(|(rows, i, o)| FcGeom { rows, in_features: i, out_features: o });
+    let rq = || {
+        (span_in(R_MULT), span_in(R_SMALL)).prop_map(|(multipliers, shifts)| PerChannel {
+            multipliers,
+            shifts,
+        })
+    };
+    let fc_geom = || {
+        (small(), small(), small()).prop_map(|(rows, i, o)| FcGeom {
+            rows,
+            in_features: i,
+            out_features: o,
+        })
+    };
     let weights = || span_in(R_SMALL);
     let bias = || proptest::option::of(prop_oneof![span_in(R_MULT), span_in(R_NOISE)]);
     let f32_data = || prop_oneof![span_in(R_EXP), span_in(R_NOISE)];
-    let conv_s8 = (conv_geom_any(), weights(), bias(), rq(), zp(), zp(), act_s8()).prop_map(
-        |(geom, weights, bias, requant, izp, ozp, (act_min, act_max))| {
-            OpKind::Conv2dS8(ConvS8 { geom, weights, bias, requant, input_zero_point: izp, output_zero_point: ozp, act_min, act_max })
-        },
-    );
-    let conv_f32 = (conv_geom_any(), f32_data(), proptest::option::of(f32_data()), f32_range()).prop_map(
-        |(geom, weights, bias, (lo, hi))| OpKind::Conv2dF32(ConvF32 { geom, weights, bias, act_min: lo, act_max: hi }),
-    );
+    let conv_s8 = (
+        conv_geom_any(),
+        weights(),
+        bias(),
+        rq(),
+        zp(),
+        zp(),
+        act_s8(),
+    )
+        .prop_map(
+            |(geom, weights, bias, requant, izp, ozp, (act_min, act_max))| {
+                OpKind::Conv2dS8(ConvS8 {
+                    geom,
+                    weights,
+                    bias,
+                    requant,
+                    input_zero_point: izp,
+                    output_zero_point: ozp,
+                    act_min,
+                    act_max,
+                })
+            },
+        );
+    let conv_f32 = (
+        conv_geom_any(),
+        f32_data(),
+        proptest::option::of(f32_data()),
+        f32_range(),
+    )
+        .prop_map(|(geom, weights, bias, (lo, hi))| {
+            OpKind::Conv2dF32(ConvF32 {
+                geom,
+                weights,
+                bias,
+                act_min: lo,
+                act_max: hi,
+            })
+        });
     let fc_s8 = (fc_geom(), weights(), bias(), rq(), zp(), zp(), act_s8()).prop_map(
         |(geom, weights, bias, requant, izp, ozp, (act_min, act_max))| {
             OpKind::FullyConnectedS8(FullyConnectedS8 {
@@ -688,9 +1167,21 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
             })
         },
     );
-    let fc_f32 = (fc_geom(), f32_data(), proptest::option::of(f32_data()), f32_range()).prop_map(|(geom, weights, bias, (lo, hi))| {
-        OpKind::FullyConnectedF32(FullyConnectedF32 { geom, weights, bias, act_min: lo, act_max: hi })
-    });
+    let fc_f32 = (
+        fc_geom(),
+        f32_data(),
+        proptest::option::of(f32_data()),
+        f32_range(),
+    )
+        .prop_map(|(geom, weights, bias, (lo, hi))| {
+            OpKind::FullyConnectedF32(FullyConnectedF32 {
+                geom,
+                weights,
+                bias,
+                act_min: lo,
+                act_max: hi,
+            })
+        });
     let bin_s8 = (
         binary_kind(),
         bcast_any(),
@@ -699,26 +1190,41 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
         (mult(), mult(), mult()),
         act_s8(),
     )
-        .prop_map(|(kind, bcast, (za, zb, zo), ls, ((am, ash), (bm, bsh), (om, osh)), (act_min, act_max))| {
-            OpKind::BinaryS8(BinaryS8 {
+        .prop_map(
+            |(
                 kind,
                 bcast,
-                a_zero_point: za,
-                b_zero_point: zb,
-                out_zero_point: zo,
-                left_shift: ls,
-                a_multiplier: am,
-                a_shift: ash,
-                b_multiplier: bm,
-                b_shift: bsh,
-                out_multiplier: om,
-                out_shift: osh,
-                act_min,
-                act_max,
-            })
-        });
-    let bin_f32 = (binary_kind(), bcast_any(), f32_range())
-        .prop_map(|(kind, bcast, (lo, hi))| OpKind::BinaryF32(BinaryF32 { kind, bcast, act_min: lo, act_max: hi }));
+                (za, zb, zo),
+                ls,
+                ((am, ash), (bm, bsh), (om, osh)),
+                (act_min, act_max),
+            )| {
+                OpKind::BinaryS8(BinaryS8 {
+                    kind,
+                    bcast,
+                    a_zero_point: za,
+                    b_zero_point: zb,
+                    out_zero_point: zo,
+                    left_shift: ls,
+                    a_multiplier: am,
+                    a_shift: ash,
+                    b_multiplier: bm,
+                    b_shift: bsh,
+                    out_multiplier: om,
+                    out_shift: osh,
+                    act_min,
+                    act_max,
+                })
+            },
+        );
+    let bin_f32 = (binary_kind(), bcast_any(), f32_range()).prop_map(|(kind, bcast, (lo, hi))| {
+        OpKind::BinaryF32(BinaryF32 {
+            kind,
+            bcast,
+            act_min: lo,
+            act_max: hi,
+        })
+    });
     let unary = prop_oneof![
         Just(UnaryF32::Relu),
         Just(UnaryF32::Sigmoid),
@@ -728,7 +1234,12 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
         any::<f32>().prop_map(|alpha| UnaryF32::Elu { alpha }),
     ]
     .prop_map(OpKind::UnaryF32);
-    let softmax_s8 = ((small(), small(), small()), any::<bool>(), span_in(R_EXP), zp())
+    let softmax_s8 = (
+        (small(), small(), small()),
+        any::<bool>(),
+        span_in(R_EXP),
+        zp(),
+    )
         .prop_flat_map(|(shape, log, table, z)| {
             let params = if log {
                 prop_oneof![
@@ -752,8 +1263,15 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
                 output_zero_point: z,
             })
         });
-    let softmax_f32 = ((small(), small(), small()), any::<bool>())
-        .prop_map(|((outer, len, inner), log)| OpKind::SoftmaxF32(SoftmaxF32 { outer, len, inner, log }));
+    let softmax_f32 =
+        ((small(), small(), small()), any::<bool>()).prop_map(|((outer, len, inner), log)| {
+            OpKind::SoftmaxF32(SoftmaxF32 {
+                outer,
+                len,
+                inner,
+                log,
+            })
+        });
     let pools = (pool_any(), 0u8..4).prop_map(|(p, k)| match k {
         0 => OpKind::MaxPoolS8(p),
         1 => OpKind::MaxPoolF32(p),
@@ -770,42 +1288,96 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
             if f {
                 OpKind::ReduceMeanF32(ReduceMeanF32 { dims, axes })
             } else {
-                OpKind::ReduceMeanS8(ReduceMeanS8 { dims, axes, input_zero_point: zi, output_zero_point: zo, multiplier: m, shift: s })
+                OpKind::ReduceMeanS8(ReduceMeanS8 {
+                    dims,
+                    axes,
+                    input_zero_point: zi,
+                    output_zero_point: zo,
+                    multiplier: m,
+                    shift: s,
+                })
             }
         });
     let pad = (0usize..=6)
         .prop_flat_map(|r| {
             let edge = || prop_oneof![4 => 0u32..3, 1 => small()];
-            (small_vec(r), rank_like(r).prop_flat_map(move |n| pvec(edge(), n)), rank_like(r).prop_flat_map(move |n| pvec(edge(), n)))
+            (
+                small_vec(r),
+                rank_like(r).prop_flat_map(move |n| pvec(edge(), n)),
+                rank_like(r).prop_flat_map(move |n| pvec(edge(), n)),
+            )
         })
-        .prop_flat_map(|(d, b, a)| (Just((d, b, a)), prop_oneof![6 => 1u8..=4, 1 => Just(0u8), 1 => 5u8..=255], any::<u32>()))
+        .prop_flat_map(|(d, b, a)| {
+            (
+                Just((d, b, a)),
+                prop_oneof![6 => 1u8..=4, 1 => Just(0u8), 1 => 5u8..=255],
+                any::<u32>(),
+            )
+        })
         .prop_map(|((d, b, a), elem_bytes, value)| {
-            OpKind::Pad(PadParams { dims: dims(&d), before: dims(&b), after: dims(&a), elem_bytes, value })
+            OpKind::Pad(PadParams {
+                dims: dims(&d),
+                before: dims(&b),
+                after: dims(&a),
+                elem_bytes,
+                value,
+            })
         });
-    let concat = (small(), small(), prop_oneof![6 => pvec(0u32..5, 1..=8), 1 => pvec(small(), 0..=8)]).prop_map(
-        |(outer, inner_bytes, parts)| OpKind::Concat(ConcatParams { outer, inner_bytes, parts: HVec::from_slice(&parts).unwrap() }),
-    );
-    let slice = (small(), small(), small(), any::<(u32, u32)>(), any::<bool>()).prop_map(
-        |(outer, axis_len, inner_bytes, (x, y), fit)| {
+    let concat = (
+        small(),
+        small(),
+        prop_oneof![6 => pvec(0u32..5, 1..=8), 1 => pvec(small(), 0..=8)],
+    )
+        .prop_map(|(outer, inner_bytes, parts)| {
+            OpKind::Concat(ConcatParams {
+                outer,
+                inner_bytes,
+                parts: HVec::from_slice(&parts).unwrap(),
+            })
+        });
+    let slice = (
+        small(),
+        small(),
+        small(),
+        any::<(u32, u32)>(),
+        any::<bool>(),
+    )
+        .prop_map(|(outer, axis_len, inner_bytes, (x, y), fit)| {
             let (start, len) = if fit && axis_len > 0 {
                 let start = x % axis_len.saturating_add(1);
                 (start, y % (axis_len - start).saturating_add(1))
             } else {
                 (x, y)
             };
-            OpKind::Slice(SliceParams { outer, axis_len, start, len, inner_bytes })
-        },
-    );
-    let transpose = (1usize..=6, prop_oneof![6 => 1u8..=8, 1 => Just(0u8)], any::<bool>()).prop_flat_map(|(r, eb, shuffle)| {
-        let perm = if shuffle {
-            Just((0..r as u32).collect::<Vec<_>>()).prop_shuffle().boxed()
-        } else {
-            rank_like(r).prop_flat_map(|n| pvec(0u32..=6, n)).boxed()
-        };
-        (small_vec(r), perm).prop_map(move |(d, p)| {
-            OpKind::Transpose(TransposeParams { dims: dims(&d), perm: dims(&p), elem_bytes: eb })
-        })
-    });
+            OpKind::Slice(SliceParams {
+                outer,
+                axis_len,
+                start,
+                len,
+                inner_bytes,
+            })
+        });
+    let transpose = (
+        1usize..=6,
+        prop_oneof![6 => 1u8..=8, 1 => Just(0u8)],
+        any::<bool>(),
+    )
+        .prop_flat_map(|(r, eb, shuffle)| {
+            let perm = if shuffle {
+                Just((0..r as u32).collect::<Vec<_>>())
+                    .prop_shuffle()
+                    .boxed()
+            } else {
+                rank_like(r).prop_flat_map(|n| pvec(0u32..=6, n)).boxed()
+            };
+            (small_vec(r), perm).prop_map(move |(d, p)| {
+                OpKind::Transpose(TransposeParams {
+                    dims: dims(&d),
+                    perm: dims(&p),
+                    elem_bytes: eb,
+                })
+            })
+        });
     prop_oneof![
         conv_s8,
         conv_f32,
@@ -813,7 +1385,8 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
         fc_f32,
         bin_s8,
         bin_f32,
-        prop_oneof![span_in(R_SMALL), span_in(R_NOISE)].prop_map(|table| OpKind::LookupS8(LookupS8 { table })),
+        prop_oneof![span_in(R_SMALL), span_in(R_NOISE)]
+            .prop_map(|table| OpKind::LookupS8(LookupS8 { table })),
         unary,
         softmax_s8,
         softmax_f32,
@@ -854,73 +1427,125 @@ fn random_op_defs_fail_check_or_eval_without_panicking() {
     let evaluated: Vec<Cell<u32>> = (0..kinds).map(|_| Cell::new(0)).collect();
     let index = |k: &OpKind| {
         let names = [
-            "conv2d_s8", "conv2d_f32", "fully_connected_s8", "fully_connected_f32", "binary_s8", "binary_f32",
-            "lookup_s8", "unary_f32", "softmax_s8", "softmax_f32", "max_pool_s8", "max_pool_f32", "avg_pool_s8",
-            "avg_pool_f32", "reduce_mean_s8", "reduce_mean_f32", "pad", "concat", "slice", "transpose", "copy",
+            "conv2d_s8",
+            "conv2d_f32",
+            "fully_connected_s8",
+            "fully_connected_f32",
+            "binary_s8",
+            "binary_f32",
+            "lookup_s8",
+            "unary_f32",
+            "softmax_s8",
+            "softmax_f32",
+            "max_pool_s8",
+            "max_pool_f32",
+            "avg_pool_s8",
+            "avg_pool_f32",
+            "reduce_mean_s8",
+            "reduce_mean_f32",
+            "pad",
+            "concat",
+            "slice",
+            "transpose",
+            "copy",
         ];
         names.iter().position(|&n| n == k.name()).unwrap()
     };
-    let cases = std::env::var("KILN_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let cases = std::env::var("KILN_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
     let strategy = (
         op_kind(),
-        prop_oneof![4 => 1usize..=2, 1 => 0usize..=8]
-            .prop_flat_map(|n| pvec((prop_oneof![4 => Just(0u32), 1 => Just(4), 1 => 0u32..8], 0u32..64), n)),
+        prop_oneof![4 => 1usize..=2, 1 => 0usize..=8].prop_flat_map(|n| {
+            pvec(
+                (
+                    prop_oneof![4 => Just(0u32), 1 => Just(4), 1 => 0u32..8],
+                    0u32..64,
+                ),
+                n,
+            )
+        }),
         prop_oneof![4 => Just(0u32), 1 => 0u32..8],
         any::<u64>(),
         any::<u64>(),
     );
     runner
-        .run(&strategy, |(kind, inputs, out_offset, blob_seed, data_seed)| {
-            let blob = fuzz_blob(blob_seed);
-            let inputs: Vec<Operand> = inputs.iter().map(|&(offset, len)| arena(offset, len)).collect();
-            let mut o = op(kind, &inputs, arena(out_offset, 0));
-            // Repair sizes `check` complains about, so that the fuzzer reaches `eval` often.
-            for _ in 0..16 {
-                match check(3, &o, blob.bytes()) {
-                    Ok(()) => {
-                        let bufs: Vec<Buf> = o
-                            .inputs
-                            .iter()
-                            .enumerate()
-                            .map(|(i, x)| {
-                                let mut b = Buf::new(x.len as usize);
-                                let mut s = data_seed.wrapping_add(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                                for byte in b.bytes_mut() {
-                                    s ^= s << 13;
-                                    s ^= s >> 7;
-                                    s ^= s << 17;
-                                    *byte = s as u8;
-                                }
-                                b
-                            })
-                            .collect();
-                        let mut out = Buf::new(o.output.len as usize);
-                        let io = OpIo { inputs: bufs.iter().map(|b| b.bytes()).collect(), blob: blob.bytes(), output: out.bytes_mut() };
-                        prop_assert_eq!(eval(&o, io), Ok(()));
-                        let k = index(&o.kind);
-                        evaluated[k].set(evaluated[k].get() + 1);
-                        return Ok(());
-                    }
-                    Err(Error::SizeMismatch { field, expected, .. }) if expected <= MAX_FUZZ_BYTES => match field {
-                        Field::Input(i) => o.inputs[i as usize].len = expected,
-                        Field::Output => o.output.len = expected,
-                        f => match span_mut(&mut o.kind, f) {
-                            Some(s) => s.len = expected,
-                            None => return Ok(()),
+        .run(
+            &strategy,
+            |(kind, inputs, out_offset, blob_seed, data_seed)| {
+                let blob = fuzz_blob(blob_seed);
+                let inputs: Vec<Operand> = inputs
+                    .iter()
+                    .map(|&(offset, len)| arena(offset, len))
+                    .collect();
+                let mut o = op(kind, &inputs, arena(out_offset, 0));
+                // Repair sizes `check` complains about, so that the fuzzer reaches `eval` often.
+                for _ in 0..16 {
+                    match check(3, &o, blob.bytes()) {
+                        Ok(()) => {
+                            let bufs: Vec<Buf> = o
+                                .inputs
+                                .iter()
+                                .enumerate()
+                                .map(|(i, x)| {
+                                    let mut b = Buf::new(x.len as usize);
+                                    let mut s = data_seed
+                                        .wrapping_add(i as u64)
+                                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                                        | 1;
+                                    for byte in b.bytes_mut() {
+                                        s ^= s << 13;
+                                        s ^= s >> 7;
+                                        s ^= s << 17;
+                                        *byte = s as u8;
+                                    }
+                                    b
+                                })
+                                .collect();
+                            let mut out = Buf::new(o.output.len as usize);
+                            let io = OpIo {
+                                inputs: bufs.iter().map(|b| b.bytes()).collect(),
+                                blob: blob.bytes(),
+                                output: out.bytes_mut(),
+                            };
+                            prop_assert_eq!(eval(&o, io), Ok(()));
+                            let k = index(&o.kind);
+                            evaluated[k].set(evaluated[k].get() + 1);
+                            return Ok(());
+                        }
+                        Err(Error::SizeMismatch {
+                            field, expected, ..
+                        }) if expected <= MAX_FUZZ_BYTES => match field {
+                            Field::Input(i) => o.inputs[i as usize].len = expected,
+                            Field::Output => o.output.len = expected,
+                            f => match span_mut(&mut o.kind, f) {
+                                Some(s) => s.len = expected,
+                                None => return Ok(()),
+                            },
                         },
-                    },
-                    Err(Error::Arity { expected, .. }) if (expected as usize) <= MAX_OP_INPUTS => {
-                        o.inputs.resize(expected as usize, arena(0, 0)).unwrap();
+                        Err(Error::Arity { expected, .. })
+                            if (expected as usize) <= MAX_OP_INPUTS =>
+                        {
+                            o.inputs.resize(expected as usize, arena(0, 0)).unwrap();
+                        }
+                        Err(_) => return Ok(()),
                     }
-                    Err(_) => return Ok(()),
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .unwrap();
     let counts: Vec<u32> = evaluated.iter().map(Cell::get).collect();
     std::println!("ops evaluated per kind: {counts:?}");
     // Every kind must have been reached at least once, or the fuzzer tests nothing for it.
-    assert!(counts.iter().all(|&c| c > 0), "some op kinds were never evaluated: {counts:?}");
+    assert!(
+        counts.iter().all(|&c| c > 0),
+        "some op kinds were never evaluated: {counts:?}"
+    );
 }
