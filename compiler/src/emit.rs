@@ -383,63 +383,36 @@ impl<'p> Emitter<'p> {
                     bias,
                     act,
                 },
-                false,
+                _,
             ) => {
-                let (lo, hi) = act.range();
-                let w = self.blob.push_f32(weights);
-                let b = bias.as_ref().map(|b| self.blob.push_f32(b));
-                let kind = OpKind::Conv2dF32(ConvF32 {
-                    geom: geom.clone(),
-                    weights: w,
-                    bias: b,
-                    act_min: lo,
-                    act_max: hi,
-                });
-                self.push_weighted(
-                    &s.name,
-                    kind,
-                    vec![x],
-                    out,
-                    Weighted {
-                        macs,
-                        weight_bytes: weights.len() * 4,
-                        bias_bytes: bias.as_ref().map_or(0, |b| b.len() * 4),
-                    },
-                );
-            }
-            (
-                StepKind::Conv {
-                    geom,
-                    weights,
-                    bias,
-                    act,
-                },
-                true,
-            ) => {
-                let pc =
-                    self.per_channel(weights, bias.as_deref(), geom.out_c as usize, in_q, out_q)?;
-                let (act_min, act_max) = act_range_s8(*act, out_q);
-                let kind = OpKind::Conv2dS8(ConvS8 {
-                    geom: geom.clone(),
-                    weights: pc.weights,
-                    bias: Some(pc.bias),
-                    requant: pc.requant,
-                    input_zero_point: in_q.zero_point,
-                    output_zero_point: out_q.zero_point,
-                    act_min,
-                    act_max,
-                });
-                self.push_weighted(
-                    &s.name,
-                    kind,
-                    vec![x],
-                    out,
-                    Weighted {
-                        macs,
-                        weight_bytes: weights.len(),
-                        bias_bytes: geom.out_c as usize * 4,
-                    },
-                );
+                let channels = geom.out_c as usize;
+                let (params, w) =
+                    self.weighted(weights, bias.as_deref(), channels, *act, in_q, out_q, macs)?;
+                let kind = match params {
+                    Params::F32 {
+                        weights,
+                        bias,
+                        act_min,
+                        act_max,
+                    } => OpKind::Conv2dF32(ConvF32 {
+                        geom: geom.clone(),
+                        weights,
+                        bias,
+                        act_min,
+                        act_max,
+                    }),
+                    Params::S8(q) => OpKind::Conv2dS8(ConvS8 {
+                        geom: geom.clone(),
+                        weights: q.weights,
+                        bias: Some(q.bias),
+                        requant: q.requant,
+                        input_zero_point: in_q.zero_point,
+                        output_zero_point: out_q.zero_point,
+                        act_min: q.act_min,
+                        act_max: q.act_max,
+                    }),
+                };
+                self.push_weighted(&s.name, kind, vec![x], out, w);
             }
             (
                 StepKind::Fc {
@@ -448,68 +421,36 @@ impl<'p> Emitter<'p> {
                     bias,
                     act,
                 },
-                false,
+                _,
             ) => {
-                let (lo, hi) = act.range();
-                let w = self.blob.push_f32(weights);
-                let b = bias.as_ref().map(|b| self.blob.push_f32(b));
-                let kind = OpKind::FullyConnectedF32(FullyConnectedF32 {
-                    geom: geom.clone(),
-                    weights: w,
-                    bias: b,
-                    act_min: lo,
-                    act_max: hi,
-                });
-                self.push_weighted(
-                    &s.name,
-                    kind,
-                    vec![x],
-                    out,
-                    Weighted {
-                        macs,
-                        weight_bytes: weights.len() * 4,
-                        bias_bytes: bias.as_ref().map_or(0, |b| b.len() * 4),
-                    },
-                );
-            }
-            (
-                StepKind::Fc {
-                    geom,
-                    weights,
-                    bias,
-                    act,
-                },
-                true,
-            ) => {
-                let pc = self.per_channel(
-                    weights,
-                    bias.as_deref(),
-                    geom.out_features as usize,
-                    in_q,
-                    out_q,
-                )?;
-                let (act_min, act_max) = act_range_s8(*act, out_q);
-                let kind = OpKind::FullyConnectedS8(FullyConnectedS8 {
-                    geom: geom.clone(),
-                    weights: pc.weights,
-                    bias: Some(pc.bias),
-                    requant: pc.requant,
-                    input_zero_point: in_q.zero_point,
-                    output_zero_point: out_q.zero_point,
-                    act_min,
-                    act_max,
-                });
-                self.push_weighted(
-                    &s.name,
-                    kind,
-                    vec![x],
-                    out,
-                    Weighted {
-                        macs,
-                        weight_bytes: weights.len(),
-                        bias_bytes: geom.out_features as usize * 4,
-                    },
-                );
+                let channels = geom.out_features as usize;
+                let (params, w) =
+                    self.weighted(weights, bias.as_deref(), channels, *act, in_q, out_q, macs)?;
+                let kind = match params {
+                    Params::F32 {
+                        weights,
+                        bias,
+                        act_min,
+                        act_max,
+                    } => OpKind::FullyConnectedF32(FullyConnectedF32 {
+                        geom: geom.clone(),
+                        weights,
+                        bias,
+                        act_min,
+                        act_max,
+                    }),
+                    Params::S8(q) => OpKind::FullyConnectedS8(FullyConnectedS8 {
+                        geom: geom.clone(),
+                        weights: q.weights,
+                        bias: Some(q.bias),
+                        requant: q.requant,
+                        input_zero_point: in_q.zero_point,
+                        output_zero_point: out_q.zero_point,
+                        act_min: q.act_min,
+                        act_max: q.act_max,
+                    }),
+                };
+                self.push_weighted(&s.name, kind, vec![x], out, w);
             }
             (StepKind::Binary { kind, bcast, act }, false) => {
                 let (lo, hi) = act.range();
@@ -721,6 +662,50 @@ impl<'p> Emitter<'p> {
         Ok(())
     }
 
+    /// The blob parameters of a convolution or dense layer, in the model's precision, and its report figures.
+    #[allow(clippy::too_many_arguments)]
+    fn weighted(
+        &mut self,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        channels: usize,
+        act: Activation,
+        in_q: Quant,
+        out_q: Quant,
+        macs: u64,
+    ) -> Result<(Params, Weighted)> {
+        if self.precision == Precision::F32 {
+            let (act_min, act_max) = act.range();
+            let w = Weighted {
+                macs,
+                weight_bytes: weights.len() * 4,
+                bias_bytes: bias.map_or(0, |b| b.len() * 4),
+            };
+            let params = Params::F32 {
+                weights: self.blob.push_f32(weights),
+                bias: bias.map(|b| self.blob.push_f32(b)),
+                act_min,
+                act_max,
+            };
+            return Ok((params, w));
+        }
+        let w = Weighted {
+            macs,
+            weight_bytes: weights.len(),
+            bias_bytes: channels * 4,
+        };
+        let (act_min, act_max) = act_range_s8(act, out_q);
+        let pc = self.per_channel(weights, bias, channels, in_q, out_q)?;
+        Ok((
+            Params::S8(PerChannelOut {
+                act_min,
+                act_max,
+                ..pc
+            }),
+            w,
+        ))
+    }
+
     /// Symmetric per-output-channel int8 weights, int32 bias at `in_scale * w_scale[c]`, and the requantisation
     /// multipliers to the output scale (15-bit, from `host::per_channel_multipliers`).
     fn per_channel(
@@ -775,6 +760,8 @@ impl<'p> Emitter<'p> {
                 multipliers: self.blob.push_i16(&mult),
                 shifts: self.blob.push_i8(&shift),
             },
+            act_min: i8::MIN,
+            act_max: i8::MAX,
         })
     }
 
@@ -971,10 +958,23 @@ struct Weighted {
     bias_bytes: usize,
 }
 
+/// What a convolution or dense layer carries in the blob.
+enum Params {
+    F32 {
+        weights: Span,
+        bias: Option<Span>,
+        act_min: f32,
+        act_max: f32,
+    },
+    S8(PerChannelOut),
+}
+
 struct PerChannelOut {
     weights: Span,
     bias: Span,
     requant: PerChannel,
+    act_min: i8,
+    act_max: i8,
 }
 
 fn dims_of(v: &[usize]) -> Result<Dims> {

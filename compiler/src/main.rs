@@ -26,8 +26,8 @@ macro_rules! say {
 }
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success, 2 bad input (unreadable file, unsupported operator, wrong shape, corrupted model),
-1 internal error. Nothing is written on failure.
+Exit codes: 0 success; 2 bad input (unreadable file, unsupported operator, wrong shape,
+corrupted model); 1 internal error. Nothing is written on failure.
 
 Example:
   kiln compile model.onnx -o model.kiln --calib samples.npy --report report.json
@@ -46,13 +46,17 @@ struct Cli {
 enum Command {
     /// Compile an ONNX model to a .kiln file (int8 by default, calibrated on your data).
     #[command(after_help = "\
-int8 quantisation: weights symmetric per output channel, activations asymmetric per tensor, int32 biases,
-integer-only inference. Activation ranges come from running the float model on --calib data:
-  --calib X.npy   one array, samples stacked on a leading axis, each shaped like the model input
-                  (or the input shape with its leading batch dimension multiplied by the sample count)
-  --calib X.npz   one such array per model input, keyed by input name
-The report (--report) holds sizes, arena bytes, MACs per op and float-vs-int8 agreement on the calibration
-data (top-1, SQNR, max abs error) overall and per layer.")]
+int8 quantisation: weights symmetric per output channel, activations asymmetric per tensor,
+int32 biases, integer-only inference. Activation ranges come from running the float model
+on the --calib data:
+  --calib X.npy   one array: samples stacked on a leading axis, each shaped like the model
+                  input (or the input shape with its batch dimension multiplied by N)
+  --calib X.npz   one such array per model input, keyed by input name (or `x`)
+The report (--report) holds sizes, arena bytes, MACs per op, and float-vs-int8 agreement on
+the calibration data (top-1, SQNR, max abs error), overall and per layer.
+
+Example:
+  kiln compile model.onnx -o model.kiln --calib samples.npy --report report.json")]
     Compile {
         /// The ONNX model.
         model: PathBuf,
@@ -74,9 +78,10 @@ data (top-1, SQNR, max abs error) overall and per layer.")]
     },
     /// Run a .kiln model on the host with Kiln's runtime (the code the device runs).
     #[command(after_help = "\
-Inputs are float32 .npy in the ONNX model's own layout. Each is the model input's shape (one inference),
-that shape with N prepended, or with its leading (batch) dimension multiplied by N (N inferences, outputs
-stacked the same way). Outputs are float32 .npy (int8 models are dequantised).")]
+Inputs are float32 .npy in the ONNX model's own layout, each either the model input's shape
+(one inference), that shape with N prepended, or that shape with its leading (batch) dimension
+multiplied by N (N inferences; outputs are stacked the same way). Outputs are float32 .npy
+(int8 models are dequantised at the boundary).")]
     Run {
         model: PathBuf,
         /// One per model input, in order.
