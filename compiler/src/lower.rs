@@ -186,6 +186,9 @@ struct Lowerer<'g> {
     map: HashMap<TensorId, PId>,
     /// (tensor, perm) -> a version of it in that order, so a transpose is inserted once.
     relaid: HashMap<(PId, Vec<usize>), PId>,
+    /// Flattened tensors left in their producer's memory order for the one dense layer that reads them: for each
+    /// physical feature, the logical feature it holds. The dense layer permutes its weight columns to match.
+    flat_features: HashMap<PId, Vec<usize>>,
 }
 
 /// Lowers an optimised IR graph.
@@ -198,6 +201,7 @@ pub fn lower(g: &Graph) -> Result<Program> {
         p: Program::default(),
         map: HashMap::new(),
         relaid: HashMap::new(),
+        flat_features: HashMap::new(),
     };
     for &t in &g.inputs {
         let ir = &g.tensors[t];
@@ -450,9 +454,17 @@ impl<'g> Lowerer<'g> {
                     in_features: u(*in_features),
                     out_features: u(*out_features),
                 };
+                let weights = match self.flat_features.get(&x) {
+                    // Column k of the weights must read the logical feature held at physical position k.
+                    Some(features) => weights
+                        .chunks(*in_features)
+                        .flat_map(|row| features.iter().map(move |&f| row[f]))
+                        .collect(),
+                    None => weights.clone(),
+                };
                 let kind = StepKind::Fc {
                     geom,
-                    weights: weights.clone(),
+                    weights,
                     bias: bias.clone(),
                     act: *act,
                 };
@@ -592,6 +604,17 @@ impl<'g> Lowerer<'g> {
             }
             Op::Reshape => {
                 let x = self.operand(node.inputs[0])?;
+                if let Some(features) = self.flatten_for_dense(node, x) {
+                    let out = self.alias(
+                        x,
+                        &g.tensors[node.output].name,
+                        out_shape.clone(),
+                        vec![0, 1],
+                    );
+                    self.flat_features.insert(out, features);
+                    self.bind(node.output, out);
+                    return Ok(());
+                }
                 let rank = self.p.tensors[x].shape.len();
                 let x = self.relayout(x, &identity(rank), name)?;
                 let out_name = &g.tensors[node.output].name;
@@ -657,6 +680,37 @@ impl<'g> Lowerer<'g> {
             }
         }
         Ok(())
+    }
+
+    /// A flatten `[N, d1, d2, ..] -> [N, d1 * d2 * ..]` of data not in logical order, whose only reader is a dense
+    /// layer: instead of transposing the data, the dense layer can take the features in memory order. Returns, for
+    /// each physical feature, the logical feature index.
+    fn flatten_for_dense(&self, node: &crate::ir::Node, x: PId) -> Option<Vec<usize>> {
+        let t = &self.p.tensors[x];
+        let out_shape = &self.g.tensors[node.output].shape;
+        let rank = t.shape.len();
+        let flattens =
+            out_shape.len() == 2 && rank > 2 && out_shape[0] == t.shape[0] && t.perm[0] == 0;
+        if !flattens || t.value.is_some() || same_bytes(&t.shape, &t.perm, &identity(rank)) {
+            return None;
+        }
+        if self.g.outputs.contains(&node.output) {
+            return None;
+        }
+        let mut readers = self.g.consumers(node.output);
+        let reader = readers.next()?;
+        let only_dense = readers.next().is_none()
+            && matches!(self.g.nodes[reader].op, Op::Dense { .. })
+            && self.g.nodes[reader].inputs == [node.output];
+        if !only_dense {
+            return None;
+        }
+        // Logical feature indices laid out as the data is: transpose an iota of the per-sample logical shape.
+        let logical: Vec<usize> = t.shape[1..].to_vec();
+        let order: Vec<usize> = t.perm[1..].iter().map(|&p| p - 1).collect();
+        let iota: Vec<usize> = (0..logical.iter().product::<usize>()).collect();
+        let phys: Vec<usize> = order.iter().map(|&a| logical[a]).collect();
+        Some(permute(&iota, &logical, &order, &phys))
     }
 
     /// `[outer, len, inner]` of tensor `t` around logical `axis`, in its memory order.
@@ -757,7 +811,7 @@ fn merge_axes(out: &[usize], a: &[usize], b: &[usize]) -> (Vec<usize>, Vec<usize
 }
 
 /// Physically transposes row-major `v` of dims `phys`: output axis i is input axis `perm[i]`.
-pub fn permute(v: &[f32], phys: &[usize], perm: &[usize], out_phys: &[usize]) -> Vec<f32> {
+pub fn permute<T: Copy>(v: &[T], phys: &[usize], perm: &[usize], out_phys: &[usize]) -> Vec<T> {
     let in_strides = strides(phys);
     let mut out = Vec::with_capacity(v.len());
     let mut idx = vec![0usize; out_phys.len()];

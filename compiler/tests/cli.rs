@@ -340,7 +340,18 @@ fn inspect_json_and_report_describe_the_model() {
         kinds.contains(&"conv2d_s8") && kinds.contains(&"fully_connected_s8"),
         "{kinds:?}"
     );
-    // BatchNorm was folded and the Relus fused: no op of their own.
+    // BatchNorm was folded and the Relus fused: no op of their own. The NCHW model runs channels-last, and the
+    // flatten before the dense layer moves no data: its weights take the features in memory order.
+    assert_eq!(
+        kinds,
+        [
+            "conv2d_s8",
+            "max_pool_s8",
+            "conv2d_s8",
+            "max_pool_s8",
+            "fully_connected_s8"
+        ]
+    );
     assert!(
         !kinds.contains(&"binary_s8") && !kinds.contains(&"lookup_s8"),
         "{kinds:?}"
