@@ -22,6 +22,7 @@ pub mod kernels;
 mod model;
 pub mod ops;
 pub mod quant;
+pub mod telemetry;
 
 pub use error::{Error, Field};
 pub use interp::{Interpreter, TensorView};

@@ -1,0 +1,330 @@
+//! The telemetry protocol between a device running Kiln and its host, version [`TELEMETRY_VERSION`].
+//!
+//! A frame on the wire is `COBS(postcard(version: u16, frame: Frame)) 0x00`:
+//!
+//! - the payload is the postcard encoding of the tuple `(TELEMETRY_VERSION, Frame)`, so the version is always
+//!   the first encoded field (a varint: `0x01` for version 1);
+//! - the payload is then COBS-stuffed, so it holds no `0x00`, and terminated by one `0x00`. A receiver
+//!   resynchronises on any `0x00`: after line noise, the next frame after the next `0x00` decodes again. A sender
+//!   may emit a lone `0x00` (e.g. at boot) to flush whatever noise a receiver has buffered; [`FrameReader`]
+//!   ignores such empty frames.
+//!
+//! There is no checksum: a corrupted frame is refused only if it no longer decodes (the link is expected to
+//! be reliable, e.g. USB CDC or RTT; a byte flip inside a number goes unnoticed).
+//!
+//! Compatibility: new [`Frame`] variants are only ever appended (an older receiver refuses them as
+//! [`TelemetryError::Malformed`]); any other change bumps [`TELEMETRY_VERSION`]. The decoder checks the
+//! version before anything else, so a frame of another version is always [`TelemetryError::WrongVersion`].
+//!
+//! Everything is allocation-free and never panics: lists are `heapless::Vec`s with the caps below, and a
+//! decoder refuses lists longer than their cap.
+
+use heapless::Vec;
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol, the first field of every frame.
+pub const TELEMETRY_VERSION: u16 = 1;
+/// Cap of [`InferenceReport::op_cycles`]: cycles of the first 64 ops at most.
+pub const MAX_OPS_REPORTED: usize = 64;
+/// Cap of [`Output::Full`]: 256 int8 output values at most (send [`Output::TopK`] for larger outputs).
+pub const MAX_OUTPUT: usize = 256;
+/// Cap of [`Output::TopK`]: the 5 best classes at most.
+pub const MAX_TOP_K: usize = 5;
+
+/// Largest encoded frame, COBS overhead and the terminating `0x00` included: a buffer of this size always
+/// holds [`encode`]'s output, and a [`FrameReader`]`<MAX_FRAME_BYTES>` accepts every valid frame.
+///
+/// The largest frame is an [`Frame::Inference`] with every number at its maximum, [`MAX_OPS_REPORTED`] op
+/// cycles and a [`MAX_OUTPUT`]-byte [`Output::Full`]: 607 payload bytes (version 1, variant 1, sequence 5,
+/// cycles 10, op cycles 1 + 64 * 5, arena bytes 5, stack high water 5, output variant 1, output 2 + 256), plus
+/// 3 COBS code bytes (one per started 254-byte run) and the terminator: 611.
+pub const MAX_FRAME_BYTES: usize = {
+    let payload = varint_len(TELEMETRY_VERSION as u64) // version
+        + 1 // Frame variant
+        + varint_len(u32::MAX as u64) // sequence
+        + varint_len(u64::MAX) // cycles
+        + varint_len(MAX_OPS_REPORTED as u64) + MAX_OPS_REPORTED * varint_len(u32::MAX as u64) // op_cycles
+        + 2 * varint_len(u32::MAX as u64) // arena_bytes, stack_high_water
+        + 1 // Output variant
+        + varint_len(MAX_OUTPUT as u64) + MAX_OUTPUT; // Output::Full (one raw byte per i8)
+    payload + payload / 254 + 1 + 1
+};
+
+/// Bytes of `value` as a postcard varint (7 bits a byte).
+const fn varint_len(mut value: u64) -> usize {
+    let mut len = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// One telemetry message. Append-only: new variants go at the end, existing ones never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+// `Inference` is ~600 bytes, the others a few dozen; without `alloc` there is nothing to box it into.
+#[allow(clippy::large_enum_variant)]
+pub enum Frame {
+    /// Sent once at boot (and on request): who is talking and what it runs.
+    Hello {
+        /// Unique device id (e.g. the MCU's serial number).
+        device_id: u64,
+        /// Build id of the firmware.
+        firmware_id: u32,
+        /// The model's CRC-32, [`crate::Model::checksum`].
+        model_id: u32,
+        /// The model's `.kiln` format version ([`crate::format::FORMAT_VERSION`]).
+        format_version: u16,
+        /// Bytes of arena the firmware gives the interpreter.
+        arena_bytes: u32,
+    },
+    /// One inference.
+    Inference(InferenceReport),
+    /// Sent periodically when idle.
+    Heartbeat {
+        uptime_ms: u64,
+        /// Inferences since boot.
+        inferences: u32,
+        /// Errors since boot.
+        errors: u32,
+    },
+    /// Something went wrong on the device; `code` and `detail` are firmware-defined numbers.
+    Error { code: u16, detail: u32 },
+}
+
+/// What one inference cost and produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferenceReport {
+    /// Counts inferences since boot (wrapping); a gap means lost frames.
+    pub sequence: u32,
+    /// CPU cycles of the whole inference.
+    pub cycles: u64,
+    /// Cycles of each op in execution order, the first [`MAX_OPS_REPORTED`] ops at most; empty when not
+    /// measured.
+    pub op_cycles: Vec<u32, MAX_OPS_REPORTED>,
+    /// Bytes of arena the model uses.
+    pub arena_bytes: u32,
+    /// Most stack bytes used so far (0 when not measured).
+    pub stack_high_water: u32,
+    pub output: Output,
+}
+
+/// The model's (first) output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+// `Full` is 264 bytes, `TopK` 32; without `alloc` there is nothing to box it into.
+#[allow(clippy::large_enum_variant)]
+pub enum Output {
+    /// The whole int8 output tensor, row-major; at most [`MAX_OUTPUT`] values.
+    Full(Vec<i8, MAX_OUTPUT>),
+    /// `(class index, int8 score)` of the best classes, best first; at most [`MAX_TOP_K`].
+    TopK(Vec<(u16, i8), MAX_TOP_K>),
+}
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// [`encode`] needs `need` bytes, the buffer has `have`.
+    BufferTooSmall { need: u32, have: u32 },
+    /// Not a valid frame: bad COBS, a `0x00` inside, truncated, unknown variant, a list over its cap, or
+    /// bytes left after the frame.
+    Malformed,
+    /// The frame is of protocol version `found`; this side speaks `supported`.
+    WrongVersion { found: u16, supported: u16 },
+    /// More than `limit` bytes arrived without a `0x00`; they were dropped up to the next `0x00`.
+    Overlong { limit: u32 },
+}
+
+impl core::fmt::Display for TelemetryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            TelemetryError::BufferTooSmall { need, have } => {
+                write!(f, "telemetry buffer too small: need {need} bytes, have {have}")
+            }
+            TelemetryError::Malformed => write!(f, "malformed telemetry frame"),
+            TelemetryError::WrongVersion { found, supported } => write!(
+                f,
+                "telemetry protocol version {found} is not supported (this side speaks version {supported})"
+            ),
+            TelemetryError::Overlong { limit } => {
+                write!(f, "telemetry frame longer than {limit} bytes dropped")
+            }
+        }
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Encodes `frame` into `buf` as one complete wire frame: COBS-stuffed, terminating `0x00` included. Returns
+/// the used part of `buf` (at most [`MAX_FRAME_BYTES`] long).
+///
+/// # Errors
+/// [`TelemetryError::BufferTooSmall`] if the frame does not fit in `buf` (a [`MAX_FRAME_BYTES`] buffer always
+/// suffices).
+pub fn encode<'b>(frame: &Frame, buf: &'b mut [u8]) -> Result<&'b mut [u8], TelemetryError> {
+    let have = to_u32(buf.len());
+    match postcard::to_slice_cobs(&(TELEMETRY_VERSION, frame), buf) {
+        Ok(used) => Ok(used),
+        Err(_) => Err(TelemetryError::BufferTooSmall {
+            need: encoded_len(frame),
+            have,
+        }),
+    }
+}
+
+/// Exact encoded length of `frame`, for the error path of [`encode`] only (it needs a frame-sized stack
+/// buffer, kept out of `encode`'s own stack frame).
+#[cold]
+#[inline(never)]
+fn encoded_len(frame: &Frame) -> u32 {
+    let mut scratch = [0u8; MAX_FRAME_BYTES];
+    match postcard::to_slice_cobs(&(TELEMETRY_VERSION, frame), &mut scratch) {
+        Ok(used) => to_u32(used.len()),
+        Err(_) => to_u32(MAX_FRAME_BYTES),
+    }
+}
+
+/// Decodes one wire frame, with or without its terminating `0x00`. `frame_bytes` is un-stuffed in place (its
+/// contents are unspecified afterwards, on success or error).
+///
+/// The version is checked first, before the rest of the frame is looked at.
+///
+/// # Errors
+/// [`TelemetryError::WrongVersion`] for a frame of another protocol version; [`TelemetryError::Malformed`] for
+/// anything else that is not exactly one valid frame (empty input, a `0x00` before the end, bad COBS, an
+/// unknown variant, a list over its cap, trailing bytes).
+pub fn decode(frame_bytes: &mut [u8]) -> Result<Frame, TelemetryError> {
+    let stuffed = match frame_bytes.split_last_mut() {
+        Some((0, rest)) => rest,
+        Some(_) => frame_bytes,
+        None => return Err(TelemetryError::Malformed),
+    };
+    let len = cobs_decode_in_place(stuffed).ok_or(TelemetryError::Malformed)?;
+    let payload = stuffed.get(..len).ok_or(TelemetryError::Malformed)?;
+    let (version, rest) =
+        postcard::take_from_bytes::<u16>(payload).map_err(|_| TelemetryError::Malformed)?;
+    if version != TELEMETRY_VERSION {
+        return Err(TelemetryError::WrongVersion {
+            found: version,
+            supported: TELEMETRY_VERSION,
+        });
+    }
+    match postcard::take_from_bytes::<Frame>(rest) {
+        Ok((frame, [])) => Ok(frame),
+        _ => Err(TelemetryError::Malformed),
+    }
+}
+
+/// Undoes COBS stuffing in place (no terminator expected): returns the payload length, the payload being the
+/// start of `buf`, or `None` if `buf` is empty, holds a `0x00` or a code byte runs past its end.
+fn cobs_decode_in_place(buf: &mut [u8]) -> Option<usize> {
+    if buf.is_empty() {
+        return None;
+    }
+    // Invariant: `write < read` after a code byte is consumed, so un-stuffing never overtakes the input.
+    let (mut read, mut write) = (0usize, 0usize);
+    while read < buf.len() {
+        let code = *buf.get(read)?;
+        if code == 0 {
+            return None;
+        }
+        read += 1;
+        let run = usize::from(code - 1);
+        for _ in 0..run {
+            let byte = *buf.get(read)?;
+            if byte == 0 {
+                return None;
+            }
+            *buf.get_mut(write)? = byte;
+            read += 1;
+            write += 1;
+        }
+        // A code byte below 0xFF stands for a zero after its run, except the final one (the terminator's).
+        if code != 0xFF && read < buf.len() {
+            *buf.get_mut(write)? = 0;
+            write += 1;
+        }
+    }
+    Some(write)
+}
+
+/// Allocation-free stream decoder: feed it received bytes one at a time; it holds up to `N` stuffed bytes of
+/// the frame in progress ([`MAX_FRAME_BYTES`] is always enough).
+///
+/// Never panics, whatever bytes come in. Every `0x00` ends a frame: a valid one is returned and counted in
+/// [`FrameReader::frames_ok`]; a malformed, truncated, wrong-version or overlong one (more than `N` bytes, then
+/// dropped up to the next `0x00`) is returned as an error and counted once in [`FrameReader::frames_bad`]. An
+/// empty frame (a `0x00` right after another, or first) is the idle/resynchronisation byte: it returns `None`
+/// and counts nowhere.
+#[derive(Clone, Debug)]
+pub struct FrameReader<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+    overlong: bool,
+    frames_ok: u32,
+    frames_bad: u32,
+}
+
+impl<const N: usize> Default for FrameReader<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> FrameReader<N> {
+    pub const fn new() -> Self {
+        Self {
+            buf: [0; N],
+            len: 0,
+            overlong: false,
+            frames_ok: 0,
+            frames_bad: 0,
+        }
+    }
+
+    /// Feeds one received byte. Returns `Some` when `byte` is a `0x00` ending a non-empty frame, `None`
+    /// otherwise.
+    pub fn push(&mut self, byte: u8) -> Option<Result<Frame, TelemetryError>> {
+        if byte != 0 {
+            if !self.overlong {
+                match self.buf.get_mut(self.len) {
+                    Some(slot) => {
+                        *slot = byte;
+                        self.len += 1;
+                    }
+                    None => self.overlong = true,
+                }
+            }
+            return None;
+        }
+        let len = core::mem::take(&mut self.len);
+        let result = if core::mem::take(&mut self.overlong) {
+            Err(TelemetryError::Overlong { limit: to_u32(N) })
+        } else if len == 0 {
+            return None;
+        } else {
+            match self.buf.get_mut(..len) {
+                Some(bytes) => decode(bytes),
+                None => Err(TelemetryError::Malformed),
+            }
+        };
+        match result {
+            Ok(_) => self.frames_ok = self.frames_ok.saturating_add(1),
+            Err(_) => self.frames_bad = self.frames_bad.saturating_add(1),
+        }
+        Some(result)
+    }
+
+    /// Valid frames returned so far (saturating).
+    pub fn frames_ok(&self) -> u32 {
+        self.frames_ok
+    }
+
+    /// Bad frames returned so far (saturating): malformed, truncated, wrong version or overlong.
+    pub fn frames_bad(&self) -> u32 {
+        self.frames_bad
+    }
+}
