@@ -12,9 +12,14 @@ die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs"
 
 say "cargo test --workspace (optimised, with overflow checks and debug assertions)"
-cargo test --workspace 2>&1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
+failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
 
 say "kiln-runtime for thumbv7em-none-eabihf (core only)"
 scripts/build-target.sh thumbv7em-none-eabihf -p kiln-runtime
 
 say "all tests passed"
+echo "$passed passed, $failed failed"
