@@ -1,5 +1,7 @@
 //! `check` rejects what it must, with the right error; checked ops evaluate like the kernels; random `OpDef`s
 //! either fail `check` or evaluate without panicking.
+//!
+//! Test code only: `ops/mod.rs` declares this module under #[cfg(test)].
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::cell::Cell;
