@@ -1,20 +1,21 @@
 //! The telemetry protocol between a device running Kiln and its host, version [`TELEMETRY_VERSION`].
 //!
-//! A frame on the wire is `COBS(postcard(version: u16, frame: Frame)) 0x00`:
+//! A frame on the wire is `COBS(payload ++ crc32(payload)) 0x00`:
 //!
 //! - the payload is the postcard encoding of the tuple `(TELEMETRY_VERSION, Frame)`, so the version is always
 //!   the first encoded field (a varint: `0x01` for version 1);
-//! - the payload is then COBS-stuffed, so it holds no `0x00`, and terminated by one `0x00`. A receiver
+//! - the CRC-32 (IEEE, [`crate::crc32`]) of the payload follows it, 4 bytes little-endian, so a frame damaged on
+//!   the way is refused as [`TelemetryError::BadChecksum`] even where it would still decode. Every version keeps
+//!   this envelope;
+//! - the whole is COBS-stuffed, so it holds no `0x00`, and terminated by one `0x00`. A receiver
 //!   resynchronises on any `0x00`: after line noise, the next frame after the next `0x00` decodes again. A sender
 //!   may emit a lone `0x00` (e.g. at boot) to flush whatever noise a receiver has buffered; [`FrameReader`]
 //!   ignores such empty frames.
 //!
-//! There is no checksum: a corrupted frame is refused only if it no longer decodes (the link is expected to
-//! be reliable, e.g. USB CDC or RTT; a byte flip inside a number goes unnoticed).
-//!
 //! Compatibility: new [`Frame`] variants are only ever appended (an older receiver refuses them as
 //! [`TelemetryError::Malformed`]); any other change bumps [`TELEMETRY_VERSION`]. The decoder checks the
-//! version before anything else, so a frame of another version is always [`TelemetryError::WrongVersion`].
+//! checksum, then the version before the rest, so an intact frame of another version is always
+//! [`TelemetryError::WrongVersion`].
 //!
 //! Everything is allocation-free and never panics: lists are `heapless::Vec`s with the caps below, and a
 //! decoder refuses lists longer than their cap.
@@ -36,8 +37,8 @@ pub const MAX_TOP_K: usize = 5;
 ///
 /// The largest frame is an [`Frame::Inference`] with every number at its maximum, [`MAX_OPS_REPORTED`] op
 /// cycles and a [`MAX_OUTPUT`]-byte [`Output::Full`]: 607 payload bytes (version 1, variant 1, sequence 5,
-/// cycles 10, op cycles 1 + 64 * 5, arena bytes 5, stack high water 5, output variant 1, output 2 + 256), plus
-/// 3 COBS code bytes (one per started 254-byte run) and the terminator: 611.
+/// cycles 10, op cycles 1 + 64 * 5, arena bytes 5, stack high water 5, output variant 1, output 2 + 256), the
+/// 4-byte CRC, 3 COBS code bytes (one per started 254-byte run) and the terminator: 615.
 pub const MAX_FRAME_BYTES: usize = {
     let payload = varint_len(TELEMETRY_VERSION as u64) // version
         + 1 // Frame variant
@@ -47,8 +48,16 @@ pub const MAX_FRAME_BYTES: usize = {
         + 2 * varint_len(u32::MAX as u64) // arena_bytes, stack_high_water
         + 1 // Output variant
         + varint_len(MAX_OUTPUT as u64) + MAX_OUTPUT; // Output::Full (one raw byte per i8)
-    payload + payload / 254 + 1 + 1
+    stuffed_len(payload + CRC_BYTES) + 1
 };
+
+/// Bytes of the CRC-32 trailer.
+const CRC_BYTES: usize = 4;
+
+/// COBS-stuffed length of `n` bytes: one code byte per started 254-byte run.
+const fn stuffed_len(n: usize) -> usize {
+    n + n / 254 + 1
+}
 
 /// Bytes of `value` as a postcard varint (7 bits a byte).
 const fn varint_len(mut value: u64) -> usize {
@@ -130,6 +139,8 @@ pub enum TelemetryError {
     /// Not a valid frame: bad COBS, a `0x00` inside, truncated, unknown variant, a list over its cap, or
     /// bytes left after the frame.
     Malformed,
+    /// The CRC-32 trailer does not match the payload: the frame was damaged on the way.
+    BadChecksum { stored: u32, computed: u32 },
     /// The frame is of protocol version `found`; this side speaks `supported`.
     WrongVersion { found: u16, supported: u16 },
     /// More than `limit` bytes arrived without a `0x00`; they were dropped up to the next `0x00`.
@@ -143,6 +154,10 @@ impl core::fmt::Display for TelemetryError {
                 write!(f, "telemetry buffer too small: need {need} bytes, have {have}")
             }
             TelemetryError::Malformed => write!(f, "malformed telemetry frame"),
+            TelemetryError::BadChecksum { stored, computed } => write!(
+                f,
+                "telemetry frame damaged (CRC-32 {stored:#010x}, computed {computed:#010x})"
+            ),
             TelemetryError::WrongVersion { found, supported } => write!(
                 f,
                 "telemetry protocol version {found} is not supported (this side speaks version {supported})"
@@ -158,21 +173,80 @@ fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Encodes `frame` into `buf` as one complete wire frame: COBS-stuffed, terminating `0x00` included. Returns
-/// the used part of `buf` (at most [`MAX_FRAME_BYTES`] long).
+/// Encodes `frame` into `buf` as one complete wire frame: payload, CRC-32, COBS-stuffed, terminating `0x00`
+/// included. Returns the used part of `buf` (at most [`MAX_FRAME_BYTES`] long).
 ///
 /// # Errors
 /// [`TelemetryError::BufferTooSmall`] if the frame does not fit in `buf` (a [`MAX_FRAME_BYTES`] buffer always
 /// suffices).
 pub fn encode<'b>(frame: &Frame, buf: &'b mut [u8]) -> Result<&'b mut [u8], TelemetryError> {
     let have = to_u32(buf.len());
-    match postcard::to_slice_cobs(&(TELEMETRY_VERSION, frame), buf) {
-        Ok(used) => Ok(used),
-        Err(_) => Err(TelemetryError::BufferTooSmall {
-            need: encoded_len(frame),
-            have,
-        }),
+    let too_small = || TelemetryError::BufferTooSmall {
+        need: encoded_len(frame),
+        have,
+    };
+    // Serialise after a little head room, then move payload + CRC to the very end of `buf` and stuff it in
+    // place towards the start: stuffing adds at most one byte per 254, and the space before the data is at least
+    // that (it is exactly the stuffing overhead when `buf` is just big enough).
+    let room = (buf.len() / 254 + 2).min(buf.len());
+    let payload_len = postcard::to_slice(&(TELEMETRY_VERSION, frame), &mut buf[room..])
+        .map_err(|_| too_small())?
+        .len();
+    let crc = crate::crc32::crc32(&buf[room..room + payload_len]).to_le_bytes();
+    let data_len = payload_len + CRC_BYTES;
+    let need = stuffed_len_of(buf[room..room + payload_len].iter().chain(&crc)) + 1;
+    if buf.len() < need {
+        return Err(too_small());
     }
+    let start = buf.len() - data_len;
+    buf.copy_within(room..room + payload_len, start);
+    buf[start + payload_len..].copy_from_slice(&crc);
+    let len = cobs_encode_in_place(buf, start).ok_or_else(too_small)?;
+    Ok(&mut buf[..len])
+}
+
+/// Exact COBS-stuffed length of `data`: its bytes, plus one code byte to start and one more after every run
+/// of 254 non-zero bytes.
+fn stuffed_len_of<'d>(data: impl Iterator<Item = &'d u8>) -> usize {
+    let (mut len, mut run) = (1usize, 0usize);
+    for &b in data {
+        len += 1;
+        if b == 0 {
+            run = 0;
+        } else {
+            run += 1;
+            if run == 254 {
+                len += 1;
+                run = 0;
+            }
+        }
+    }
+    len
+}
+
+/// COBS-stuffs `buf[start..]` into the start of `buf` and appends the `0x00` terminator; returns the length
+/// written, or `None` if it does not fit. Writing never overtakes reading when `start` is at least the
+/// stuffing overhead, `(buf.len() - start) / 254 + 1`.
+fn cobs_encode_in_place(buf: &mut [u8], start: usize) -> Option<usize> {
+    let (mut code_at, mut write, mut code) = (0usize, 1usize, 1u8);
+    for read in start..buf.len() {
+        let byte = *buf.get(read)?;
+        if byte == 0 {
+            *buf.get_mut(code_at)? = code;
+            (code_at, write, code) = (write, write + 1, 1);
+        } else {
+            *buf.get_mut(write)? = byte;
+            write += 1;
+            code += 1;
+            if code == 0xFF {
+                *buf.get_mut(code_at)? = code;
+                (code_at, write, code) = (write, write + 1, 1);
+            }
+        }
+    }
+    *buf.get_mut(code_at)? = code;
+    *buf.get_mut(write)? = 0;
+    Some(write + 1)
 }
 
 /// Exact encoded length of `frame`, for the error path of [`encode`] only (it needs a frame-sized stack
@@ -181,8 +255,11 @@ pub fn encode<'b>(frame: &Frame, buf: &'b mut [u8]) -> Result<&'b mut [u8], Tele
 #[inline(never)]
 fn encoded_len(frame: &Frame) -> u32 {
     let mut scratch = [0u8; MAX_FRAME_BYTES];
-    match postcard::to_slice_cobs(&(TELEMETRY_VERSION, frame), &mut scratch) {
-        Ok(used) => to_u32(used.len()),
+    match postcard::to_slice(&(TELEMETRY_VERSION, frame), &mut scratch) {
+        Ok(used) => {
+            let crc = crate::crc32::crc32(used).to_le_bytes();
+            to_u32(stuffed_len_of(used.iter().chain(&crc)) + 1)
+        }
         Err(_) => to_u32(MAX_FRAME_BYTES),
     }
 }
@@ -190,12 +267,13 @@ fn encoded_len(frame: &Frame) -> u32 {
 /// Decodes one wire frame, with or without its terminating `0x00`. `frame_bytes` is un-stuffed in place (its
 /// contents are unspecified afterwards, on success or error).
 ///
-/// The version is checked first, before the rest of the frame is looked at.
+/// The checksum is checked first, then the version, before the rest of the frame is looked at.
 ///
 /// # Errors
-/// [`TelemetryError::WrongVersion`] for a frame of another protocol version; [`TelemetryError::Malformed`] for
-/// anything else that is not exactly one valid frame (empty input, a `0x00` before the end, bad COBS, an
-/// unknown variant, a list over its cap, trailing bytes).
+/// [`TelemetryError::BadChecksum`] for a damaged frame; [`TelemetryError::WrongVersion`] for an intact frame of
+/// another protocol version; [`TelemetryError::Malformed`] for anything else that is not exactly one valid
+/// frame (empty input, a `0x00` before the end, bad COBS, too short for a CRC, an unknown variant, a list over
+/// its cap, trailing bytes).
 pub fn decode(frame_bytes: &mut [u8]) -> Result<Frame, TelemetryError> {
     let stuffed = match frame_bytes.split_last_mut() {
         Some((0, rest)) => rest,
@@ -203,7 +281,16 @@ pub fn decode(frame_bytes: &mut [u8]) -> Result<Frame, TelemetryError> {
         None => return Err(TelemetryError::Malformed),
     };
     let len = cobs_decode_in_place(stuffed).ok_or(TelemetryError::Malformed)?;
-    let payload = stuffed.get(..len).ok_or(TelemetryError::Malformed)?;
+    let data = stuffed.get(..len).ok_or(TelemetryError::Malformed)?;
+    let payload_len = len
+        .checked_sub(CRC_BYTES)
+        .ok_or(TelemetryError::Malformed)?;
+    let (payload, trailer) = data.split_at(payload_len);
+    let stored = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    let computed = crate::crc32::crc32(payload);
+    if stored != computed {
+        return Err(TelemetryError::BadChecksum { stored, computed });
+    }
     let (version, rest) =
         postcard::take_from_bytes::<u16>(payload).map_err(|_| TelemetryError::Malformed)?;
     if version != TELEMETRY_VERSION {
@@ -256,7 +343,8 @@ fn cobs_decode_in_place(buf: &mut [u8]) -> Option<usize> {
 ///
 /// Never panics, whatever bytes come in. Every `0x00` ends a frame: a valid one is returned and counted in
 /// [`FrameReader::frames_ok`]; a malformed, truncated, wrong-version or overlong one (more than `N` bytes, then
-/// dropped up to the next `0x00`) is returned as an error and counted once in [`FrameReader::frames_bad`]. An
+/// dropped up to the next `0x00`) or damaged one is returned as an error and counted once in
+/// [`FrameReader::frames_bad`]. An
 /// empty frame (a `0x00` right after another, or first) is the idle/resynchronisation byte: it returns `None`
 /// and counts nowhere.
 #[derive(Clone, Debug)]
@@ -323,7 +411,7 @@ impl<const N: usize> FrameReader<N> {
         self.frames_ok
     }
 
-    /// Bad frames returned so far (saturating): malformed, truncated, wrong version or overlong.
+    /// Bad frames returned so far (saturating): malformed, truncated, damaged, wrong version or overlong.
     pub fn frames_bad(&self) -> u32 {
         self.frames_bad
     }

@@ -67,9 +67,12 @@ fn golden_heartbeat() {
     //   0xE8 0x07  uptime_ms 1000 = 0b111_1101000: low 7 bits 0x68 | continuation 0x80 = 0xE8, then 1000 >> 7 = 7
     //   0x03       inferences 3
     //   0x00       errors 0
-    // COBS: the 5 bytes before the zero become code 0x06 + those bytes; the empty run after the zero (the
-    // end of the payload) becomes code 0x01; then the 0x00 terminator.
-    let expected = [0x06, 0x01, 0x02, 0xE8, 0x07, 0x03, 0x01, 0x00];
+    // CRC-32 of those 6 bytes: 0x3DF70DF7 (Python's zlib.crc32 agrees), little-endian F7 0D F7 3D.
+    // COBS: the 5 bytes before the zero become code 0x06 + those bytes; the 4 CRC bytes after it (no zero)
+    // code 0x05 + those bytes; then the 0x00 terminator.
+    let expected = [
+        0x06, 0x01, 0x02, 0xE8, 0x07, 0x03, 0x05, 0xF7, 0x0D, 0xF7, 0x3D, 0x00,
+    ];
     assert_eq!(enc(&heartbeat()), expected);
     assert_eq!(dec(&expected), Ok(heartbeat()));
 }
@@ -77,8 +80,11 @@ fn golden_heartbeat() {
 #[test]
 fn golden_error() {
     // payload: 0x01 version 1; 0x03 variant Error; 0xAC 0x02 code 300 = 0b10_0101100 (0x2C | 0x80, then 2);
-    // 0x00 detail 0. COBS: code 0x05 + 4 bytes, code 0x01 for the empty tail, terminator 0x00.
-    let expected = [0x05, 0x01, 0x03, 0xAC, 0x02, 0x01, 0x00];
+    // 0x00 detail 0. CRC-32 of those 5 bytes: 0x0BA3B7C5, little-endian C5 B7 A3 0B. COBS: code 0x05 + 4
+    // bytes (the zero), code 0x05 + the CRC, terminator 0x00.
+    let expected = [
+        0x05, 0x01, 0x03, 0xAC, 0x02, 0x05, 0xC5, 0xB7, 0xA3, 0x0B, 0x00,
+    ];
     assert_eq!(
         enc(&Frame::Error {
             code: 300,
@@ -123,7 +129,7 @@ fn largest_frame() -> Frame {
 
 #[test]
 fn largest_frame_is_max_frame_bytes() {
-    assert_eq!(MAX_FRAME_BYTES, 611);
+    assert_eq!(MAX_FRAME_BYTES, 615);
     let frame = largest_frame();
     let bytes = enc(&frame);
     assert_eq!(bytes.len(), MAX_FRAME_BYTES);
@@ -137,25 +143,25 @@ fn largest_frame_is_max_frame_bytes() {
 #[test]
 fn buffer_too_small_reports_exact_need() {
     let frame = heartbeat();
-    let mut buf = [0u8; 7];
-    assert_eq!(
-        encode(&frame, &mut buf),
-        Err(TelemetryError::BufferTooSmall { need: 8, have: 7 })
-    );
-    let mut empty = [0u8; 0];
-    assert_eq!(
-        encode(&frame, &mut empty),
-        Err(TelemetryError::BufferTooSmall { need: 8, have: 0 })
-    );
-    let mut exact = [0u8; 8];
-    assert_eq!(encode(&frame, &mut exact).map(|b| b.len()), Ok(8));
+    for have in [0usize, 1, 2, 7, 11] {
+        let mut buf = vec![0u8; have];
+        assert_eq!(
+            encode(&frame, &mut buf),
+            Err(TelemetryError::BufferTooSmall {
+                need: 12,
+                have: have as u32
+            })
+        );
+    }
+    let mut exact = [0u8; 12];
+    assert_eq!(encode(&frame, &mut exact).map(|b| b.len()), Ok(12));
 }
 
 #[test]
 fn other_version_refused_with_both_numbers() {
     // The golden heartbeat with version 2: payload 02 02 E8 07 03 00.
     assert_eq!(
-        dec(&[0x06, 0x02, 0x02, 0xE8, 0x07, 0x03, 0x01, 0x00]),
+        dec(&wire(&[0x02, 0x02, 0xE8, 0x07, 0x03, 0x00])),
         Err(TelemetryError::WrongVersion {
             found: 2,
             supported: TELEMETRY_VERSION
@@ -164,7 +170,7 @@ fn other_version_refused_with_both_numbers() {
     // Version 0x1234 (varint B4 24) followed by a variant this version does not know (0x7F): the version is
     // checked first, so this is WrongVersion, not Malformed.
     assert_eq!(
-        dec(&[0x04, 0xB4, 0x24, 0x7F, 0x00]),
+        dec(&wire(&[0xB4, 0x24, 0x7F])),
         Err(TelemetryError::WrongVersion {
             found: 0x1234,
             supported: TELEMETRY_VERSION
@@ -172,9 +178,9 @@ fn other_version_refused_with_both_numbers() {
     );
     // Through postcard itself, for a whole frame of a future version.
     let mut buf = [0u8; MAX_FRAME_BYTES];
-    let bytes = postcard::to_slice_cobs(&(7u16, &every_variant()[0]), &mut buf).unwrap();
+    let payload = postcard::to_slice(&(7u16, &every_variant()[0]), &mut buf).unwrap();
     assert_eq!(
-        decode(bytes),
+        dec(&wire(payload)),
         Err(TelemetryError::WrongVersion {
             found: 7,
             supported: 1
@@ -185,38 +191,64 @@ fn other_version_refused_with_both_numbers() {
 #[test]
 fn malformed_frames() {
     let cases: &[&[u8]] = &[
-        &[],                                                     // empty
-        &[0x00],                                                 // only a terminator
+        &[],                             // empty
+        &[0x00],                         // only a terminator
         &[0x05, 0x01, 0x03, 0xAC, 0x00], // COBS code runs past the end (truncated)
         &[0x03, 0x01, 0x00, 0x02, 0x00], // a 0x00 inside
-        &[0x03, 0x01, 0x09, 0x00],       // unknown variant 9
-        &[0x02, 0x01, 0x00],             // version only, no frame
-        &[0x06, 0x01, 0x02, 0xE8, 0x07, 0x03, 0x02, 0x07, 0x00], // golden heartbeat + a trailing byte 0x07
-        &[0x04, 0xFF, 0xFF, 0xFF, 0x00],                         // version varint overflows u16
+        &[0x04, 0x01, 0x02, 0x03, 0x00], // 3 bytes: too short for a CRC
     ];
     for case in cases {
         assert_eq!(dec(case), Err(TelemetryError::Malformed), "{case:02x?}");
+    }
+    // Intact (checksummed) payloads that are not a frame.
+    let payloads: &[&[u8]] = &[
+        &[0x01, 0x09],                               // unknown variant 9
+        &[0x01],                                     // version only, no frame
+        &[0x01, 0x02, 0xE8, 0x07, 0x03, 0x00, 0x07], // golden heartbeat + a trailing byte 0x07
+        &[0xFF, 0xFF, 0xFF],                         // version varint overflows u16
+        &[],                                         // nothing but a CRC
+    ];
+    for payload in payloads {
+        assert_eq!(
+            dec(&wire(payload)),
+            Err(TelemetryError::Malformed),
+            "{payload:02x?}"
+        );
     }
     // A list over its cap: Output::TopK with 6 entries.
     // payload: 01 version, 01 Inference, 00 sequence, 00 cycles, 00 op_cycles (empty), 00 arena, 00 stack,
     // 01 TopK, 06 length, then 6 x (01 class, 01 score).
     let mut payload = vec![0x01, 0x01, 0, 0, 0, 0, 0, 0x01, 0x06];
     payload.extend([0x01u8; 12]);
-    assert_eq!(dec(&cobs_stuff(&payload)), Err(TelemetryError::Malformed));
+    assert_eq!(dec(&wire(&payload)), Err(TelemetryError::Malformed));
     // ... while 5 entries decode.
     let mut ok = payload.clone();
     ok[8] = 0x05;
     ok.truncate(ok.len() - 2);
     assert!(
-        matches!(dec(&cobs_stuff(&ok)), Ok(Frame::Inference(r)) if matches!(&r.output, Output::TopK(k) if k.len() == MAX_TOP_K))
+        matches!(dec(&wire(&ok)), Ok(Frame::Inference(r)) if matches!(&r.output, Output::TopK(k) if k.len() == MAX_TOP_K))
     );
 }
 
-/// Reference COBS stuffing of a raw payload, terminator included (payloads here are shorter than 254 bytes).
-fn cobs_stuff(payload: &[u8]) -> std::vec::Vec<u8> {
-    assert!(payload.len() < 254);
+/// A wire frame made by hand: `payload`, its CRC-32 (computed by an independent bitwise implementation), COBS
+/// stuffing (payloads here are shorter than 250 bytes) and the terminator.
+fn wire(payload: &[u8]) -> std::vec::Vec<u8> {
+    assert!(payload.len() < 250);
+    let mut crc = !0u32;
+    for &b in payload {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    let mut data = payload.to_vec();
+    data.extend((!crc).to_le_bytes());
     let mut out = std::vec::Vec::new();
-    for run in payload.split(|&b| b == 0) {
+    for run in data.split(|&b| b == 0) {
         out.push(run.len() as u8 + 1);
         out.extend_from_slice(run);
     }
@@ -245,14 +277,19 @@ fn stream_with_garbage_truncation_and_corruption() {
     stream.push(0x00);
     expected_bad += 1;
     stream.extend(&good[2]);
-    // A corrupted frame: the Frame variant byte of the heartbeat (offset 2: code, version, variant) set to 9.
+    // A damaged frame: the Frame variant byte of the heartbeat (offset 2: code, version, variant) set to 9,
+    // and a frame with a flipped bit inside a number (uptime 1000 -> 1001), which would still decode.
     let mut corrupted = good[3].clone();
     corrupted[2] = 0x09;
     stream.extend(&corrupted);
     expected_bad += 1;
+    let mut flipped = good[3].clone();
+    flipped[3] ^= 0x01;
+    stream.extend(&flipped);
+    expected_bad += 1;
     stream.extend(&good[3]);
     // A frame of another version.
-    stream.extend([0x06, 0x02, 0x02, 0xE8, 0x07, 0x03, 0x01, 0x00]);
+    stream.extend(wire(&[0x02, 0x02, 0xE8, 0x07, 0x03, 0x00]));
     expected_bad += 1;
     // An overlong run of non-zero bytes, dropped and counted once.
     stream.extend(std::iter::repeat_n(0x11, 3 * MAX_FRAME_BYTES));
@@ -280,6 +317,13 @@ fn stream_with_garbage_truncation_and_corruption() {
         found: 2,
         supported: 1
     }));
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|e| matches!(e, TelemetryError::BadChecksum { .. }))
+            .count(),
+        2
+    );
     assert!(errors.contains(&TelemetryError::Overlong {
         limit: MAX_FRAME_BYTES as u32
     }));
@@ -290,9 +334,9 @@ fn stream_with_garbage_truncation_and_corruption() {
 
 #[test]
 fn small_reader_drops_long_frames_and_recovers() {
-    let mut reader = FrameReader::<8>::new();
+    let mut reader = FrameReader::<16>::new();
     let big = enc(&every_variant()[0]);
-    assert!(big.len() > 9);
+    assert!(big.len() > 17);
     let out: std::vec::Vec<_> = big
         .iter()
         .chain(enc(&heartbeat()).iter())
@@ -300,7 +344,7 @@ fn small_reader_drops_long_frames_and_recovers() {
         .collect();
     assert_eq!(
         out,
-        [Err(TelemetryError::Overlong { limit: 8 }), Ok(heartbeat())]
+        [Err(TelemetryError::Overlong { limit: 16 }), Ok(heartbeat())]
     );
     assert_eq!((reader.frames_ok(), reader.frames_bad()), (1, 1));
 }
