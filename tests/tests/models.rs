@@ -43,7 +43,7 @@ fn argmax(v: &[f32]) -> usize {
         .0
 }
 
-/// (labelled accuracy or None, predictions) of `infer` on each sample.
+/// The top-1 class `infer` predicts for each sample.
 fn predictions(
     samples: &[ArrayD<f32>],
     mut infer: impl FnMut(&ArrayD<f32>) -> ArrayD<f32>,
