@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use kiln_runtime::format::{DType, TensorDef};
-use kiln_runtime::Model;
 use ndarray::ArrayD;
 use serde::Serialize;
 
@@ -537,10 +536,4 @@ pub fn agreement(
         max_abs_error: out_err.max_abs,
         per_layer: per_layer.into_iter().map(|(_, l)| l).collect(),
     })
-}
-
-/// Checks a model file's bytes the way the runtime will.
-pub fn check_model(bytes: &[u8]) -> std::result::Result<(), kiln_runtime::Error> {
-    let buf = ModelBuf::new(bytes);
-    Model::from_bytes(buf.bytes()).map(|_| ())
 }

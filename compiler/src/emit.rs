@@ -83,24 +83,10 @@ pub fn choose_quant(min: f32, max: f32) -> Quant {
     Quant { scale, zero_point }
 }
 
-fn quantize_value(v: f32, q: Quant) -> i8 {
-    ((v as f64 / q.scale as f64).round() + q.zero_point as f64).clamp(-128.0, 127.0) as i8
-}
-
 /// The int8 clamp range of a fused activation on an output quantised with `q`.
 fn act_range_s8(act: Activation, q: Quant) -> (i8, i8) {
     let (lo, hi) = act.range();
-    let lo = if lo.is_finite() {
-        quantize_value(lo, q)
-    } else {
-        -128
-    };
-    let hi = if hi.is_finite() {
-        quantize_value(hi, q)
-    } else {
-        127
-    };
-    (lo, hi)
+    host::act_range_s8(q, lo, hi)
 }
 
 #[derive(Default)]
@@ -272,7 +258,7 @@ impl<'p> Emitter<'p> {
                     .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
                 let q = choose_quant(lo, hi);
                 self.tensors[t].quant = q;
-                let qv: Vec<i8> = v.iter().map(|&x| quantize_value(x, q)).collect();
+                let qv: Vec<i8> = v.iter().map(|&x| host::quantize(q, x)).collect();
                 self.blob.push_i8(&qv)
             }
         };
@@ -595,7 +581,7 @@ impl<'p> Emitter<'p> {
                     x
                 };
                 let (elem_bytes, value) = if int8 {
-                    (1, quantize_value(*value, out_q) as u8 as u32)
+                    (1, host::quantize(out_q, *value) as u8 as u32)
                 } else {
                     (4, value.to_bits())
                 };

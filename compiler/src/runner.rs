@@ -47,7 +47,7 @@ pub fn dequantize(bytes: &[u8], dtype: DType, q: Quant) -> Vec<f32> {
     match dtype {
         DType::I8 => bytes
             .iter()
-            .map(|&b| q.scale * ((b as i8) as i32 - q.zero_point) as f32)
+            .map(|&b| kiln_runtime::host::dequantize(q, b as i8))
             .collect(),
         DType::F32 => bytes
             .chunks_exact(4)
@@ -64,10 +64,7 @@ pub fn dequantize(bytes: &[u8], dtype: DType, q: Quant) -> Vec<f32> {
 pub fn quantize(values: impl Iterator<Item = f32>, dtype: DType, q: Quant) -> Vec<u8> {
     match dtype {
         DType::I8 => values
-            .map(|v| {
-                ((v as f64 / q.scale as f64).round() + q.zero_point as f64).clamp(-128.0, 127.0)
-                    as i8 as u8
-            })
+            .map(|v| kiln_runtime::host::quantize(q, v) as u8)
             .collect(),
         DType::F32 => values.flat_map(|v| v.to_le_bytes()).collect(),
         DType::I32 => values
