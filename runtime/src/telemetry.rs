@@ -12,7 +12,10 @@
 //!   may emit a lone `0x00` (e.g. at boot) to flush whatever noise a receiver has buffered; [`FrameReader`]
 //!   ignores such empty frames.
 //!
-//! Compatibility: new [`Frame`] variants are only ever appended (an older receiver refuses them as
+//! The host talks back with [`Command`]s in the same envelope (same version field, CRC and COBS):
+//! [`encode_command`] / [`decode_command`]. A [`Deframer`] collects raw frames byte by byte on either side.
+//!
+//! Compatibility: new [`Frame`] and [`Command`] variants are only ever appended (an older receiver refuses them as
 //! [`TelemetryError::Malformed`]); any other change bumps [`TELEMETRY_VERSION`]. The decoder checks the
 //! checksum, then the version before the rest, so an intact frame of another version is always
 //! [`TelemetryError::WrongVersion`].
@@ -99,6 +102,34 @@ pub enum Frame {
     },
     /// Something went wrong on the device; `code` and `detail` are firmware-defined numbers.
     Error { code: u16, detail: u32 },
+    /// A piece of an inference's output, sent before its [`Frame::Inference`] when the host asked for whole
+    /// outputs ([`Command::Infer`]`::full_output`): `data` is bytes `offset..offset + data.len()` of graph
+    /// output `index`, raw as the model stores them (int8 values, or little-endian f32), in the model's layout.
+    OutputChunk {
+        sequence: u32,
+        index: u8,
+        offset: u32,
+        data: Vec<u8, MAX_OUTPUT>,
+    },
+}
+
+/// What the host asks of a device. Append-only, like [`Frame`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command<'a> {
+    /// Answer with a [`Frame::Hello`].
+    Hello,
+    /// Run one inference on `input`: every graph input's bytes in order, raw as the model stores them.
+    /// The device answers with [`Frame::OutputChunk`]s (when `full_output`) and then a [`Frame::Inference`]
+    /// carrying the same `sequence` (with per-op cycles when `per_op`), or a [`Frame::Error`].
+    Infer {
+        sequence: u32,
+        per_op: bool,
+        full_output: bool,
+        #[serde(borrow)]
+        input: &'a [u8],
+    },
+    /// End the session: firmware under an emulator exits, firmware on a board resets.
+    Exit,
 }
 
 /// What one inference cost and produced.
@@ -180,16 +211,35 @@ fn to_u32(n: usize) -> u32 {
 /// [`TelemetryError::BufferTooSmall`] if the frame does not fit in `buf` (a [`MAX_FRAME_BYTES`] buffer always
 /// suffices).
 pub fn encode<'b>(frame: &Frame, buf: &'b mut [u8]) -> Result<&'b mut [u8], TelemetryError> {
+    encode_message(frame, buf)
+}
+
+/// Encodes `command` into `buf` as one complete wire frame, like [`encode`]. A command carrying `n` input
+/// bytes needs at most `n + n / 254 + 32` bytes.
+///
+/// # Errors
+/// [`TelemetryError::BufferTooSmall`] if it does not fit in `buf`.
+pub fn encode_command<'b>(
+    command: &Command<'_>,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], TelemetryError> {
+    encode_message(command, buf)
+}
+
+fn encode_message<'b, T: Serialize>(
+    message: &T,
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], TelemetryError> {
     let have = to_u32(buf.len());
     let too_small = || TelemetryError::BufferTooSmall {
-        need: encoded_len(frame),
+        need: encoded_len(message),
         have,
     };
     // Serialise after a little head room, then move payload + CRC to the very end of `buf` and stuff it in
     // place towards the start: stuffing adds at most one byte per 254, and the space before the data is at least
     // that (it is exactly the stuffing overhead when `buf` is just big enough).
     let room = (buf.len() / 254 + 2).min(buf.len());
-    let payload_len = postcard::to_slice(&(TELEMETRY_VERSION, frame), &mut buf[room..])
+    let payload_len = postcard::to_slice(&(TELEMETRY_VERSION, message), &mut buf[room..])
         .map_err(|_| too_small())?
         .len();
     let crc = crate::crc32::crc32(&buf[room..room + payload_len]).to_le_bytes();
@@ -249,18 +299,68 @@ fn cobs_encode_in_place(buf: &mut [u8], start: usize) -> Option<usize> {
     Some(write + 1)
 }
 
-/// Exact encoded length of `frame`, for the error path of [`encode`] only (it needs a frame-sized stack
-/// buffer, kept out of `encode`'s own stack frame).
+/// Exact encoded length of `message`, for the error path of [`encode_message`] only: it serialises into a
+/// counter instead of a buffer.
 #[cold]
 #[inline(never)]
-fn encoded_len(frame: &Frame) -> u32 {
-    let mut scratch = [0u8; MAX_FRAME_BYTES];
-    match postcard::to_slice(&(TELEMETRY_VERSION, frame), &mut scratch) {
-        Ok(used) => {
-            let crc = crate::crc32::crc32(used).to_le_bytes();
-            to_u32(stuffed_len_of(used.iter().chain(&crc)) + 1)
+fn encoded_len<T: Serialize>(message: &T) -> u32 {
+    match postcard::serialize_with_flavor(&(TELEMETRY_VERSION, message), Measure::default()) {
+        Ok(m) => {
+            let crc = m.crc.finish().to_le_bytes();
+            let mut m = m;
+            for b in crc {
+                m.feed(b);
+            }
+            to_u32(m.stuffed + 1)
         }
-        Err(_) => to_u32(MAX_FRAME_BYTES),
+        Err(_) => u32::MAX,
+    }
+}
+
+/// A postcard flavor that writes nothing: it tracks the CRC and the COBS-stuffed length of what it is fed.
+struct Measure {
+    crc: crate::crc32::Crc32,
+    stuffed: usize,
+    run: usize,
+}
+
+impl Default for Measure {
+    fn default() -> Self {
+        Measure {
+            crc: crate::crc32::Crc32::new(),
+            stuffed: 1,
+            run: 0,
+        }
+    }
+}
+
+impl Measure {
+    /// Counts one byte as [`stuffed_len_of`] does.
+    fn feed(&mut self, b: u8) {
+        self.stuffed += 1;
+        if b == 0 {
+            self.run = 0;
+        } else {
+            self.run += 1;
+            if self.run == 254 {
+                self.stuffed += 1;
+                self.run = 0;
+            }
+        }
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Measure {
+    type Output = Measure;
+
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        self.crc.update(&[b]);
+        self.feed(b);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Measure> {
+        Ok(self)
     }
 }
 
@@ -275,12 +375,27 @@ fn encoded_len(frame: &Frame) -> u32 {
 /// frame (empty input, a `0x00` before the end, bad COBS, too short for a CRC, an unknown variant, a list over
 /// its cap, trailing bytes).
 pub fn decode(frame_bytes: &mut [u8]) -> Result<Frame, TelemetryError> {
-    let stuffed = match frame_bytes.split_last_mut() {
-        Some((0, rest)) => rest,
-        Some(_) => frame_bytes,
+    decode_message(frame_bytes)
+}
+
+/// Decodes one [`Command`] wire frame, as [`decode`] does frames; the command borrows its input bytes from
+/// `frame_bytes` (nothing is copied).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_command(frame_bytes: &mut [u8]) -> Result<Command<'_>, TelemetryError> {
+    decode_message(frame_bytes)
+}
+
+fn decode_message<'d, T: Deserialize<'d>>(frame_bytes: &'d mut [u8]) -> Result<T, TelemetryError> {
+    let end = match frame_bytes.last() {
+        Some(0) => frame_bytes.len() - 1,
+        Some(_) => frame_bytes.len(),
         None => return Err(TelemetryError::Malformed),
     };
+    let stuffed = &mut frame_bytes[..end];
     let len = cobs_decode_in_place(stuffed).ok_or(TelemetryError::Malformed)?;
+    let stuffed: &'d [u8] = stuffed;
     let data = stuffed.get(..len).ok_or(TelemetryError::Malformed)?;
     let payload_len = len
         .checked_sub(CRC_BYTES)
@@ -299,8 +414,8 @@ pub fn decode(frame_bytes: &mut [u8]) -> Result<Frame, TelemetryError> {
             supported: TELEMETRY_VERSION,
         });
     }
-    match postcard::take_from_bytes::<Frame>(rest) {
-        Ok((frame, [])) => Ok(frame),
+    match postcard::take_from_bytes::<T>(rest) {
+        Ok((message, [])) => Ok(message),
         _ => Err(TelemetryError::Malformed),
     }
 }
@@ -338,44 +453,38 @@ fn cobs_decode_in_place(buf: &mut [u8]) -> Option<usize> {
     Some(write)
 }
 
-/// Allocation-free stream decoder: feed it received bytes one at a time; it holds up to `N` stuffed bytes of
-/// the frame in progress ([`MAX_FRAME_BYTES`] is always enough).
+/// Collects raw wire frames from a byte stream, allocation-free: feed it received bytes one at a time; it
+/// holds up to `N` stuffed bytes of the frame in progress. Decode what it returns with [`decode`] or
+/// [`decode_command`].
 ///
-/// Never panics, whatever bytes come in. Every `0x00` ends a frame: a valid one is returned and counted in
-/// [`FrameReader::frames_ok`]; a malformed, truncated, wrong-version or overlong one (more than `N` bytes, then
-/// dropped up to the next `0x00`) or damaged one is returned as an error and counted once in
-/// [`FrameReader::frames_bad`]. An
-/// empty frame (a `0x00` right after another, or first) is the idle/resynchronisation byte: it returns `None`
-/// and counts nowhere.
+/// Every `0x00` ends a frame. An empty frame (a `0x00` right after another, or first) is the
+/// idle/resynchronisation byte and returns nothing; more than `N` bytes before a `0x00` are dropped up to it
+/// and returned as [`TelemetryError::Overlong`].
 #[derive(Clone, Debug)]
-pub struct FrameReader<const N: usize> {
+pub struct Deframer<const N: usize> {
     buf: [u8; N],
     len: usize,
     overlong: bool,
-    frames_ok: u32,
-    frames_bad: u32,
 }
 
-impl<const N: usize> Default for FrameReader<N> {
+impl<const N: usize> Default for Deframer<N> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<const N: usize> FrameReader<N> {
+impl<const N: usize> Deframer<N> {
     pub const fn new() -> Self {
         Self {
             buf: [0; N],
             len: 0,
             overlong: false,
-            frames_ok: 0,
-            frames_bad: 0,
         }
     }
 
-    /// Feeds one received byte. Returns `Some` when `byte` is a `0x00` ending a non-empty frame, `None`
-    /// otherwise.
-    pub fn push(&mut self, byte: u8) -> Option<Result<Frame, TelemetryError>> {
+    /// Feeds one received byte. Returns `Some` when `byte` is a `0x00` ending a non-empty frame: the frame's
+    /// stuffed bytes (terminator excluded), or [`TelemetryError::Overlong`].
+    pub fn push(&mut self, byte: u8) -> Option<Result<&mut [u8], TelemetryError>> {
         if byte != 0 {
             if !self.overlong {
                 match self.buf.get_mut(self.len) {
@@ -389,16 +498,50 @@ impl<const N: usize> FrameReader<N> {
             return None;
         }
         let len = core::mem::take(&mut self.len);
-        let result = if core::mem::take(&mut self.overlong) {
-            Err(TelemetryError::Overlong { limit: to_u32(N) })
-        } else if len == 0 {
+        if core::mem::take(&mut self.overlong) {
+            return Some(Err(TelemetryError::Overlong { limit: to_u32(N) }));
+        }
+        if len == 0 {
             return None;
-        } else {
-            match self.buf.get_mut(..len) {
-                Some(bytes) => decode(bytes),
-                None => Err(TelemetryError::Malformed),
-            }
-        };
+        }
+        Some(self.buf.get_mut(..len).ok_or(TelemetryError::Malformed))
+    }
+}
+
+/// Allocation-free stream decoder of [`Frame`]s: a [`Deframer`] plus [`decode`], with counters. It holds up to
+/// `N` stuffed bytes of the frame in progress ([`MAX_FRAME_BYTES`] is always enough).
+///
+/// Never panics, whatever bytes come in. Every `0x00` ends a frame: a valid one is returned and counted in
+/// [`FrameReader::frames_ok`]; a malformed, truncated, wrong-version or overlong one (more than `N` bytes, then
+/// dropped up to the next `0x00`) or damaged one is returned as an error and counted once in
+/// [`FrameReader::frames_bad`]. An empty frame (a `0x00` right after another, or first) is the
+/// idle/resynchronisation byte: it returns `None` and counts nowhere.
+#[derive(Clone, Debug)]
+pub struct FrameReader<const N: usize> {
+    deframer: Deframer<N>,
+    frames_ok: u32,
+    frames_bad: u32,
+}
+
+impl<const N: usize> Default for FrameReader<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> FrameReader<N> {
+    pub const fn new() -> Self {
+        Self {
+            deframer: Deframer::new(),
+            frames_ok: 0,
+            frames_bad: 0,
+        }
+    }
+
+    /// Feeds one received byte. Returns `Some` when `byte` is a `0x00` ending a non-empty frame, `None`
+    /// otherwise.
+    pub fn push(&mut self, byte: u8) -> Option<Result<Frame, TelemetryError>> {
+        let result = self.deframer.push(byte)?.and_then(decode);
         match result {
             Ok(_) => self.frames_ok = self.frames_ok.saturating_add(1),
             Err(_) => self.frames_bad = self.frames_bad.saturating_add(1),

@@ -2,7 +2,7 @@
 
 use heapless::Vec;
 use kiln_runtime::telemetry::{
-    decode, encode, Frame, FrameReader, InferenceReport, Output, TelemetryError, MAX_FRAME_BYTES,
+    decode, decode_command, encode, encode_command, Command, Deframer, Frame, FrameReader, InferenceReport, Output, TelemetryError, MAX_FRAME_BYTES,
     MAX_OPS_REPORTED, MAX_OUTPUT, MAX_TOP_K, TELEMETRY_VERSION,
 };
 use proptest::prelude::*;
@@ -24,7 +24,7 @@ fn heartbeat() -> Frame {
     }
 }
 
-fn every_variant() -> [Frame; 5] {
+fn every_variant() -> [Frame; 6] {
     [
         Frame::Hello {
             device_id: 0x0123_4567_89ab_cdef,
@@ -53,6 +53,12 @@ fn every_variant() -> [Frame; 5] {
         Frame::Error {
             code: 300,
             detail: 0,
+        },
+        Frame::OutputChunk {
+            sequence: 9,
+            index: 1,
+            offset: 256,
+            data: Vec::from_slice(&[0, 1, 0xff, 0x80]).unwrap(),
         },
     ]
 }
@@ -296,6 +302,7 @@ fn stream_with_garbage_truncation_and_corruption() {
     stream.push(0x00);
     expected_bad += 1;
     stream.extend(&good[4]);
+    stream.extend(&good[5]);
     // Garbage after the last frame, not terminated: nothing is returned for it (yet).
     stream.extend([0x22, 0x33, 0x44]);
 
@@ -310,7 +317,7 @@ fn stream_with_garbage_truncation_and_corruption() {
         }
     }
     assert_eq!(ok, frames);
-    assert_eq!(reader.frames_ok(), 5);
+    assert_eq!(reader.frames_ok(), 6);
     assert_eq!(reader.frames_bad(), expected_bad);
     assert_eq!(errors.len() as u32, expected_bad);
     assert!(errors.contains(&TelemetryError::WrongVersion {
@@ -416,6 +423,18 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             }
         }),
         (any::<u16>(), any::<u32>()).prop_map(|(code, detail)| Frame::Error { code, detail }),
+        (
+            any::<u32>(),
+            any::<u8>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..=MAX_OUTPUT)
+        )
+            .prop_map(|(sequence, index, offset, data)| Frame::OutputChunk {
+                sequence,
+                index,
+                offset,
+                data: Vec::from_slice(&data).unwrap()
+            }),
     ]
 }
 
@@ -474,4 +493,79 @@ proptest! {
             let _ = reader.push(b);
         }
     }
+}
+
+#[test]
+fn golden_command_infer() {
+    // payload: version 01, variant Infer 01, sequence 2 (02), per_op true (01), full_output false (00),
+    // input len 3 (03) then 05 00 07.
+    let payload = [0x01, 0x01, 0x02, 0x01, 0x00, 0x03, 0x05, 0x00, 0x07];
+    let command = Command::Infer {
+        sequence: 2,
+        per_op: true,
+        full_output: false,
+        input: &[5, 0, 7],
+    };
+    let mut buf = [0u8; 64];
+    let bytes = encode_command(&command, &mut buf).unwrap().to_vec();
+    assert_eq!(bytes, wire(&payload));
+    let mut copy = bytes.clone();
+    assert_eq!(decode_command(&mut copy), Ok(command));
+}
+
+#[test]
+fn commands_round_trip_through_a_deframer() {
+    let input: std::vec::Vec<u8> = (0..3000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let commands = [
+        Command::Hello,
+        Command::Infer {
+            sequence: u32::MAX,
+            per_op: false,
+            full_output: true,
+            input: &input,
+        },
+        Command::Exit,
+    ];
+    let mut stream = vec![0u8, 0x55, 0x13, 0x00];
+    for c in &commands {
+        let mut buf = vec![0u8; input.len() + input.len() / 254 + 32];
+        stream.extend_from_slice(encode_command(c, &mut buf).unwrap());
+    }
+    let mut deframer = Deframer::<4096>::new();
+    let mut got = std::vec::Vec::new();
+    for b in stream {
+        if let Some(raw) = deframer.push(b) {
+            got.push(raw.and_then(|r| decode_command(r).map(|c| format!("{c:?}"))));
+        }
+    }
+    assert_eq!(got.len(), 4, "noise frame + 3 commands");
+    assert_eq!(got[0], Err(TelemetryError::Malformed));
+    for (g, c) in got[1..].iter().zip(&commands) {
+        assert_eq!(g.as_ref().unwrap(), &format!("{c:?}"));
+    }
+    // A command longer than the deframer's buffer is dropped and reported, the next one decodes.
+    let mut small = Deframer::<64>::new();
+    let mut buf = vec![0u8; 4000];
+    let big = encode_command(&commands[1], &mut buf).unwrap().to_vec();
+    let mut results = std::vec::Vec::new();
+    for b in big.iter().chain(&[0x02, 0x02, 0x00]) {
+        if let Some(raw) = small.push(*b) {
+            results.push(raw.map(|r| r.len()));
+        }
+    }
+    assert_eq!(results[0], Err(TelemetryError::Overlong { limit: 64 }));
+    assert_eq!(results[1], Ok(2));
+}
+
+#[test]
+fn command_buffer_too_small_reports_exact_need() {
+    let input = [0u8; 300];
+    let c = Command::Infer { sequence: 1, per_op: false, full_output: false, input: &input };
+    let mut big = [0u8; 400];
+    let need = encode_command(&c, &mut big).unwrap().len();
+    let mut small = vec![0u8; need - 1];
+    assert_eq!(
+        encode_command(&c, &mut small).unwrap_err(),
+        TelemetryError::BufferTooSmall { need: need as u32, have: need as u32 - 1 }
+    );
 }
