@@ -45,7 +45,8 @@ fn run() -> Result<(), String> {
         ));
     }
 
-    let model_path = PathBuf::from(var("KILN_MODEL").ok_or("KILN_MODEL is not set (path of a .kiln file)")?);
+    let model_path =
+        PathBuf::from(var("KILN_MODEL").ok_or("KILN_MODEL is not set (path of a .kiln file)")?);
     println!("cargo:rerun-if-changed={}", model_path.display());
     let bytes = fs::read(&model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
     // Checked here with the same loader the device runs, so a bad model never gets into a firmware image.
@@ -63,7 +64,9 @@ fn run() -> Result<(), String> {
     }
 
     let stack_bytes: usize = match var("KILN_STACK_BYTES") {
-        Some(s) => s.parse().map_err(|_| format!("KILN_STACK_BYTES '{s}' is not a number"))?,
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("KILN_STACK_BYTES '{s}' is not a number"))?,
         None => DEFAULT_STACK_BYTES,
     };
     let measure = match var("KILN_MEMORY").as_deref() {
@@ -89,11 +92,17 @@ fn run() -> Result<(), String> {
     id_input.extend(stack_bytes.to_le_bytes());
     let firmware_id = kiln_runtime::crc32::crc32(&id_input);
 
-    let divisor = board.uart.divisor(board.clock_hz).map_err(|e| e.to_string())?;
+    let divisor = board
+        .uart
+        .divisor(board.clock_hz)
+        .map_err(|e| e.to_string())?;
     let uart = match board.uart.driver {
         UartDriver::Cmsdk => format!("crate::uart::Cmsdk::new({:#x}, {divisor})", board.uart.base),
         UartDriver::Pl011 => format!("crate::uart::Pl011::new({:#x}, {divisor})", board.uart.base),
-        UartDriver::Stm32Usart => format!("crate::uart::Stm32Usart::new({:#x}, {divisor})", board.uart.base),
+        UartDriver::Stm32Usart => format!(
+            "crate::uart::Stm32Usart::new({:#x}, {divisor})",
+            board.uart.base
+        ),
         UartDriver::NrfUart => format!(
             "crate::uart::NrfUart::new({:#x}, {divisor:#x}, {}, {})",
             board.uart.base,

@@ -123,7 +123,9 @@ impl Uart {
             UartDriver::Cmsdk => {
                 let d = clock / baud;
                 if d < 16 {
-                    return Err(bad(format!("needs a divisor of at least 16, {clock_hz} Hz gives {d}")));
+                    return Err(bad(format!(
+                        "needs a divisor of at least 16, {clock_hz} Hz gives {d}"
+                    )));
                 }
                 Ok(d as u32)
             }
@@ -196,9 +198,18 @@ pub struct ProbeRs {
 #[derive(Debug)]
 pub enum BoardError {
     /// No board file of that name; lists the known boards.
-    Unknown { name: String, known: Vec<String> },
-    Read { path: PathBuf, error: std::io::Error },
-    Parse { path: PathBuf, error: String },
+    Unknown {
+        name: String,
+        known: Vec<String>,
+    },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Parse {
+        path: PathBuf,
+        error: String,
+    },
     Invalid(String),
 }
 
@@ -280,11 +291,22 @@ impl Board {
 
     fn check(&self) -> Result<(), BoardError> {
         let invalid = |why: String| Err(BoardError::Invalid(why));
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return invalid(format!("name '{}': use letters, digits, '-' and '_'", self.name));
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return invalid(format!(
+                "name '{}': use letters, digits, '-' and '_'",
+                self.name
+            ));
         }
         if !self.target.starts_with("thumbv") {
-            return invalid(format!("target '{}' is not a Cortex-M (thumbv*) target", self.target));
+            return invalid(format!(
+                "target '{}' is not a Cortex-M (thumbv*) target",
+                self.target
+            ));
         }
         if self.clock_hz == 0 {
             return invalid("clock_hz must be above 0".into());
@@ -297,11 +319,15 @@ impl Board {
                 ));
             }
         }
-        if self.flash.origin < self.ram.origin + self.ram.size && self.ram.origin < self.flash.origin + self.flash.size {
+        if self.flash.origin < self.ram.origin + self.ram.size
+            && self.ram.origin < self.flash.origin + self.flash.size
+        {
             return invalid("flash and ram overlap".into());
         }
         self.uart.divisor(self.clock_hz)?;
-        if self.uart.driver == UartDriver::NrfUart && (self.uart.tx_pin.is_none() || self.uart.rx_pin.is_none()) {
+        if self.uart.driver == UartDriver::NrfUart
+            && (self.uart.tx_pin.is_none() || self.uart.rx_pin.is_none())
+        {
             return invalid("uart driver nrf-uart needs tx_pin and rx_pin".into());
         }
         if let Some(id) = self.device_id {
@@ -316,7 +342,11 @@ impl Board {
         }
         match (&self.qemu, &self.probe_rs) {
             (Some(_), None) | (None, Some(_)) => {}
-            _ => return invalid("give exactly one of [qemu] (emulated) or [probe_rs] (real board)".into()),
+            _ => {
+                return invalid(
+                    "give exactly one of [qemu] (emulated) or [probe_rs] (real board)".into(),
+                )
+            }
         }
         Ok(())
     }
@@ -332,7 +362,11 @@ impl Board {
     pub fn memory_x(&self, measure: bool) -> String {
         // Up to the next region (or 256 MiB), never past 4 GiB.
         let grow = |r: Region, other: Region| -> u64 {
-            let limit = if other.origin > r.origin { u64::from(other.origin) } else { 1 << 32 };
+            let limit = if other.origin > r.origin {
+                u64::from(other.origin)
+            } else {
+                1 << 32
+            };
             (limit - u64::from(r.origin)).min(256 << 20)
         };
         let (flash, ram) = if measure {
@@ -365,8 +399,17 @@ mod tests {
     #[test]
     fn every_bundled_board_loads() {
         let names = known_boards();
-        for required in ["mps2-an386", "mps2-an500", "lm3s6965evb", "nrf52840-dk", "stm32f411-nucleo"] {
-            assert!(names.iter().any(|n| n == required), "{required} missing from {names:?}");
+        for required in [
+            "mps2-an386",
+            "mps2-an500",
+            "lm3s6965evb",
+            "nrf52840-dk",
+            "stm32f411-nucleo",
+        ] {
+            assert!(
+                names.iter().any(|n| n == required),
+                "{required} missing from {names:?}"
+            );
         }
         for name in names {
             let b = Board::load(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -388,18 +431,39 @@ mod tests {
     #[test]
     fn unknown_board_lists_known_ones() {
         let e = Board::load("no-such-board").unwrap_err().to_string();
-        assert!(e.contains("unknown board 'no-such-board'") && e.contains("mps2-an386"), "{e}");
+        assert!(
+            e.contains("unknown board 'no-such-board'") && e.contains("mps2-an386"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_files_are_refused_with_the_reason() {
         let good = std::fs::read_to_string(boards_dir().join("mps2-an386.toml")).unwrap();
         let cases = [
-            (good.replace("cortex-m4\"\n", "cortex-m4\"\n[probe_rs]\nchip = \"x\"\n"), "exactly one of"),
-            (good.replace("target = \"thumbv7em-none-eabihf\"", "target = \"x86_64-unknown-linux-gnu\""), "not a Cortex-M"),
-            (good.replace("size = 0x0040_0000", "size = 0"), "non-zero size"),
-            (good.replace("driver = \"cmsdk\"", "driver = \"usb\""), "unknown variant"),
-            (good.replace("baud = 115_200", "baud = 4_000_000"), "at least 16"),
+            (
+                good.replace("cortex-m4\"\n", "cortex-m4\"\n[probe_rs]\nchip = \"x\"\n"),
+                "exactly one of",
+            ),
+            (
+                good.replace(
+                    "target = \"thumbv7em-none-eabihf\"",
+                    "target = \"x86_64-unknown-linux-gnu\"",
+                ),
+                "not a Cortex-M",
+            ),
+            (
+                good.replace("size = 0x0040_0000", "size = 0"),
+                "non-zero size",
+            ),
+            (
+                good.replace("driver = \"cmsdk\"", "driver = \"usb\""),
+                "unknown variant",
+            ),
+            (
+                good.replace("baud = 115_200", "baud = 4_000_000"),
+                "at least 16",
+            ),
             (format!("{good}\ncolour = \"red\"\n"), "unknown field"),
         ];
         for (text, want) in cases {
@@ -412,9 +476,18 @@ mod tests {
     fn memory_map() {
         let lm = Board::load("lm3s6965evb").unwrap();
         let real = lm.memory_x(false);
-        assert!(real.contains("FLASH : ORIGIN = 0x00000000, LENGTH = 0x40000"), "{real}");
-        assert!(real.contains("RAM : ORIGIN = 0x20000000, LENGTH = 0x10000"), "{real}");
+        assert!(
+            real.contains("FLASH : ORIGIN = 0x00000000, LENGTH = 0x40000"),
+            "{real}"
+        );
+        assert!(
+            real.contains("RAM : ORIGIN = 0x20000000, LENGTH = 0x10000"),
+            "{real}"
+        );
         let measure = lm.memory_x(true);
-        assert!(measure.contains("FLASH : ORIGIN = 0x00000000, LENGTH = 0x10000000"), "{measure}");
+        assert!(
+            measure.contains("FLASH : ORIGIN = 0x00000000, LENGTH = 0x10000000"),
+            "{measure}"
+        );
     }
 }

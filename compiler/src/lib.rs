@@ -6,12 +6,16 @@
 //! checksummed file `kiln_runtime::format` describes.
 
 pub mod compile;
+pub mod device;
 pub mod emit;
 pub mod error;
+pub mod firmware;
+pub mod flash;
 pub mod import;
 pub mod inspect;
 pub mod ir;
 pub mod lower;
+pub mod monitor;
 pub mod npy;
 pub mod passes;
 pub mod plan;

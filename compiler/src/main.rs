@@ -5,8 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kiln_compiler::compile::{self, CalibMethod};
+use kiln_compiler::device::Device;
 use kiln_compiler::emit::Precision;
 use kiln_compiler::error::{input, Error, Result};
+use kiln_compiler::firmware::DEFAULT_STACK_BYTES;
+use kiln_compiler::flash::{self, ModelSource};
+use kiln_compiler::monitor;
 use kiln_compiler::npy;
 use kiln_compiler::reference::Reference;
 use kiln_compiler::runner::{ModelBuf, Runner};
@@ -33,7 +37,12 @@ Example:
   kiln compile model.onnx -o model.kiln --calib samples.npy --report report.json
   kiln run model.kiln --input x.npy --output y.npy
   kiln reference model.onnx --input x.npy --output y_ref.npy
-  kiln inspect model.kiln";
+  kiln inspect model.kiln
+On a board (boards/*.toml; mps2-an386 and the other QEMU boards need qemu-system-arm):
+  kiln compile model.onnx -o model.kiln --calib samples.npy --board lm3s6965evb
+  kiln run model.kiln --board mps2-an386 --input x.npy --output y.npy --telemetry t.jsonl
+  kiln flash model.onnx --calib samples.npy --board nrf52840-dk
+  kiln monitor --port /dev/ttyACM0";
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Kiln: ONNX models compiled to int8 for microcontrollers", after_help = AFTER_HELP)]
@@ -75,13 +84,90 @@ Example:
         /// Write a JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Also check that the model fits this board (name or board file): builds its firmware and compares
+        /// flash (code + model) and RAM (arena + statics + stack) with the board's; exit 2 if it does not fit.
+        #[arg(long)]
+        board: Option<String>,
+        /// Stack bytes the firmware reserves (with --board).
+        #[arg(long, default_value_t = DEFAULT_STACK_BYTES)]
+        stack: u32,
+    },
+    /// Build the firmware for a board with a model inside, and check it fits (no device needed).
+    #[command(after_help = BOARD_HELP)]
+    Firmware {
+        /// A .kiln file, or an ONNX model to compile first.
+        model: PathBuf,
+        /// Board name (see boards/) or board file.
+        #[arg(long, default_value = kiln_boards::DEFAULT_BOARD)]
+        board: String,
+        /// Where to write the firmware ELF.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        compile: CompileArgs,
+        #[arg(long, default_value_t = DEFAULT_STACK_BYTES)]
+        stack: u32,
+    },
+    /// Build the firmware for a board with a model inside, check it fits, then run it (QEMU boards) or flash it
+    /// (probe-rs boards), and show its logs and telemetry until stopped (Ctrl-C).
+    #[command(after_help = BOARD_HELP)]
+    Flash {
+        /// A .kiln file, or an ONNX model to compile first.
+        model: PathBuf,
+        #[arg(long, default_value = kiln_boards::DEFAULT_BOARD)]
+        board: String,
+        #[command(flatten)]
+        compile: CompileArgs,
+        #[arg(long, default_value_t = DEFAULT_STACK_BYTES)]
+        stack: u32,
+        /// Real boards: the serial port carrying telemetry (default: the only USB serial port).
+        #[arg(long)]
+        port: Option<PathBuf>,
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// Also keep the firmware ELF here.
+        #[arg(long)]
+        elf: Option<PathBuf>,
+        /// Append every telemetry frame as one JSON object per line.
+        #[arg(long)]
+        jsonl: Option<PathBuf>,
+    },
+    /// Decode a device's telemetry stream (from a serial port or a TCP socket) until it ends.
+    #[command(after_help = "\
+A malformed, damaged or truncated frame is counted and skipped, never fatal; the summary at the
+end says how many. With --jsonl every frame is also written as one JSON object per line (bad
+ones as {\"type\":\"bad_frame\",...}).
+
+Example:
+  kiln monitor --port /dev/ttyACM0 --jsonl telemetry.jsonl
+  kiln monitor --tcp 192.168.1.20:4000")]
+    Monitor {
+        /// Serial port the device's telemetry UART is connected to (e.g. /dev/ttyACM0).
+        #[arg(long, conflicts_with = "tcp", required_unless_present = "tcp")]
+        port: Option<PathBuf>,
+        /// Baud rate of --port (the board file's `uart.baud`; Kiln's boards use 115200).
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// HOST:PORT of a TCP server streaming the telemetry (e.g. a serial-to-network bridge).
+        #[arg(long)]
+        tcp: Option<String>,
+        /// Also write every frame as one JSON object per line to this file.
+        #[arg(long)]
+        jsonl: Option<PathBuf>,
     },
     /// Run a .kiln model on the host with Kiln's runtime (the code the device runs).
     #[command(after_help = "\
 Inputs are float32 .npy in the ONNX model's own layout, each either the model input's shape
 (one inference), that shape with N prepended, or that shape with its leading (batch) dimension
 multiplied by N (N inferences; outputs are stacked the same way). Outputs are float32 .npy
-(int8 models are dequantised at the boundary).")]
+(int8 models are dequantised at the boundary).
+
+With --board the inferences run on that board instead: its firmware is built around the
+model (fit checked), started under QEMU or flashed with probe-rs, fed every input over its
+UART, and its outputs come back bit for bit. --telemetry keeps every frame it sent.
+
+Example:
+  kiln run model.kiln --board mps2-an386 --input x.npy --output y.npy --telemetry t.jsonl")]
     Run {
         model: PathBuf,
         /// One per model input, in order.
@@ -90,6 +176,25 @@ multiplied by N (N inferences; outputs are stacked the same way). Outputs are fl
         /// One per model output, in order.
         #[arg(long = "output", required = true)]
         outputs: Vec<PathBuf>,
+        /// Run on this board (name or board file) instead of the host.
+        #[arg(long)]
+        board: Option<String>,
+        /// With --board: write every telemetry frame as one JSON object per line.
+        #[arg(long, requires = "board")]
+        telemetry: Option<PathBuf>,
+        /// With --board: write the firmware's decoded log lines.
+        #[arg(long, requires = "board")]
+        log: Option<PathBuf>,
+        /// With --board: ask for cycles per op too.
+        #[arg(long, requires = "board")]
+        per_op: bool,
+        #[arg(long, default_value_t = DEFAULT_STACK_BYTES)]
+        stack: u32,
+        /// Real boards: the serial port carrying telemetry (default: the only USB serial port).
+        #[arg(long)]
+        port: Option<PathBuf>,
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
     },
     /// Run the ONNX model in float with tract: the yardstick Kiln is checked against.
     Reference {
@@ -118,6 +223,42 @@ multiplied by N (N inferences; outputs are stacked the same way). Outputs are fl
     },
 }
 
+const BOARD_HELP: &str = "\
+Boards are files in boards/ (or give a path): mps2-an386 (Cortex-M4F, the default),
+mps2-an500 (Cortex-M7) and lm3s6965evb (Cortex-M3, 256 KB / 64 KB) run under QEMU
+(apt-get install qemu-system-arm); nrf52840-dk and stm32f411-nucleo are flashed with probe-rs
+(cargo install probe-rs-tools), their telemetry read from the board's USB serial port.
+The firmware is built with rustup's target when installed (rustup target add TARGET),
+otherwise with Debian's toolchain (apt-get install rustc-web cargo-web rust-web-src lld-19).
+
+Example:
+  kiln flash model.onnx --calib samples.npy --board mps2-an386
+  kiln firmware model.kiln --board stm32f411-nucleo -o fw.elf";
+
+/// How to compile an ONNX model given to a board command.
+#[derive(clap::Args)]
+struct CompileArgs {
+    /// int8 (needs --calib) or f32 (ONNX models only).
+    #[arg(long, default_value = "int8")]
+    precision: Precision,
+    /// Calibration data for ONNX models (.npy or .npz).
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    #[arg(long, default_value = "minmax")]
+    calib_method: CalibMethod,
+}
+
+impl CompileArgs {
+    fn source<'a>(&self, path: &'a Path) -> ModelSource<'a> {
+        ModelSource {
+            path,
+            precision: self.precision,
+            calib: self.calib.clone(),
+            method: self.calib_method,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("kiln: internal error: {info}");
@@ -142,6 +283,8 @@ fn run(cli: Cli) -> Result<()> {
             calib,
             calib_method,
             report,
+            board,
+            stack,
         } => {
             let opts = compile::Options {
                 precision,
@@ -151,6 +294,10 @@ fn run(cli: Cli) -> Result<()> {
             let compiled = compile::compile(&model, &opts)?;
             let report_json = serde_json::to_string_pretty(&compiled.report)
                 .map_err(|e| Error::Internal(e.into()))?;
+            if let Some(b) = &board {
+                // The fit is checked before anything is written.
+                flash::build_checked(b, &compiled.bytes, stack, "info", None, |t| say!("{t}"))?;
+            }
             npy::write_atomic(&output, &compiled.bytes)?;
             if let Some(r) = &report {
                 npy::write_atomic(r, report_json.as_bytes())?;
@@ -158,10 +305,106 @@ fn run(cli: Cli) -> Result<()> {
             print_summary(&compiled.report, &output);
             Ok(())
         }
+        Command::Firmware {
+            model,
+            board,
+            output,
+            compile,
+            stack,
+        } => {
+            let bytes = flash::model_bytes(&compile.source(&model))?;
+            let built = flash::build_checked(&board, &bytes, stack, "info", Some(&output), |t| {
+                say!("{t}")
+            })?;
+            say!(
+                "wrote {} for {} ({})",
+                output.display(),
+                built.board.name,
+                built.board.target
+            );
+            Ok(())
+        }
+        Command::Flash {
+            model,
+            board,
+            compile,
+            stack,
+            port,
+            baud,
+            elf,
+            jsonl,
+        } => {
+            let bytes = flash::model_bytes(&compile.source(&model))?;
+            let built = flash::build_checked(&board, &bytes, stack, "info", elf.as_deref(), |t| {
+                say!("{t}")
+            })?;
+            let mut dev = start_device(&built, port.as_deref(), baud, true)?;
+            if let Some(path) = &jsonl {
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| input(format!("{}: {e}", path.display())))?;
+                dev.on_frame(Box::new(move |frame| {
+                    use std::io::Write;
+                    let json = match frame {
+                        Ok(f) => monitor::frame_json(f),
+                        Err(e) => monitor::bad_frame_json(e),
+                    };
+                    // One write per line: a line in the file is whole or absent.
+                    let _ = file.write_all(format!("{json}\n").as_bytes());
+                }));
+            }
+            say!(
+                "{} running on {}; telemetry follows (Ctrl-C stops)",
+                model.display(),
+                built.board.name
+            );
+            dev.watch(|f| say!("{}", monitor::frame_line(f)))
+        }
+        Command::Monitor {
+            port,
+            baud,
+            tcp,
+            jsonl,
+        } => {
+            let source = match (port, tcp) {
+                (Some(path), _) => monitor::Source::Serial { path, baud },
+                (None, Some(addr)) => monitor::Source::Tcp(addr),
+                (None, None) => return Err(input("give --port PATH or --tcp ADDR")),
+            };
+            let mut out = std::io::stdout();
+            monitor::monitor(&source, jsonl.as_deref(), &mut out)?;
+            Ok(())
+        }
         Command::Run {
             model,
             inputs,
             outputs,
+            board: Some(board),
+            telemetry,
+            log,
+            per_op,
+            stack,
+            port,
+            baud,
+        } => run_on_board(
+            &model,
+            &inputs,
+            &outputs,
+            &board,
+            telemetry.as_deref(),
+            log.as_deref(),
+            per_op,
+            stack,
+            port.as_deref(),
+            baud,
+        ),
+        Command::Run {
+            model,
+            inputs,
+            outputs,
+            ..
         } => {
             let buf = ModelBuf::read(&model)?;
             let m = buf.model()?;
@@ -257,6 +500,111 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn start_device(
+    built: &flash::Built,
+    port: Option<&Path>,
+    baud: u32,
+    echo_logs: bool,
+) -> Result<Device> {
+    if built.board.is_emulated() {
+        Device::start_qemu(&built.board, &built.firmware.elf, echo_logs)
+    } else {
+        let port = match port {
+            Some(p) => p.to_owned(),
+            None => kiln_compiler::device::default_port()?,
+        };
+        Device::start_probe(&built.board, &built.firmware.elf, &port, baud)
+    }
+}
+
+/// `kiln run --board`: every sample through the board, outputs bit for bit as it computed them.
+#[allow(clippy::too_many_arguments)]
+fn run_on_board(
+    model: &Path,
+    inputs: &[PathBuf],
+    outputs: &[PathBuf],
+    board: &str,
+    telemetry: Option<&Path>,
+    log: Option<&Path>,
+    per_op: bool,
+    stack: u32,
+    port: Option<&Path>,
+    baud: u32,
+) -> Result<()> {
+    use kiln_compiler::runner::{input_bytes, output_arrays, output_sizes};
+    use std::sync::{Arc, Mutex};
+
+    let buf = ModelBuf::read(model)?;
+    let m = buf.model()?;
+    let shapes = Runner::new(&m).input_shapes()?;
+    let built = flash::build_checked(board, buf.bytes(), stack, "info", None, |t| {
+        eprintln!("{t}")
+    })?;
+    let mut dev = start_device(&built, port, baud, false)?;
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    if telemetry.is_some() {
+        let lines = lines.clone();
+        dev.on_frame(Box::new(move |frame| {
+            let json = match frame {
+                Ok(f) => monitor::frame_json(f),
+                Err(e) => monitor::bad_frame_json(e),
+            };
+            if let Ok(mut l) = lines.lock() {
+                l.push(json.to_string());
+            }
+        }));
+    }
+    let hello = dev.hello()?;
+    if hello.model_id != m.checksum() {
+        return Err(Error::Internal(anyhow::anyhow!(
+            "the board runs model {:08x}, not {} ({:08x})",
+            hello.model_id,
+            model.display(),
+            m.checksum()
+        )));
+    }
+    let sizes = output_sizes(&m)?;
+    let mut sequence = 0u32;
+    let mut cycles = Vec::new();
+    let mut stack_high = 0;
+    let outs = run_batched(model, inputs, outputs, m.output_count(), &shapes, |x| {
+        let bytes = input_bytes(&m, x)?.concat();
+        let (raw, report) = dev.infer(sequence, &bytes, &sizes, per_op)?;
+        sequence += 1;
+        cycles.push(report.cycles);
+        stack_high = stack_high.max(report.stack_high_water);
+        let refs: Vec<&[u8]> = raw.iter().map(Vec::as_slice).collect();
+        output_arrays(&m, &refs)
+    })?;
+    let (good, bad) = dev.frame_counts();
+    let logs = dev.finish()?;
+    write_outputs(outputs, &outs)?;
+    if let Some(path) = telemetry {
+        let mut text = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
+        text.push('\n');
+        npy::write_atomic(path, text.as_bytes())?;
+    }
+    if let Some(path) = log {
+        let mut text = logs.join("\n");
+        text.push('\n');
+        npy::write_atomic(path, text.as_bytes())?;
+    }
+    cycles.sort_unstable();
+    let n = kiln_compiler::inspect::thousands;
+    eprintln!(
+        "{} inferences on {}: cycles min {} / median {} / max {}, stack high-water {} B, arena {} B; {good} frames{}",
+        cycles.len(),
+        built.board.name,
+        n(cycles.first().copied().unwrap_or(0)),
+        n(cycles.get(cycles.len() / 2).copied().unwrap_or(0)),
+        n(cycles.last().copied().unwrap_or(0)),
+        n(u64::from(stack_high)),
+        n(u64::from(hello.arena_bytes)),
+        if bad > 0 { format!(", {bad} bad frames skipped") } else { String::new() }
+    );
+    Ok(())
 }
 
 /// Reads the inputs, runs one inference per sample, stacks the outputs the way the inputs were batched.

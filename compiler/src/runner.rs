@@ -126,33 +126,64 @@ impl<'m> Runner<'m> {
         let internal = |e: kiln_runtime::Error| Error::Internal(anyhow::anyhow!("runtime: {e}"));
         let arena = bytemuck::cast_slice_mut::<u32, u8>(&mut self.arena);
         let mut interp = Interpreter::new(model, arena).map_err(internal)?;
-        if inputs.len() != model.input_count() {
-            return Err(input(format!(
-                "the model has {} inputs, {} given",
-                model.input_count(),
-                inputs.len()
-            )));
-        }
-        for (i, x) in inputs.iter().enumerate() {
-            let t = model.input(i).map_err(internal)?;
-            let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-            if x.shape() != shape.as_slice() {
-                return Err(input(format!(
-                    "input {i} ('{}'): shape {:?}, the model wants {shape:?}",
-                    t.name,
-                    x.shape()
-                )));
-            }
-            let bytes = quantize(x.iter().copied(), t.dtype, t.quant);
-            interp.set_input(i, &bytes).map_err(internal)?;
+        for (i, bytes) in input_bytes(model, inputs)?.iter().enumerate() {
+            interp.set_input(i, bytes).map_err(internal)?;
         }
         interp.invoke_observed(observer).map_err(internal)?;
-        let mut outs = Vec::new();
+        let mut raw = Vec::new();
         for i in 0..model.output_count() {
-            let t = model.output(i).map_err(internal)?;
-            let bytes = interp.output(i).map_err(internal)?;
-            outs.push(to_logical(dequantize(bytes, t.dtype, t.quant), &t));
+            raw.push(interp.output(i).map_err(internal)?);
         }
+        let outs = output_arrays(model, &raw)?;
         Ok(outs)
     }
+}
+
+/// The bytes each graph input takes for these float inputs (quantised for int8 models), checking their shapes.
+pub fn input_bytes(model: &Model<'_>, inputs: &[ArrayD<f32>]) -> Result<Vec<Vec<u8>>> {
+    let internal = |e: kiln_runtime::Error| Error::Internal(anyhow::anyhow!("runtime: {e}"));
+    if inputs.len() != model.input_count() {
+        return Err(input(format!(
+            "the model has {} inputs, {} given",
+            model.input_count(),
+            inputs.len()
+        )));
+    }
+    let mut all = Vec::new();
+    for (i, x) in inputs.iter().enumerate() {
+        let t = model.input(i).map_err(internal)?;
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        if x.shape() != shape.as_slice() {
+            return Err(input(format!(
+                "input {i} ('{}'): shape {:?}, the model wants {shape:?}",
+                t.name,
+                x.shape()
+            )));
+        }
+        all.push(quantize(x.iter().copied(), t.dtype, t.quant));
+    }
+    Ok(all)
+}
+
+/// Float outputs in the model's logical layout from the raw bytes of each graph output (dequantised for int8).
+pub fn output_arrays(model: &Model<'_>, raw: &[&[u8]]) -> Result<Vec<ArrayD<f32>>> {
+    let internal = |e: kiln_runtime::Error| Error::Internal(anyhow::anyhow!("runtime: {e}"));
+    let mut outs = Vec::new();
+    for (i, bytes) in raw.iter().enumerate() {
+        let t = model.output(i).map_err(internal)?;
+        outs.push(to_logical(dequantize(bytes, t.dtype, t.quant), &t));
+    }
+    Ok(outs)
+}
+
+/// Bytes of each graph output.
+pub fn output_sizes(model: &Model<'_>) -> Result<Vec<usize>> {
+    (0..model.output_count())
+        .map(|i| {
+            model
+                .output(i)
+                .map(|t| (t.data.end() - t.data.offset) as usize)
+                .map_err(|e| Error::Internal(anyhow::anyhow!("runtime: {e}")))
+        })
+        .collect()
 }

@@ -25,7 +25,10 @@ static LAST: AtomicU32 = AtomicU32::new(0);
 
 #[exception]
 fn SysTick() {
-    HIGH.store(HIGH.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    HIGH.store(
+        HIGH.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 pub struct Cycles {

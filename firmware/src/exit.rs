@@ -16,7 +16,7 @@ pub fn exit(_code: i32) -> ! {
     cortex_m::peripheral::SCB::sys_reset()
 }
 
-#[cfg(feature = "logs-semihosting")]
-use defmt_semihosting as _;
 #[cfg(feature = "logs-rtt")]
 use defmt_rtt as _;
+#[cfg(feature = "logs-semihosting")]
+use defmt_semihosting as _;

@@ -261,7 +261,9 @@ fn infer<S: Read<u8> + Write<u8>>(
 
     if full_output {
         for index in 0..model.output_count() {
-            let Ok(bytes) = interp.output(index) else { continue };
+            let Ok(bytes) = interp.output(index) else {
+                continue;
+            };
             for (n, chunk) in bytes.chunks(MAX_OUTPUT).enumerate() {
                 let frame = Frame::OutputChunk {
                     sequence,
@@ -274,7 +276,12 @@ fn infer<S: Read<u8> + Write<u8>>(
         }
     }
     let (output, best) = summary(interp);
-    defmt::info!("inference {=u32}: class {=u16} (score {=i8})", sequence, best.0, best.1);
+    defmt::info!(
+        "inference {=u32}: class {=u16} (score {=i8})",
+        sequence,
+        best.0,
+        best.1
+    );
     defmt::debug!("inference {=u32}: {=u64} cycles", sequence, total);
     let report = Frame::Inference(InferenceReport {
         sequence,
@@ -301,7 +308,10 @@ fn summary(interp: &Interpreter<'_, '_>) -> (Output, (u16, i8)) {
     let mut top: Vec<(u16, i8), MAX_TOP_K> = Vec::new();
     for (i, &b) in bytes.iter().enumerate().take(usize::from(u16::MAX)) {
         let entry = (i as u16, b as i8);
-        let at = top.iter().position(|&(_, s)| entry.1 > s).unwrap_or(top.len());
+        let at = top
+            .iter()
+            .position(|&(_, s)| entry.1 > s)
+            .unwrap_or(top.len());
         if at < MAX_TOP_K {
             if top.is_full() {
                 top.pop();

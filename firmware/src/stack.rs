@@ -19,7 +19,10 @@ fn top() -> usize {
 /// Lowest address the stack reserve covers.
 fn bottom() -> usize {
     let statics_end = core::ptr::addr_of!(__sheap) as usize;
-    top().saturating_sub(STACK_BYTES).max(statics_end).next_multiple_of(4)
+    top()
+        .saturating_sub(STACK_BYTES)
+        .max(statics_end)
+        .next_multiple_of(4)
 }
 
 /// Paints the unused part of the stack reserve. Call from `main` before the work to be measured.

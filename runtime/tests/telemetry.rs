@@ -2,8 +2,9 @@
 
 use heapless::Vec;
 use kiln_runtime::telemetry::{
-    decode, decode_command, encode, encode_command, Command, Deframer, Frame, FrameReader, InferenceReport, Output, TelemetryError, MAX_FRAME_BYTES,
-    MAX_OPS_REPORTED, MAX_OUTPUT, MAX_TOP_K, TELEMETRY_VERSION,
+    decode, decode_command, encode, encode_command, Command, Deframer, Frame, FrameReader,
+    InferenceReport, Output, TelemetryError, MAX_FRAME_BYTES, MAX_OPS_REPORTED, MAX_OUTPUT,
+    MAX_TOP_K, TELEMETRY_VERSION,
 };
 use proptest::prelude::*;
 
@@ -560,12 +561,20 @@ fn commands_round_trip_through_a_deframer() {
 #[test]
 fn command_buffer_too_small_reports_exact_need() {
     let input = [0u8; 300];
-    let c = Command::Infer { sequence: 1, per_op: false, full_output: false, input: &input };
+    let c = Command::Infer {
+        sequence: 1,
+        per_op: false,
+        full_output: false,
+        input: &input,
+    };
     let mut big = [0u8; 400];
     let need = encode_command(&c, &mut big).unwrap().len();
     let mut small = vec![0u8; need - 1];
     assert_eq!(
         encode_command(&c, &mut small).unwrap_err(),
-        TelemetryError::BufferTooSmall { need: need as u32, have: need as u32 - 1 }
+        TelemetryError::BufferTooSmall {
+            need: need as u32,
+            have: need as u32 - 1
+        }
     );
 }
