@@ -13,16 +13,7 @@ if command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | 
 fi
 
 if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] || [ ! -d /usr/lib/rustlib/src/rust/library/core ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "rustup has no $target; installing Debian's Rust toolchain and library sources (build-std)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq rustc-web cargo-web rust-web-src >/dev/null
-  else
-    echo "build-target.sh: no Rust toolchain for $target. Either 'rustup target add $target', or (Debian)" >&2
-    echo "  'apt-get install rustc-web cargo-web rust-web-src' as root, then run this again." >&2
-    exit 1
-  fi
+  scripts/setup-cortex-m.sh
 fi
 echo "using Debian's rustc $(/usr/bin/rustc --version | cut -d' ' -f2) with -Zbuild-std=core"
 RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/debian-toolchain" \

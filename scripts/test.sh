@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's Quick start and CI (.ci/run) run it.
-#  1. every Rust test in the workspace (unit, property, end-to-end through the `kiln` binary);
+#  1. every Rust test in the workspace (unit, property, end-to-end through the `kiln` binary, and firmware on
+#     QEMU boards: mps2-an386, mps2-an500, lm3s6965evb; real-board firmware built for nrf52840-dk, stm32f411-nucleo);
 #  2. kiln-runtime built for a Cortex-M4F (thumbv7em-none-eabihf) with only `core`, proving it is no_std and alloc-free.
 # It installs what it needs where it can (Debian packages, as root) and otherwise stops with a message saying how.
 set -euo pipefail
@@ -10,6 +11,9 @@ say() { printf '\n== %s\n' "$*"; }
 die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs"
+
+say "Cortex-M set-up (QEMU, firmware toolchain)"
+scripts/setup-cortex-m.sh
 
 say "cargo test --workspace (optimised, with overflow checks and debug assertions)"
 log=$(mktemp)

@@ -424,8 +424,8 @@ mod tests {
         let stm = Board::load("stm32f411-nucleo").unwrap();
         assert_eq!(stm.uart.divisor(stm.clock_hz).unwrap(), 139); // 16e6 / 115200 = 138.9
         let lm = Board::load("lm3s6965evb").unwrap();
-        // 12e6 / (16 * 115200) = 6.5104: IBRD 6, FBRD round(0.5104 * 64) = 33.
-        assert_eq!(lm.uart.divisor(lm.clock_hz).unwrap(), 6 << 6 | 33);
+        // 12.5e6 / (16 * 115200) = 6.7817: IBRD 6, FBRD round(0.7817 * 64) = 50.
+        assert_eq!(lm.uart.divisor(lm.clock_hz).unwrap(), 6 << 6 | 50);
     }
 
     #[test]

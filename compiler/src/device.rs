@@ -116,6 +116,23 @@ fn collect_stderr(mut stderr: impl Read + Send + 'static, into: Arc<Mutex<String
     });
 }
 
+/// However kiln ends (Ctrl-C, a kill, a crash), the emulator or probe-rs it started ends with it.
+fn die_with_parent(cmd: &mut Process) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
 impl Device {
     /// Starts `elf` on an emulated board. `echo_logs`: print the firmware's logs to stderr as they come.
     pub fn start_qemu(board: &Board, elf: &Path, echo_logs: bool) -> Result<Device> {
@@ -127,7 +144,9 @@ impl Device {
         })?;
         let dir = tempfile::tempdir().map_err(internal)?;
         let socket = dir.path().join("uart.sock");
-        let mut child = Process::new("qemu-system-arm")
+        let mut qemu_cmd = Process::new("qemu-system-arm");
+        die_with_parent(&mut qemu_cmd);
+        let mut child = qemu_cmd
             .args(["-machine", &qemu.machine, "-cpu", &qemu.cpu])
             .args(["-nographic", "-monitor", "none"])
             .arg("-chardev")
@@ -213,7 +232,9 @@ impl Device {
             .timeout(Duration::from_millis(100))
             .open()
             .map_err(|e| input(format!("{}: {e}", port.display())))?;
-        let child = Process::new("probe-rs")
+        let mut probe_cmd = Process::new("probe-rs");
+        die_with_parent(&mut probe_cmd);
+        let child = probe_cmd
             .args(["run", "--chip", &probe.chip])
             .arg(elf)
             .stdin(Stdio::null())

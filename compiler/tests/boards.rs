@@ -157,9 +157,12 @@ fn host_vs_board(dir: &Path, model: &Path, x: &Path, n: usize, board: &str) -> V
         assert_eq!(r["sequence"], i as u64);
         assert_eq!(r["arena_bytes"], arena);
         let cycles = r["cycles"].as_u64().unwrap();
-        // Under QEMU a SysTick tick is 40 instructions; a real kernel spends at least one instruction per MAC
-        // and, for these reference kernels, far fewer than 100.
-        let instructions = cycles * 40;
+        // Under QEMU (-icount shift=0) a SysTick tick is 1e9 / clock_hz instructions (40 on the MPS2 boards); a
+        // kernel spends at least one instruction per MAC and, for these reference kernels, far fewer than 100.
+        let per_tick = kiln_boards::Board::load(board)
+            .unwrap()
+            .qemu_instructions_per_tick();
+        let instructions = (cycles as f64 * per_tick) as u64;
         assert!(
             instructions >= macs && instructions <= 100 * macs,
             "{board}: {instructions} instructions for {macs} MACs"
@@ -506,6 +509,19 @@ fn snapshot_of_the_firmware_refusing_bad_commands() {
     }
     // Malformed noise (4/1), damaged command (4/2), 3 input bytes (2/3), then the inference.
     assert_eq!(seen, ["error 4 1", "error 4 2", "error 2 3", "inference 7"]);
+    // Left idle, it sends a heartbeat that counts all of it.
+    loop {
+        if let Frame::Heartbeat {
+            uptime_ms,
+            inferences,
+            errors,
+        } = dev.next_frame().unwrap()
+        {
+            assert!(uptime_ms >= 1000, "{uptime_ms} ms");
+            assert_eq!((inferences, errors), (1, 3));
+            break;
+        }
+    }
     let logs = dev.finish().unwrap().join("\n") + "\n";
     let (model_id, firmware_id) = (
         format!("{:08x}", hello.model_id),
@@ -515,4 +531,78 @@ fn snapshot_of_the_firmware_refusing_bad_commands() {
         "bad_commands_mps2-an386.log",
         &normalise(&logs, &model_id, &firmware_id),
     );
+}
+
+#[test]
+fn flash_on_an_emulated_board_streams_logs_and_telemetry_until_stopped() {
+    use std::io::{BufRead, BufReader};
+    require_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("flash.jsonl");
+    // An ONNX model: compiled, built, started, watched.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "flash",
+            s(&repo().join("models/mnist_cnn.onnx")),
+            "--calib",
+            s(&repo().join("data/mnist_calib.npy")),
+            "--board",
+            "mps2-an386",
+            "--jsonl",
+            s(&jsonl),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("heartbeat:");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    // The emulator kiln started does not outlive it.
+    let children = Command::new("pgrep")
+        .args(["-P", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let qemu: Vec<String> = text(&children.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(qemu.len(), 1, "kiln runs one emulator");
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", qemu[0])).unwrap_or_default();
+        // Gone, or a zombie waiting for its new parent to reap it.
+        stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z")
+    });
+    assert!(gone, "QEMU ({}) outlived kiln", qemu[0]);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let out = lines.join("\n");
+    assert!(out.contains("fit on mps2-an386"), "{out}\n{stderr}");
+    assert!(out.contains("running on mps2-an386"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("hello: ")), "{out}");
+    assert!(
+        out.lines().last().unwrap().starts_with("heartbeat: "),
+        "{out}"
+    );
+    // The firmware's defmt logs, decoded, on stderr.
+    assert!(
+        stderr.contains("[mps2-an386] INFO  kiln firmware"),
+        "{stderr} ({status})"
+    );
+    let frames: Vec<Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(frames[0]["type"], "hello");
+    assert!(frames.iter().any(|f| f["type"] == "heartbeat"));
 }
