@@ -97,7 +97,7 @@ Example:
     Firmware {
         /// A .kiln file, or an ONNX model to compile first.
         model: PathBuf,
-        /// Board name (see boards/) or board file.
+        /// Board name (a file in boards/) or the path of a board file.
         #[arg(long, default_value = kiln_boards::DEFAULT_BOARD)]
         board: String,
         /// Where to write the firmware ELF.
@@ -105,6 +105,7 @@ Example:
         output: PathBuf,
         #[command(flatten)]
         compile: CompileArgs,
+        /// Stack bytes the firmware reserves (its high-water mark is reported in telemetry).
         #[arg(long, default_value_t = DEFAULT_STACK_BYTES)]
         stack: u32,
     },
@@ -114,15 +115,18 @@ Example:
     Flash {
         /// A .kiln file, or an ONNX model to compile first.
         model: PathBuf,
+        /// Board name (a file in boards/) or the path of a board file.
         #[arg(long, default_value = kiln_boards::DEFAULT_BOARD)]
         board: String,
         #[command(flatten)]
         compile: CompileArgs,
+        /// Stack bytes the firmware reserves (its high-water mark is reported in telemetry).
         #[arg(long, default_value_t = DEFAULT_STACK_BYTES)]
         stack: u32,
         /// Real boards: the serial port carrying telemetry (default: the only USB serial port).
         #[arg(long)]
         port: Option<PathBuf>,
+        /// Baud rate of --port.
         #[arg(long, default_value_t = 115_200)]
         baud: u32,
         /// Also keep the firmware ELF here.
@@ -188,11 +192,13 @@ Example:
         /// With --board: ask for cycles per op too.
         #[arg(long, requires = "board")]
         per_op: bool,
+        /// Stack bytes the firmware reserves (its high-water mark is reported in telemetry).
         #[arg(long, default_value_t = DEFAULT_STACK_BYTES)]
         stack: u32,
         /// Real boards: the serial port carrying telemetry (default: the only USB serial port).
         #[arg(long)]
         port: Option<PathBuf>,
+        /// Baud rate of --port.
         #[arg(long, default_value_t = 115_200)]
         baud: u32,
     },
@@ -244,6 +250,7 @@ struct CompileArgs {
     /// Calibration data for ONNX models (.npy or .npz).
     #[arg(long)]
     calib: Option<PathBuf>,
+    /// How activation ranges are chosen: minmax, mse, percentile (99.99) or percentile:P.
     #[arg(long, default_value = "minmax")]
     calib_method: CalibMethod,
 }

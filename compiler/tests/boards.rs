@@ -207,6 +207,22 @@ fn mnist_on_mps2_an386_and_an500_is_bit_identical_to_the_host() {
 }
 
 #[test]
+fn f32_mnist_on_mps2_an386_is_bit_identical_to_the_host() {
+    // The float path too: the same IEEE operations in the same order on the M4F's FPU as on the host.
+    require_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("mnist_f32.kiln");
+    let o = kiln(&["compile", s(&repo().join("models/mnist_cnn.onnx")), "-o", s(&model), "--precision", "f32"]);
+    assert_exit(&o, 0, "compile MNIST f32");
+    let x = dir.path().join("x.npy");
+    npz_slice(&repo().join("data/mnist_test.npz"), "x", 10, &x);
+    let frames = host_vs_board(dir.path(), &model, &x, 10, "mps2-an386");
+    // 10 f32 outputs = 40 bytes, one chunk each.
+    let chunk = frames.iter().find(|f| f["type"] == "output_chunk").unwrap();
+    assert_eq!(chunk["data"].as_array().unwrap().len(), 40);
+}
+
+#[test]
 fn mnist_on_the_cortex_m3_lm3s6965evb_is_bit_identical_to_the_host() {
     require_qemu();
     let dir = tempfile::tempdir().unwrap();
