@@ -212,7 +212,14 @@ fn f32_mnist_on_mps2_an386_is_bit_identical_to_the_host() {
     require_qemu();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("mnist_f32.kiln");
-    let o = kiln(&["compile", s(&repo().join("models/mnist_cnn.onnx")), "-o", s(&model), "--precision", "f32"]);
+    let o = kiln(&[
+        "compile",
+        s(&repo().join("models/mnist_cnn.onnx")),
+        "-o",
+        s(&model),
+        "--precision",
+        "f32",
+    ]);
     assert_exit(&o, 0, "compile MNIST f32");
     let x = dir.path().join("x.npy");
     npz_slice(&repo().join("data/mnist_test.npz"), "x", 10, &x);

@@ -5,7 +5,7 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use cortex_m::peripheral::syst::SystClkSource;
-use cortex_m::peripheral::{DCB, DWT, SYST};
+use cortex_m::peripheral::{DCB, DWT, SCB, SYST};
 use cortex_m_rt::exception;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -65,10 +65,16 @@ impl Cycles {
             Counter::SysTick => loop {
                 let high = HIGH.load(Ordering::Relaxed);
                 let current = SYST::get_current();
-                // A wrap between the two reads shows as a changed HIGH: read again.
-                if HIGH.load(Ordering::Relaxed) == high {
-                    return (u64::from(high) << 24) + u64::from(SYSTICK_RELOAD - current);
+                let pending = SCB::is_pendst_pending();
+                // A wrap whose interrupt ran between the reads shows as a changed HIGH: read again.
+                if HIGH.load(Ordering::Relaxed) != high {
+                    continue;
                 }
+                // A wrap whose interrupt has not run yet (it can lag by a few instructions, more under QEMU,
+                // which takes interrupts between translated blocks) is still pending: count it if `current` was
+                // read after it, i.e. the counter has just restarted from the top.
+                let wraps = u64::from(high) + u64::from(pending && current > SYSTICK_RELOAD / 2);
+                return (wraps << 24) + u64::from(SYSTICK_RELOAD - current);
             },
             Counter::Dwt => {
                 let count = DWT::cycle_count();
