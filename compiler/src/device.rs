@@ -354,12 +354,7 @@ impl Device {
         };
         let mut buf = vec![0u8; len + len / 254 + 32];
         let bytes = encode_command(command, &mut buf).map_err(internal)?;
-        self.link
-            .write_all(bytes)
-            .map_err(|e| internal(format!("writing to the board's UART: {e}")))?;
-        self.link
-            .flush()
-            .map_err(|e| internal(format!("writing to the board's UART: {e}")))
+        self.send_raw(bytes)
     }
 
     /// Waits for the board's `Hello` (skipping heartbeats).

@@ -266,6 +266,19 @@ fn kws_on_mps2_an386_and_an500_is_bit_identical_to_the_host() {
     }
 }
 
+fn compile_f32_for_lm3s6965evb(onnx: &Path, out: &Path) -> Output {
+    kiln(&[
+        "compile",
+        s(onnx),
+        "-o",
+        s(out),
+        "--precision",
+        "f32",
+        "--board",
+        "lm3s6965evb",
+    ])
+}
+
 #[test]
 fn fit_check_rejects_what_lm3s6965evb_cannot_hold_with_the_numbers() {
     use kiln_tests::onnx::OnnxBuilder;
@@ -284,16 +297,7 @@ fn fit_check_rejects_what_lm3s6965evb_cannot_hold_with_the_numbers() {
         .write(&big_weights)
         .unwrap();
     let out = dir.path().join("big_weights.kiln");
-    let o = kiln(&[
-        "compile",
-        s(&big_weights),
-        "-o",
-        s(&out),
-        "--precision",
-        "f32",
-        "--board",
-        "lm3s6965evb",
-    ]);
+    let o = compile_f32_for_lm3s6965evb(&big_weights, &out);
     assert_exit(&o, 2, "model too big for flash");
     let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
     assert!(
@@ -316,16 +320,7 @@ fn fit_check_rejects_what_lm3s6965evb_cannot_hold_with_the_numbers() {
         .write(&big_arena)
         .unwrap();
     let out = dir.path().join("big_arena.kiln");
-    let o = kiln(&[
-        "compile",
-        s(&big_arena),
-        "-o",
-        s(&out),
-        "--precision",
-        "f32",
-        "--board",
-        "lm3s6965evb",
-    ]);
+    let o = compile_f32_for_lm3s6965evb(&big_arena, &out);
     assert_exit(&o, 2, "model too big for RAM");
     let stderr = text(&o.stderr);
     assert!(
