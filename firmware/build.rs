@@ -3,7 +3,8 @@
 //!
 //! Inputs (environment): `KILN_BOARD` (board name or board file), `KILN_MODEL` (path of a `.kiln` file),
 //! `KILN_STACK_BYTES` (stack reserve, default 8192), `KILN_MEMORY` (`board`, the default, or `measure`: regions
-//! enlarged so that any size links and `kiln` can read the real needs off the ELF before checking them).
+//! enlarged so that any size links and `kiln` can read the real needs off the ELF before checking them),
+//! `KILN_BENCH` (`1`: run the benchmark inferences at boot, see `main.rs`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -68,6 +69,11 @@ fn run() -> Result<(), String> {
             .parse()
             .map_err(|_| format!("KILN_STACK_BYTES '{s}' is not a number"))?,
         None => DEFAULT_STACK_BYTES,
+    };
+    let bench = match var("KILN_BENCH").as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(other) => return Err(format!("KILN_BENCH '{other}': 0 or 1")),
     };
     let measure = match var("KILN_MEMORY").as_deref() {
         None | Some("board") => false,
@@ -137,6 +143,8 @@ fn run() -> Result<(), String> {
          pub const DEVICE_ID: Option<(usize, usize)> = {device_id};\n\
          pub const FIRMWARE_ID: u32 = {firmware_id:#010x};\n\
          pub const STACK_BYTES: usize = {stack_bytes};\n\
+         /// Run the benchmark inferences at boot.\n\
+         pub const BENCH: bool = {bench};\n\
          pub const ARENA_BYTES: usize = {arena};\n\
          pub const INPUT_BYTES: usize = {input_bytes};\n\
          /// Largest command frame: an `Infer` carrying INPUT_BYTES, stuffed.\n\

@@ -90,6 +90,27 @@ pub fn toolchain(target: &str) -> Result<Toolchain> {
     })
 }
 
+/// How the firmware is built, beyond board and model.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub stack_bytes: u32,
+    /// `defmt` log level compiled in (`DEFMT_LOG`).
+    pub log_level: &'static str,
+    /// Run the benchmark inferences at boot (`kiln bench`).
+    pub bench: bool,
+}
+
+impl Options {
+    /// Info-level logs, no benchmark.
+    pub fn with_stack(stack_bytes: u32) -> Self {
+        Options {
+            stack_bytes,
+            log_level: "info",
+            bench: false,
+        }
+    }
+}
+
 /// What to build.
 pub struct BuildRequest<'a> {
     pub board: &'a Board,
@@ -97,9 +118,7 @@ pub struct BuildRequest<'a> {
     pub board_arg: &'a str,
     /// The `.kiln` model to embed.
     pub model: &'a Path,
-    pub stack_bytes: u32,
-    /// `defmt` log level compiled in (`DEFMT_LOG`).
-    pub log_level: &'a str,
+    pub options: Options,
 }
 
 /// Where the firmware's bytes go.
@@ -267,7 +286,7 @@ pub fn build(req: &BuildRequest<'_>, elf_out: &Path) -> Result<Firmware> {
             }
         },
     };
-    let footprint = measure(&built, req.board, u64::from(req.stack_bytes))?;
+    let footprint = measure(&built, req.board, u64::from(req.options.stack_bytes))?;
     std::fs::copy(&built, elf_out).map_err(|e| {
         Error::Internal(anyhow::anyhow!(
             "{} -> {}: {e}",
@@ -354,9 +373,10 @@ fn cargo_build(
         .env("CARGO_TARGET_DIR", target_dir)
         .env("KILN_BOARD", board_arg)
         .env("KILN_MODEL", model)
-        .env("KILN_STACK_BYTES", req.stack_bytes.to_string())
+        .env("KILN_STACK_BYTES", req.options.stack_bytes.to_string())
         .env("KILN_MEMORY", memory)
-        .env("DEFMT_LOG", req.log_level)
+        .env("KILN_BENCH", if req.options.bench { "1" } else { "0" })
+        .env("DEFMT_LOG", req.options.log_level)
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");

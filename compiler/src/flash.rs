@@ -8,7 +8,7 @@ use kiln_boards::Board;
 use crate::compile::{self, CalibMethod};
 use crate::emit::Precision;
 use crate::error::{input, Error, Result};
-use crate::firmware::{self, BuildRequest, Firmware};
+use crate::firmware::{self, BuildRequest, Firmware, Options};
 use crate::runner::ModelBuf;
 
 /// How to get a `.kiln` model from what the user gave.
@@ -55,8 +55,7 @@ pub struct Built {
 pub fn build_checked(
     board_arg: &str,
     model: &[u8],
-    stack_bytes: u32,
-    log_level: &str,
+    options: Options,
     elf_out: Option<&Path>,
     mut say: impl FnMut(&str),
 ) -> Result<Built> {
@@ -70,8 +69,7 @@ pub fn build_checked(
             board: &board,
             board_arg,
             model: &model_path,
-            stack_bytes,
-            log_level,
+            options,
         },
         &elf,
     )?;

@@ -5,6 +5,7 @@
 //! (f32, or int8 calibrated by [`compile::calibrate`]) -> [`plan`] (static arena) -> the postcard-encoded,
 //! checksummed file `kiln_runtime::format` describes.
 
+pub mod bench;
 pub mod compile;
 pub mod device;
 pub mod emit;

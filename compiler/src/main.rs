@@ -8,7 +8,7 @@ use kiln_compiler::compile::{self, CalibMethod};
 use kiln_compiler::device::Device;
 use kiln_compiler::emit::Precision;
 use kiln_compiler::error::{input, Error, Result};
-use kiln_compiler::firmware::DEFAULT_STACK_BYTES;
+use kiln_compiler::firmware::{Options as FirmwareOptions, DEFAULT_STACK_BYTES};
 use kiln_compiler::flash::{self, ModelSource};
 use kiln_compiler::monitor;
 use kiln_compiler::npy;
@@ -135,6 +135,32 @@ Example:
         /// Append every telemetry frame as one JSON object per line.
         #[arg(long)]
         jsonl: Option<PathBuf>,
+    },
+    /// Count instructions per inference (whole and per op) on an emulated board, on the recipe TFLM + CMSIS-NN
+    /// was measured with; also arena, peak stack, code and model bytes. Two runs print the same numbers.
+    #[command(after_help = "\
+The firmware runs the model twice at boot on the baseline input (int8 bytes from the LCG
+s = s * 1664525 + 1013904223, x = (int8)(s >> 24), s from 12345) under QEMU with
+-icount shift=0,align=off,sleep=off; instructions = SysTick ticks x 1e9 / clock_hz (40 on the
+MPS2 boards). The first inference is reported; the second must agree within a tick.
+
+Example:
+  kiln bench ../shared/models/kws_dscnn_f32.onnx --calib data/kws_speech.npz --json kws.json")]
+    Bench {
+        /// A .kiln file, or an ONNX model to compile first.
+        model: PathBuf,
+        /// An emulated board (name or board file).
+        #[arg(long, default_value = kiln_boards::DEFAULT_BOARD)]
+        board: String,
+        #[command(flatten)]
+        compile: CompileArgs,
+        /// Stack bytes the firmware reserves.
+        #[arg(long, default_value_t = DEFAULT_STACK_BYTES)]
+        stack: u32,
+        /// Also write the figures as JSON (keys instructions, arena_bytes, stack_bytes, code_bytes,
+        /// model_bytes, macs, ops[{op, kind, macs, instructions}], ...).
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Decode a device's telemetry stream (from a serial port or a TCP socket) until it ends.
     #[command(after_help = "\
@@ -303,7 +329,13 @@ fn run(cli: Cli) -> Result<()> {
                 .map_err(|e| Error::Internal(e.into()))?;
             if let Some(b) = &board {
                 // The fit is checked before anything is written.
-                flash::build_checked(b, &compiled.bytes, stack, "info", None, |t| say!("{t}"))?;
+                flash::build_checked(
+                    b,
+                    &compiled.bytes,
+                    FirmwareOptions::with_stack(stack),
+                    None,
+                    |t| say!("{t}"),
+                )?;
             }
             npy::write_atomic(&output, &compiled.bytes)?;
             if let Some(r) = &report {
@@ -320,9 +352,13 @@ fn run(cli: Cli) -> Result<()> {
             stack,
         } => {
             let bytes = flash::model_bytes(&compile.source(&model))?;
-            let built = flash::build_checked(&board, &bytes, stack, "info", Some(&output), |t| {
-                say!("{t}")
-            })?;
+            let built = flash::build_checked(
+                &board,
+                &bytes,
+                FirmwareOptions::with_stack(stack),
+                Some(&output),
+                |t| say!("{t}"),
+            )?;
             say!(
                 "wrote {} for {} ({})",
                 output.display(),
@@ -342,9 +378,13 @@ fn run(cli: Cli) -> Result<()> {
             jsonl,
         } => {
             let bytes = flash::model_bytes(&compile.source(&model))?;
-            let built = flash::build_checked(&board, &bytes, stack, "info", elf.as_deref(), |t| {
-                say!("{t}")
-            })?;
+            let built = flash::build_checked(
+                &board,
+                &bytes,
+                FirmwareOptions::with_stack(stack),
+                elf.as_deref(),
+                |t| say!("{t}"),
+            )?;
             let mut dev = start_device(&built, port.as_deref(), baud, true)?;
             if let Some(path) = &jsonl {
                 let mut file = std::fs::OpenOptions::new()
@@ -368,6 +408,23 @@ fn run(cli: Cli) -> Result<()> {
                 built.board.name
             );
             dev.watch(|f| say!("{}", monitor::frame_line(f)))
+        }
+        Command::Bench {
+            model,
+            board,
+            compile,
+            stack,
+            json,
+        } => {
+            let bytes = flash::model_bytes(&compile.source(&model))?;
+            let b = kiln_compiler::bench::bench(&board, &bytes, stack, |t| say!("{t}"))?;
+            if let Some(path) = &json {
+                let text =
+                    serde_json::to_string_pretty(&b).map_err(|e| Error::Internal(e.into()))?;
+                npy::write_atomic(path, text.as_bytes())?;
+            }
+            say!("{}", kiln_compiler::bench::render(&b).trim_end());
+            Ok(())
         }
         Command::Monitor {
             port,
@@ -546,9 +603,13 @@ fn run_on_board(
     let buf = ModelBuf::read(model)?;
     let m = buf.model()?;
     let shapes = Runner::new(&m).input_shapes()?;
-    let built = flash::build_checked(board, buf.bytes(), stack, "info", None, |t| {
-        eprintln!("{t}")
-    })?;
+    let built = flash::build_checked(
+        board,
+        buf.bytes(),
+        FirmwareOptions::with_stack(stack),
+        None,
+        |t| eprintln!("{t}"),
+    )?;
     let mut dev = start_device(&built, port, baud, false)?;
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     if telemetry.is_some() {

@@ -474,7 +474,14 @@ fn snapshot_of_the_firmware_refusing_bad_commands() {
     let dir = tempfile::tempdir().unwrap();
     let model = compile_mnist(dir.path());
     let bytes = std::fs::read(&model).unwrap();
-    let built = flash::build_checked("mps2-an386", &bytes, 8192, "info", None, |_| {}).unwrap();
+    let built = flash::build_checked(
+        "mps2-an386",
+        &bytes,
+        kiln_compiler::firmware::Options::with_stack(8192),
+        None,
+        |_| {},
+    )
+    .unwrap();
     let mut dev = Device::start_qemu(&built.board, &built.firmware.elf, false).unwrap();
     let hello = dev.hello().unwrap();
 
@@ -623,4 +630,68 @@ fn flash_on_an_emulated_board_streams_logs_and_telemetry_until_stopped() {
         .collect();
     assert_eq!(frames[0]["type"], "hello");
     assert!(frames.iter().any(|f| f["type"] == "heartbeat"));
+}
+
+#[test]
+fn bench_counts_the_same_instructions_twice_and_writes_its_json() {
+    require_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let model = compile_mnist(dir.path());
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    let first = kiln(&["bench", s(&model), "--board", "mps2-an386", "--json", s(&a)]);
+    assert_exit(&first, 0, "bench");
+    let second = kiln(&["bench", s(&model), "--board", "mps2-an386", "--json", s(&b)]);
+    assert_exit(&second, 0, "bench again");
+    assert_eq!(
+        text(&first.stdout),
+        text(&second.stdout),
+        "two runs print the same"
+    );
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "and write the same"
+    );
+
+    let j: Value = serde_json::from_slice(&std::fs::read(&a).unwrap()).unwrap();
+    let info = inspect(&model);
+    assert_eq!(j["macs"], info["macs"]);
+    assert_eq!(j["arena_bytes"], info["arena_bytes"]);
+    assert_eq!(
+        j["model_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&model)
+            .unwrap()
+            .len()
+            .next_multiple_of(16)
+    );
+    let ops = j["ops"].as_array().unwrap();
+    assert_eq!(ops.len(), info["ops"].as_array().unwrap().len());
+    let per_op: u64 = ops
+        .iter()
+        .map(|o| o["instructions"].as_u64().unwrap())
+        .sum();
+    let whole = j["instructions"].as_u64().unwrap();
+    assert_eq!(
+        whole,
+        j["ticks"].as_u64().unwrap() * 40,
+        "instructions = ticks x 40 on mps2-an386"
+    );
+    assert_eq!(per_op, whole, "the ops add up to the inference");
+    for o in ops {
+        assert!(
+            o["op"].is_string() && o["kind"].is_string() && o["macs"].is_u64(),
+            "{o}"
+        );
+    }
+    let stack = j["stack_bytes"].as_u64().unwrap();
+    assert!((256..8192).contains(&stack), "{stack}");
+    assert!(j["code_bytes"].as_u64().unwrap() > 1000);
+    // A real board has no instruction count: refused with the reason.
+    let o = kiln(&["bench", s(&model), "--board", "nrf52840-dk"]);
+    assert_exit(&o, 2, "bench on a real board");
+    assert!(
+        text(&o.stderr).contains("real board"),
+        "{}",
+        text(&o.stderr)
+    );
 }

@@ -163,6 +163,10 @@ fn main() -> ! {
         model.arena_bytes(),
         board::INPUT_BYTES
     );
+    if board::BENCH {
+        stack::paint();
+        bench(&mut dev, &mut interp);
+    }
     dev.send(&hello(&model));
 
     stack::paint();
@@ -212,7 +216,7 @@ fn main() -> ! {
     }
 }
 
-/// Runs one inference and reports it.
+/// Runs one inference on `input` and reports it.
 fn infer<S: Read<u8> + Write<u8>>(
     dev: &mut Device<S>,
     interp: &mut Interpreter<'_, '_>,
@@ -221,7 +225,6 @@ fn infer<S: Read<u8> + Write<u8>>(
     full_output: bool,
     input: &[u8],
 ) {
-    let model = interp.model();
     if input.len() != board::INPUT_BYTES {
         defmt::warn!(
             "inference {=u32}: {=usize} input bytes, the model takes {=usize}",
@@ -233,32 +236,58 @@ fn infer<S: Read<u8> + Write<u8>>(
         return;
     }
     let mut rest = input;
-    for i in 0..model.input_count() {
+    for i in 0..interp.model().input_count() {
         let Ok(slot) = interp.input_mut(i) else { break };
         let (head, tail) = rest.split_at(slot.len().min(rest.len()));
         slot.copy_from_slice(head);
         rest = tail;
     }
+    match measured_invoke(&dev.cycles, interp, per_op) {
+        Ok(measured) => report(dev, interp, sequence, full_output, measured),
+        Err(e) => {
+            defmt::error!("inference {=u32} failed: {}", sequence, e);
+            dev.error(code::INFERENCE, 0);
+        }
+    }
+}
 
-    let mut op_cycles: Vec<u32, { telemetry::MAX_OPS_REPORTED }> = Vec::new();
-    let start = dev.cycles.now();
+/// Cycles of one inference, and of each op when `per_op`.
+struct Measured {
+    cycles: u64,
+    op_cycles: Vec<u32, { telemetry::MAX_OPS_REPORTED }>,
+}
+
+fn measured_invoke(
+    cycles: &cycles::Cycles,
+    interp: &mut Interpreter<'_, '_>,
+    per_op: bool,
+) -> Result<Measured, kiln_runtime::Error> {
+    let mut op_cycles = Vec::new();
+    let start = cycles.now();
     let mut last = start;
-    let cycles = &dev.cycles;
-    let result = interp.invoke_observed(|_| {
+    interp.invoke_observed(|_| {
         let now = cycles.now();
         if per_op {
             let _ = op_cycles.push(now.wrapping_sub(last).min(u64::from(u32::MAX)) as u32);
         }
         last = now;
-    });
-    let total = last.wrapping_sub(start);
-    if let Err(e) = result {
-        defmt::error!("inference {=u32} failed: {}", sequence, e);
-        dev.error(code::INFERENCE, 0);
-        return;
-    }
-    dev.inferences = dev.inferences.wrapping_add(1);
+    })?;
+    Ok(Measured {
+        cycles: last.wrapping_sub(start),
+        op_cycles,
+    })
+}
 
+/// Sends an inference's outputs (when `full_output`) and its report.
+fn report<S: Read<u8> + Write<u8>>(
+    dev: &mut Device<S>,
+    interp: &Interpreter<'_, '_>,
+    sequence: u32,
+    full_output: bool,
+    measured: Measured,
+) {
+    let model = interp.model();
+    dev.inferences = dev.inferences.wrapping_add(1);
     if full_output {
         for index in 0..model.output_count() {
             let Ok(bytes) = interp.output(index) else {
@@ -282,16 +311,57 @@ fn infer<S: Read<u8> + Write<u8>>(
         best.0,
         best.1
     );
-    defmt::debug!("inference {=u32}: {=u64} cycles", sequence, total);
-    let report = Frame::Inference(InferenceReport {
+    defmt::debug!("inference {=u32}: {=u64} cycles", sequence, measured.cycles);
+    let frame = Frame::Inference(InferenceReport {
         sequence,
-        cycles: total,
-        op_cycles,
+        cycles: measured.cycles,
+        op_cycles: measured.op_cycles,
         arena_bytes: model.arena_bytes() as u32,
         stack_high_water: stack::high_water(),
         output,
     });
-    dev.send(&report);
+    dev.send(&frame);
+}
+
+/// The benchmark (`KILN_BENCH`, `kiln bench`): two inferences at boot on the baseline recipe's input (int8 bytes
+/// from `s = s * 1664525 + 1013904223; x = (s >> 24) as i8`, `s` from 12345; f32 inputs get those values as
+/// floats), both measured before anything is sent, so that from reset to the last reading the instruction
+/// stream is the same run after run and, under QEMU's `-icount`, so is every tick. Reported as sequences 0 and
+/// 1, before the `Hello`; the host checks the two agree.
+fn bench<S: Read<u8> + Write<u8>>(dev: &mut Device<S>, interp: &mut Interpreter<'_, '_>) {
+    let mut s: u32 = 12345;
+    let mut next = || {
+        s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (s >> 24) as u8 as i8
+    };
+    for i in 0..interp.model().input_count() {
+        let f32_input = interp
+            .model()
+            .input(i)
+            .map(|t| t.dtype == kiln_runtime::format::DType::F32)
+            .unwrap_or(false);
+        let Ok(slot) = interp.input_mut(i) else { break };
+        if f32_input {
+            for c in slot.chunks_exact_mut(4) {
+                c.copy_from_slice(&f32::from(next()).to_le_bytes());
+            }
+        } else {
+            for b in slot.iter_mut() {
+                *b = next() as u8;
+            }
+        }
+    }
+    let first = measured_invoke(&dev.cycles, interp, true);
+    let second = measured_invoke(&dev.cycles, interp, true);
+    for (sequence, m) in [(0, first), (1, second)] {
+        match m {
+            Ok(m) => report(dev, interp, sequence, false, m),
+            Err(e) => {
+                defmt::error!("benchmark inference failed: {}", e);
+                dev.error(code::INFERENCE, 0);
+            }
+        }
+    }
 }
 
 /// The first output: whole when int8 and small enough, else its top classes; and its best class.
