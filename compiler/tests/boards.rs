@@ -695,3 +695,45 @@ fn bench_counts_the_same_instructions_twice_and_writes_its_json() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn debian_toolchain_builds_the_same_firmware_behaviour() {
+    // kiln's fallback when rustup has no Cortex-M target: Debian's rustc building `core` with -Zbuild-std.
+    // scripts/setup-cortex-m.sh installs it on Debian; elsewhere that path does not exist.
+    if !Path::new("/etc/debian_version").exists() {
+        eprintln!("NOT RUN: not a Debian system, so there is no Debian toolchain path to check");
+        return;
+    }
+    require_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let model = compile_mnist(dir.path());
+    let x = dir.path().join("x.npy");
+    npz_slice(&repo().join("data/mnist_test.npz"), "x", 5, &x);
+    let host = dir.path().join("host.npy");
+    assert_exit(
+        &kiln(&["run", s(&model), "--input", s(&x), "--output", s(&host)]),
+        0,
+        "host",
+    );
+    let board = dir.path().join("board.npy");
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_TOOLCHAIN", "debian")
+        .args([
+            "run",
+            s(&model),
+            "--board",
+            "mps2-an386",
+            "--input",
+            s(&x),
+            "--output",
+            s(&board),
+        ])
+        .output()
+        .unwrap();
+    assert_exit(
+        &o,
+        0,
+        "run with Debian's toolchain (apt-get install rustc-web cargo-web rust-web-src lld-19)",
+    );
+    assert!(std::fs::read(&host).unwrap() == std::fs::read(&board).unwrap());
+}
