@@ -5,11 +5,12 @@ use std::collections::HashMap;
 
 use kiln_runtime::format::{
     self, BinaryF32, ConcatParams, ConvF32, ConvS8, DType, Dims, FullyConnectedF32,
-    FullyConnectedS8, LookupS8, ModelDef, OpDef, OpKind, Operand, PadParams, PerChannel, Pool2d,
-    Quant, ReduceMeanF32, ReduceMeanS8, SliceParams, Space, Span, TensorDef, TransposeParams,
-    UnaryF32, BLOB_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC,
+    FullyConnectedS8, KernelS8, LookupS8, ModelDef, OpDef, OpKind, Operand, PadParams, PerChannel,
+    Pool2d, Quant, ReduceMeanF32, ReduceMeanS8, SliceParams, Space, Span, TensorDef,
+    TransposeParams, UnaryF32, BLOB_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC,
 };
 use kiln_runtime::host;
+use kiln_runtime::kernels::fast;
 
 use crate::error::{input, Result};
 use crate::ir::{Activation, BinaryKind, PoolKind, UnaryKind};
@@ -396,6 +397,7 @@ impl<'p> Emitter<'p> {
                         output_zero_point: out_q.zero_point,
                         act_min: q.act_min,
                         act_max: q.act_max,
+                        kernel: conv_kernel(geom),
                     }),
                 };
                 self.push_weighted(&s.name, kind, vec![x], out, w);
@@ -434,6 +436,11 @@ impl<'p> Emitter<'p> {
                         output_zero_point: out_q.zero_point,
                         act_min: q.act_min,
                         act_max: q.act_max,
+                        kernel: if fast::dot_fc_fits(geom) {
+                            KernelS8::Dot
+                        } else {
+                            KernelS8::Reference
+                        },
                     }),
                 };
                 self.push_weighted(&s.name, kind, vec![x], out, w);
@@ -990,4 +997,16 @@ pub fn write_file(meta: &[u8], blob: &[u8]) -> Vec<u8> {
     let crc = kiln_runtime::crc32::crc32(&out[16..]);
     out[12..16].copy_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// The int8 conv kernel for this geometry: depthwise where it is one, the dot-product kernel where the patch fits
+/// its buffer, the reference otherwise.
+fn conv_kernel(geom: &kiln_runtime::format::ConvGeom) -> KernelS8 {
+    if fast::depthwise_fits(geom) {
+        KernelS8::Depthwise
+    } else if fast::dot_conv_fits(geom) {
+        KernelS8::Dot
+    } else {
+        KernelS8::Reference
+    }
 }

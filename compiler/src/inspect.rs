@@ -26,6 +26,8 @@ pub struct OpInfo {
     pub index: usize,
     pub name: String,
     pub kind: &'static str,
+    /// The int8 conv / fully connected kernel the compiler chose (`reference`, `dot`, `depthwise`).
+    pub kernel: Option<&'static str>,
     pub output_tensor: u16,
     pub macs: u64,
     pub weight_bytes: u32,
@@ -70,6 +72,11 @@ pub fn inspect(m: &Model<'_>) -> Info {
                 index,
                 name: op.name.to_string(),
                 kind: op.kind.name(),
+                kernel: match &op.kind {
+                    OpKind::Conv2dS8(p) => Some(p.kernel.name()),
+                    OpKind::FullyConnectedS8(p) => Some(p.kernel.name()),
+                    _ => None,
+                },
                 output_tensor: op.output_tensor,
                 macs: op.macs,
                 weight_bytes,
@@ -143,15 +150,19 @@ pub fn render(i: &Info, path: &Path) -> String {
     let _ = writeln!(s, "  outputs: {}", io(&i.outputs));
     let _ = writeln!(
         s,
-        "\n  {:>3}  {:<22} {:<28} {:>10} {:>8}  output",
-        "#", "kernel", "node", "MACs", "weights"
+        "\n  {:>3}  {:<34} {:<28} {:>10} {:>8}  output",
+        "#", "op (kernel)", "node", "MACs", "weights"
     );
     for op in &i.ops {
         let t = &i.tensors[op.output_tensor as usize];
+        let kind = match op.kernel {
+            Some(k) => format!("{} ({k})", op.kind),
+            None => op.kind.to_owned(),
+        };
         let _ = writeln!(
             s,
-            "  {:>3}  {:<22} {:<28} {:>10} {:>8}  {} {:?} @{}",
-            op.index, op.kind, op.name, op.macs, op.weight_bytes, t.dtype, t.shape, t.offset
+            "  {:>3}  {:<34} {:<28} {:>10} {:>8}  {} {:?} @{}",
+            op.index, kind, op.name, op.macs, op.weight_bytes, t.dtype, t.shape, t.offset
         );
     }
     s

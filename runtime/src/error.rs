@@ -12,6 +12,8 @@ pub enum Field {
     Shifts,
     Table,
     Params,
+    /// The kernel the compiler chose is not one this op's geometry allows.
+    Kernel,
 }
 
 /// Everything that can go wrong in `kiln-runtime`. Loading checks the whole model once, so after

@@ -23,7 +23,7 @@ use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"KILN";
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 24;
 /// Alignment of the blob inside the file; every typed item inside the blob is 4-byte aligned.
 pub const BLOB_ALIGN: usize = 16;
@@ -229,6 +229,31 @@ pub struct PerChannel {
     pub shifts: Span,
 }
 
+/// Which kernel runs an int8 conv or fully connected op. The compiler chooses from the geometry; the loader
+/// refuses a choice the geometry does not allow. Every choice computes the same bytes ([`crate::kernels::fast`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum KernelS8 {
+    /// The portable reference kernel: any geometry.
+    #[default]
+    Reference,
+    /// Dot products of packed 16-bit pairs (`SMLAD` on Cortex-M4/M7): conv with one group and a patch of at most
+    /// [`crate::kernels::fast::MAX_PATCH`] elements; fully connected with rows that long.
+    Dot,
+    /// Depthwise conv (one input and one output channel per group), padding resolved per output pixel.
+    Depthwise,
+}
+
+impl KernelS8 {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelS8::Reference => "reference",
+            KernelS8::Dot => "dot",
+            KernelS8::Depthwise => "depthwise",
+        }
+    }
+}
+
 /// int8 convolution: `acc = bias[o] + sum (x - input_zero_point) * w`, then
 /// `y = clamp(requantize(acc, o) + output_zero_point, act_min, act_max)`. Weights symmetric (zero point 0).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -243,6 +268,7 @@ pub struct ConvS8 {
     pub output_zero_point: i32,
     pub act_min: i8,
     pub act_max: i8,
+    pub kernel: KernelS8,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -276,6 +302,7 @@ pub struct FullyConnectedS8 {
     pub output_zero_point: i32,
     pub act_min: i8,
     pub act_max: i8,
+    pub kernel: KernelS8,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -184,7 +184,11 @@ fn quant_s8() -> impl Strategy<Value = QuantS8> {
 }
 
 fn conv_case() -> impl Strategy<Value = ConvCase> {
-    conv_geom().prop_flat_map(|g| {
+    conv_case_with(conv_geom())
+}
+
+fn conv_case_with(geoms: impl Strategy<Value = ConvGeom>) -> impl Strategy<Value = ConvCase> {
+    geoms.prop_flat_map(|g| {
         let n_in = (g.batch * g.in_h * g.in_w * g.in_c) as usize;
         let n_w = (g.out_c * g.kernel_h * g.kernel_w * (g.in_c / g.groups)) as usize;
         let oc = g.out_c as usize;
@@ -1155,4 +1159,138 @@ fn copy_copies() {
     let mut y = vec![0u8; 256];
     kernels::copy(&x, &mut y);
     assert_eq!(x, y);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Optimised kernels (kernels::fast): bit-exact to the reference kernels
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One conformance test per optimised kernel, all alike: on random cases of the geometries the kernel accepts,
+/// its output bytes equal the reference kernel's. The kernels are the same code on the host (portable DSP
+/// functions) and on Cortex-M4/M7 (the instructions), where the QEMU tests compare whole models with the host.
+macro_rules! conformance {
+    ($name:ident, $cases:expr, |$c:ident| reference: $reference:expr, optimised: $optimised:expr) => {
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+            #[test]
+            fn $name($c in $cases) {
+                let (want, got) = ($reference, $optimised);
+                compare(stringify!($name), &got, &want)?;
+            }
+        }
+    };
+}
+
+type ConvKernel = fn(&ConvGeom, &QuantS8, Requant<'_>, &[i8], &[i8], Option<&[i32]>, &mut [i8]);
+
+fn run_conv_with(kernel: ConvKernel, c: &ConvCase) -> Vec<i8> {
+    let (m, s) = split_rq(&c.rq);
+    let g = &c.g;
+    let mut y = vec![0i8; (g.batch * g.out_h * g.out_w * g.out_c) as usize];
+    kernel(
+        g,
+        &c.q,
+        Requant {
+            multipliers: &m,
+            shifts: &s,
+        },
+        &c.input,
+        &c.weights,
+        c.bias.as_deref(),
+        &mut y,
+    );
+    y
+}
+
+/// The random conv geometries with one group (channel counts kept).
+fn dot_geom() -> impl Strategy<Value = ConvGeom> {
+    conv_geom().prop_map(|g| ConvGeom { groups: 1, ..g })
+}
+
+/// The random conv geometries made depthwise with multiplier 1.
+fn depthwise_geom() -> impl Strategy<Value = ConvGeom> {
+    conv_geom().prop_map(|g| ConvGeom {
+        groups: g.in_c,
+        out_c: g.in_c,
+        ..g
+    })
+}
+
+/// Pointwise geometries with many channels: long dot products, 4-byte steps and tails.
+fn pointwise_geom() -> impl Strategy<Value = ConvGeom> {
+    (1u32..=3, 1u32..=3, 1u32..=80, 1u32..=12, 1u32..=2).prop_map(|(h, w, cin, cout, s)| ConvGeom {
+        batch: 1,
+        in_h: h,
+        in_w: w,
+        in_c: cin,
+        out_h: (h - 1) / s + 1,
+        out_w: (w - 1) / s + 1,
+        out_c: cout,
+        kernel_h: 1,
+        kernel_w: 1,
+        stride_h: s,
+        stride_w: s,
+        dilation_h: 1,
+        dilation_w: 1,
+        pad_top: 0,
+        pad_left: 0,
+        groups: 1,
+    })
+}
+
+conformance!(dot_conv2d_s8_matches_reference, conv_case_with(dot_geom()),
+    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_conv_with(kernels::fast::dot_conv2d_s8, &c));
+conformance!(dot_pointwise_s8_matches_reference, conv_case_with(pointwise_geom()),
+    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_conv_with(kernels::fast::dot_conv2d_s8, &c));
+conformance!(depthwise_conv2d_s8_matches_reference, conv_case_with(depthwise_geom()),
+    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_conv_with(kernels::fast::depthwise_conv2d_s8, &c));
+conformance!(dot_fully_connected_s8_matches_reference, fc_case(),
+|c| reference: run_fc(&c), optimised: {
+    let (m, s) = split_rq(&c.rq);
+    let mut y = vec![0i8; (c.g.rows * c.g.out_features) as usize];
+    kernels::fast::dot_fully_connected_s8(&c.g, &c.q, Requant { multipliers: &m, shifts: &s }, &c.input, &c.weights, c.bias.as_deref(), &mut y);
+    y
+});
+
+/// The kernels accept exactly the geometries the loader lets the compiler choose them for.
+#[test]
+fn optimised_kernels_say_which_geometries_they_take() {
+    let g = ConvGeom {
+        batch: 1,
+        in_h: 4,
+        in_w: 4,
+        in_c: 8,
+        out_h: 4,
+        out_w: 4,
+        out_c: 8,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride_h: 1,
+        stride_w: 1,
+        dilation_h: 1,
+        dilation_w: 1,
+        pad_top: 1,
+        pad_left: 1,
+        groups: 8,
+    };
+    assert!(kernels::fast::depthwise_fits(&g) && !kernels::fast::dot_conv_fits(&g));
+    let dense = ConvGeom { groups: 1, ..g };
+    assert!(kernels::fast::dot_conv_fits(&dense) && !kernels::fast::depthwise_fits(&dense));
+    let huge = ConvGeom {
+        in_c: 200,
+        out_c: 8,
+        groups: 1,
+        ..g
+    }; // 3 * 3 * 200 = 1800 > MAX_PATCH
+    assert!(!kernels::fast::dot_conv_fits(&huge));
+    assert!(kernels::fast::dot_fc_fits(&FcGeom {
+        rows: 1,
+        in_features: 1024,
+        out_features: 1
+    }));
+    assert!(!kernels::fast::dot_fc_fits(&FcGeom {
+        rows: 1,
+        in_features: 1025,
+        out_features: 1
+    }));
 }

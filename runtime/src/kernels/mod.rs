@@ -13,7 +13,9 @@
 
 pub mod binary;
 pub mod conv;
+pub mod dsp;
 pub mod elementwise;
+pub mod fast;
 pub mod fc;
 pub mod movement;
 pub mod pool;

@@ -3,8 +3,10 @@
 use super::common::{cast, cast_mut, divides, input, opt_span, prod, span, Ck, MAX_COORD};
 use super::OpIo;
 use crate::error::{Error, Field};
-use crate::format::{ConvF32, ConvGeom, ConvS8, FcGeom, FullyConnectedF32, FullyConnectedS8};
-use crate::kernels::{self, QuantS8, Requant, MAX_DOT_LEN};
+use crate::format::{
+    ConvF32, ConvGeom, ConvS8, FcGeom, FullyConnectedF32, FullyConnectedS8, KernelS8,
+};
+use crate::kernels::{self, fast, QuantS8, Requant, MAX_DOT_LEN};
 
 /// Geometry, input/output/weights/bias sizes. Returns the dot product length (taps per output).
 fn check_geom(
@@ -90,6 +92,12 @@ pub fn check_conv_s8(ck: &Ck, p: &ConvS8) -> Result<(), Error> {
     ck.per_channel(&p.requant, p.geom.out_c as u64)?;
     ck.zero_point(p.input_zero_point)?;
     ck.zero_point(p.output_zero_point)?;
+    let allowed = match p.kernel {
+        KernelS8::Reference => true,
+        KernelS8::Dot => fast::dot_conv_fits(&p.geom),
+        KernelS8::Depthwise => fast::depthwise_fits(&p.geom),
+    };
+    ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;
     ck.act_range_s8(p.act_min, p.act_max)
 }
 
@@ -129,7 +137,12 @@ pub fn eval_conv_s8(p: &ConvS8, io: OpIo<'_>) -> Result<(), Error> {
         p.act_max,
     );
     let rq = requant(io.blob, &p.requant)?;
-    kernels::conv2d_s8(
+    let kernel = match p.kernel {
+        KernelS8::Reference => kernels::conv2d_s8,
+        KernelS8::Dot => fast::dot_conv2d_s8,
+        KernelS8::Depthwise => fast::depthwise_conv2d_s8,
+    };
+    kernel(
         &p.geom,
         &q,
         rq,
@@ -181,6 +194,12 @@ pub fn check_fc_s8(ck: &Ck, p: &FullyConnectedS8) -> Result<(), Error> {
     ck.per_channel(&p.requant, p.geom.out_features as u64)?;
     ck.zero_point(p.input_zero_point)?;
     ck.zero_point(p.output_zero_point)?;
+    let allowed = match p.kernel {
+        KernelS8::Reference => true,
+        KernelS8::Dot => fast::dot_fc_fits(&p.geom),
+        KernelS8::Depthwise => false,
+    };
+    ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;
     ck.act_range_s8(p.act_min, p.act_max)
 }
 
@@ -201,7 +220,12 @@ pub fn eval_fc_s8(p: &FullyConnectedS8, io: OpIo<'_>) -> Result<(), Error> {
         p.act_max,
     );
     let rq = requant(io.blob, &p.requant)?;
-    kernels::fully_connected_s8(
+    let kernel = match p.kernel {
+        KernelS8::Dot => fast::dot_fully_connected_s8,
+        // Depthwise is refused for fully connected at load.
+        KernelS8::Reference | KernelS8::Depthwise => kernels::fully_connected_s8,
+    };
+    kernel(
         &p.geom,
         &q,
         rq,

@@ -148,6 +148,7 @@ fn conv_s8() -> (OpDef<'static>, Blob, Vec<u8>) {
         output_zero_point: 5,
         act_min: -100,
         act_max: 120,
+        kernel: KernelS8::Reference,
     };
     let input: Vec<u8> = (0..32).map(|i| (i * 53 % 256) as u8).collect();
     (
@@ -303,6 +304,23 @@ fn movement_ops_run_through_eval() {
 }
 
 // ---- check rejects ----
+
+#[test]
+fn rejects_a_kernel_the_geometry_does_not_allow() {
+    // The test conv has one group: the dot-product kernel may run it, the depthwise kernel may not.
+    let (o, blob) = with_conv(|p, _| p.kernel = KernelS8::Dot);
+    assert_eq!(check(7, &o, blob.bytes()), Ok(()));
+    let (o, blob) = with_conv(|p, _| p.kernel = KernelS8::Depthwise);
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::BadParam {
+            op: 7,
+            field: Field::Kernel,
+            value: KernelS8::Depthwise as i32,
+        },
+    );
+}
 
 #[test]
 fn rejects_zero_stride_and_bad_groups() {
@@ -577,6 +595,7 @@ fn rejects_dot_products_that_could_overflow() {
         output_zero_point: 0,
         act_min: -128,
         act_max: 127,
+        kernel: KernelS8::Reference,
     };
     let o = op(
         OpKind::FullyConnectedS8(p),
@@ -1100,6 +1119,15 @@ fn rank_like(r: usize) -> impl Strategy<Value = usize> {
     prop_oneof![8 => Just(r), 1 => 0usize..=6]
 }
 
+/// Any kernel choice, allowed by the geometry or not: the loader must refuse the ones it does not allow.
+fn any_kernel() -> impl Strategy<Value = KernelS8> {
+    prop_oneof![
+        Just(KernelS8::Reference),
+        Just(KernelS8::Dot),
+        Just(KernelS8::Depthwise)
+    ]
+}
+
 fn op_kind() -> impl Strategy<Value = OpKind> {
     let rq = || {
         (span_in(R_MULT), span_in(R_SMALL)).prop_map(|(multipliers, shifts)| PerChannel {
@@ -1125,9 +1153,10 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
         zp(),
         zp(),
         act_s8(),
+        any_kernel(),
     )
         .prop_map(
-            |(geom, weights, bias, requant, izp, ozp, (act_min, act_max))| {
+            |(geom, weights, bias, requant, izp, ozp, (act_min, act_max), kernel)| {
                 OpKind::Conv2dS8(ConvS8 {
                     geom,
                     weights,
@@ -1137,6 +1166,7 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
                     output_zero_point: ozp,
                     act_min,
                     act_max,
+                    kernel,
                 })
             },
         );
@@ -1155,20 +1185,31 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
                 act_max: hi,
             })
         });
-    let fc_s8 = (fc_geom(), weights(), bias(), rq(), zp(), zp(), act_s8()).prop_map(
-        |(geom, weights, bias, requant, izp, ozp, (act_min, act_max))| {
-            OpKind::FullyConnectedS8(FullyConnectedS8 {
-                geom,
-                weights,
-                bias,
-                requant,
-                input_zero_point: izp,
-                output_zero_point: ozp,
-                act_min,
-                act_max,
-            })
-        },
-    );
+    let fc_s8 = (
+        fc_geom(),
+        weights(),
+        bias(),
+        rq(),
+        zp(),
+        zp(),
+        act_s8(),
+        any_kernel(),
+    )
+        .prop_map(
+            |(geom, weights, bias, requant, izp, ozp, (act_min, act_max), kernel)| {
+                OpKind::FullyConnectedS8(FullyConnectedS8 {
+                    geom,
+                    weights,
+                    bias,
+                    requant,
+                    input_zero_point: izp,
+                    output_zero_point: ozp,
+                    act_min,
+                    act_max,
+                    kernel,
+                })
+            },
+        );
     let fc_f32 = (
         fc_geom(),
         f32_data(),

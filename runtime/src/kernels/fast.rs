@@ -1,0 +1,330 @@
+//! Optimised int8 kernels, bit-exact to the reference kernels (same arithmetic: exact `i32` dot products, then
+//! the same requantisation), written on [`super::dsp`] so that a Cortex-M4/M7 runs two MACs per `SMLAD` and every
+//! other target runs the same code portably. The compiler picks one per op ([`crate::format::KernelS8`]); the
+//! loader checks the op's geometry allows it.
+//!
+//! - [`dot_conv2d_s8`]: convolution with one group (pointwise, general, narrow first layers). Each output pixel's
+//!   input patch is gathered once into 16-bit pairs with the zero point taken off (padding becomes 0), then every
+//!   output channel is one dot product of the patch with its weights, 4 bytes of weights per step.
+//! - [`dot_fully_connected_s8`]: the same dot product on each input row.
+//! - [`depthwise_conv2d_s8`]: depthwise convolution (one input channel per group, one output channel per input
+//!   channel): the window's in-bounds rows and columns are found once per output pixel, so the tap loop has no
+//!   padding tests.
+
+use super::dsp::{sadd16, smlad, splat16, sxtb16, sxtb16_ror8};
+use super::{output_s8, QuantS8, Requant};
+use crate::format::{ConvGeom, FcGeom};
+
+/// Most elements a patch (`kernel_h * kernel_w * in_c`) or a fully connected row may have for [`dot_conv2d_s8`]
+/// and [`dot_fully_connected_s8`]: their packed copy lives on the stack (2 KiB at this size).
+pub const MAX_PATCH: usize = 1024;
+
+/// A patch in 16-bit pairs, 4 elements per 2 words: `[e0, e2]`, `[e1, e3]` (the lanes `SXTB16` and `SXTB16 ROR 8`
+/// give of 4 weight bytes), with the zero point taken off; the last group is padded with zeros.
+struct Patch {
+    pairs: [u32; MAX_PATCH / 2],
+    len: usize,
+}
+
+impl Patch {
+    fn new() -> Self {
+        Patch {
+            pairs: [0; MAX_PATCH / 2],
+            len: 0,
+        }
+    }
+
+    /// Starts an empty patch.
+    #[inline(always)]
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `x - zp` (in `-255..=255`).
+    #[inline(always)]
+    fn push(&mut self, v: i32) {
+        let (group, lane) = (self.len / 4, self.len % 4);
+        let word = &mut self.pairs[2 * group + (lane & 1)];
+        let bits = (v as i16 as u16 as u32) << (16 * (lane >> 1));
+        *word = if lane >> 1 == 0 { bits } else { *word | bits };
+        self.len += 1;
+    }
+
+    /// Appends `n` int8 values less `zp`, 4 at a time where it can.
+    #[inline(always)]
+    fn extend(&mut self, xs: &[i8], neg_zp: u32) {
+        let mut xs = xs;
+        if self.len.is_multiple_of(4) {
+            let mut chunks = xs.chunks_exact(4);
+            for c in &mut chunks {
+                let word = u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
+                let g = self.len / 4;
+                self.pairs[2 * g] = sadd16(sxtb16(word), neg_zp);
+                self.pairs[2 * g + 1] = sadd16(sxtb16_ror8(word), neg_zp);
+                self.len += 4;
+            }
+            xs = chunks.remainder();
+        }
+        let zp = -((neg_zp as u16 as i16) as i32);
+        for &x in xs {
+            self.push(x as i32 - zp);
+        }
+    }
+
+    /// Appends `n` zeros (padding taps: `x - zp` counted as 0, as the reference skips them).
+    #[inline(always)]
+    fn zeros(&mut self, n: usize) {
+        for _ in 0..n {
+            self.push(0);
+        }
+    }
+
+    /// Zero-fills the last group's unused lanes.
+    #[inline(always)]
+    fn finish(&mut self) {
+        // The filler lanes count in `len` from here on; `dot` is told the patch's real length.
+        while !self.len.is_multiple_of(4) {
+            self.push(0);
+        }
+    }
+
+    /// `sum_i patch[i] * w[i]` over the patch's `len` elements (exact, wrapping like the reference's sum).
+    #[inline(always)]
+    fn dot(&self, len: usize, w: &[i8]) -> i32 {
+        let mut acc = 0i32;
+        let full = len / 4;
+        let (w_full, w_tail) = w.split_at(full * 4);
+        for (p, c) in self.pairs[..2 * full]
+            .chunks_exact(2)
+            .zip(w_full.chunks_exact(4))
+        {
+            let word = u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
+            acc = smlad(p[0], sxtb16(word), acc);
+            acc = smlad(p[1], sxtb16_ror8(word), acc);
+        }
+        if !w_tail.is_empty() {
+            // Up to 3 weights, zero-extended to a word: the padded lanes of the patch are 0.
+            let mut b = [0u8; 4];
+            for (d, &v) in b.iter_mut().zip(w_tail) {
+                *d = v as u8;
+            }
+            let word = u32::from_le_bytes(b);
+            acc = smlad(self.pairs[2 * full], sxtb16(word), acc);
+            acc = smlad(self.pairs[2 * full + 1], sxtb16_ror8(word), acc);
+        }
+        acc
+    }
+}
+
+#[inline(always)]
+fn finish_output(
+    q: &QuantS8,
+    requant: &Requant<'_>,
+    bias: Option<&[i32]>,
+    oc: usize,
+    sum: i32,
+) -> i8 {
+    let acc = match bias {
+        Some(b) => b[oc].saturating_add(sum),
+        None => sum,
+    };
+    let (multiplier, shift) = requant.pair(oc);
+    output_s8(
+        acc,
+        multiplier,
+        shift,
+        q.output_zero_point,
+        q.act_min,
+        q.act_max,
+    )
+}
+
+/// Whether [`dot_conv2d_s8`] takes this geometry: one group, a patch of at most [`MAX_PATCH`] elements.
+pub fn dot_conv_fits(g: &ConvGeom) -> bool {
+    g.groups == 1 && (g.kernel_h as u64 * g.kernel_w as u64 * g.in_c as u64) <= MAX_PATCH as u64
+}
+
+/// Convolution with one group; same contract and result as [`super::conv2d_s8`] for geometries
+/// [`dot_conv_fits`] accepts (others are left to the reference kernel by the loader).
+pub fn dot_conv2d_s8(
+    geom: &ConvGeom,
+    q: &QuantS8,
+    requant: Requant<'_>,
+    input: &[i8],
+    weights: &[i8],
+    bias: Option<&[i32]>,
+    output: &mut [i8],
+) {
+    if !dot_conv_fits(geom) {
+        return;
+    }
+    let [batch, in_h, in_w, in_c, out_h, out_w, out_c, kh, kw, sh, sw, dh, dw, pt, pl] = [
+        geom.batch,
+        geom.in_h,
+        geom.in_w,
+        geom.in_c,
+        geom.out_h,
+        geom.out_w,
+        geom.out_c,
+        geom.kernel_h,
+        geom.kernel_w,
+        geom.stride_h,
+        geom.stride_w,
+        geom.dilation_h,
+        geom.dilation_w,
+        geom.pad_top,
+        geom.pad_left,
+    ]
+    .map(|v| v as usize);
+    let k = kh * kw * in_c;
+    let neg_zp = splat16(-(q.input_zero_point as i16));
+    let mut patch = Patch::new();
+    let mut out = output.chunks_exact_mut(out_c.max(1));
+    for b in 0..batch {
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                patch.clear();
+                for ky in 0..kh {
+                    let yy = (oy * sh + ky * dh).wrapping_sub(pt);
+                    if yy >= in_h {
+                        patch.zeros(kw * in_c);
+                        continue;
+                    }
+                    let row = (b * in_h + yy) * in_w;
+                    for kx in 0..kw {
+                        let xx = (ox * sw + kx * dw).wrapping_sub(pl);
+                        if xx >= in_w {
+                            patch.zeros(in_c);
+                        } else {
+                            let at = (row + xx) * in_c;
+                            patch.extend(&input[at..at + in_c], neg_zp);
+                        }
+                    }
+                }
+                patch.finish();
+                let Some(y) = out.next() else { return };
+                for (oc, (o, w)) in y.iter_mut().zip(weights.chunks_exact(k.max(1))).enumerate() {
+                    *o = finish_output(q, &requant, bias, oc, patch.dot(k, w));
+                }
+            }
+        }
+    }
+}
+
+/// Whether [`dot_fully_connected_s8`] takes this geometry: rows of at most [`MAX_PATCH`] features.
+pub fn dot_fc_fits(g: &FcGeom) -> bool {
+    (g.in_features as usize) <= MAX_PATCH
+}
+
+/// Fully connected; same contract and result as [`super::fully_connected_s8`] for geometries [`dot_fc_fits`]
+/// accepts.
+pub fn dot_fully_connected_s8(
+    geom: &FcGeom,
+    q: &QuantS8,
+    requant: Requant<'_>,
+    input: &[i8],
+    weights: &[i8],
+    bias: Option<&[i32]>,
+    output: &mut [i8],
+) {
+    if !dot_fc_fits(geom) {
+        return;
+    }
+    let (k, n_out) = (geom.in_features as usize, geom.out_features as usize);
+    let neg_zp = splat16(-(q.input_zero_point as i16));
+    let mut patch = Patch::new();
+    for (x, y) in input
+        .chunks_exact(k.max(1))
+        .zip(output.chunks_exact_mut(n_out.max(1)))
+        .take(geom.rows as usize)
+    {
+        patch.clear();
+        patch.extend(x, neg_zp);
+        patch.finish();
+        for (n, (o, w)) in y.iter_mut().zip(weights.chunks_exact(k.max(1))).enumerate() {
+            *o = finish_output(q, &requant, bias, n, patch.dot(k, w));
+        }
+    }
+}
+
+/// Whether [`depthwise_conv2d_s8`] takes this geometry: one input and one output channel per group, a window of
+/// at most [`MAX_TAPS`] taps.
+pub fn depthwise_fits(g: &ConvGeom) -> bool {
+    g.groups == g.in_c
+        && g.groups == g.out_c
+        && (g.kernel_h as u64 * g.kernel_w as u64) <= MAX_TAPS as u64
+}
+
+/// Most taps a [`depthwise_conv2d_s8`] window may have (their offsets live on the stack).
+pub const MAX_TAPS: usize = 64;
+
+/// Depthwise convolution; same contract and result as [`super::conv2d_s8`] for geometries [`depthwise_fits`]
+/// accepts. Per output pixel, the in-bounds taps are listed once (input offset from the pixel's first channel,
+/// weight index); every channel then walks that list.
+pub fn depthwise_conv2d_s8(
+    geom: &ConvGeom,
+    q: &QuantS8,
+    requant: Requant<'_>,
+    input: &[i8],
+    weights: &[i8],
+    bias: Option<&[i32]>,
+    output: &mut [i8],
+) {
+    if !depthwise_fits(geom) {
+        return;
+    }
+    let [batch, in_h, in_w, c, out_h, out_w, kh, kw, sh, sw, dh, dw, pt, pl] = [
+        geom.batch,
+        geom.in_h,
+        geom.in_w,
+        geom.in_c,
+        geom.out_h,
+        geom.out_w,
+        geom.kernel_h,
+        geom.kernel_w,
+        geom.stride_h,
+        geom.stride_w,
+        geom.dilation_h,
+        geom.dilation_w,
+        geom.pad_top,
+        geom.pad_left,
+    ]
+    .map(|v| v as usize);
+    let taps = kh * kw;
+    let izp = q.input_zero_point;
+    let mut list = [(0usize, 0usize); MAX_TAPS];
+    let mut out = output.chunks_exact_mut(c.max(1));
+    for b in 0..batch {
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                let mut n = 0;
+                for ky in 0..kh {
+                    let iy = (oy * sh + ky * dh).wrapping_sub(pt);
+                    if iy >= in_h {
+                        continue;
+                    }
+                    for kx in 0..kw {
+                        let ix = (ox * sw + kx * dw).wrapping_sub(pl);
+                        if ix < in_w {
+                            list[n] = (((b * in_h + iy) * in_w + ix) * c, ky * kw + kx);
+                            n += 1;
+                        }
+                    }
+                }
+                let list = &list[..n];
+                let Some(y) = out.next() else { return };
+                for ((ch, o), w) in y
+                    .iter_mut()
+                    .enumerate()
+                    .zip(weights.chunks_exact(taps.max(1)))
+                {
+                    let mut sum = 0i32;
+                    for &(at, t) in list {
+                        sum = sum.wrapping_add((input[at + ch] as i32 - izp) * w[t] as i32);
+                    }
+                    *o = finish_output(q, &requant, bias, ch, sum);
+                }
+            }
+        }
+    }
+}
