@@ -1218,23 +1218,25 @@ fn depthwise_geom() -> impl Strategy<Value = ConvGeom> {
 
 /// Pointwise geometries with many channels: long dot products, 4-byte steps and tails.
 fn pointwise_geom() -> impl Strategy<Value = ConvGeom> {
-    (1u32..=3, 1u32..=3, 1u32..=80, 1u32..=12, 1u32..=2).prop_map(|(h, w, cin, cout, s)| ConvGeom {
-        batch: 1,
-        in_h: h,
-        in_w: w,
-        in_c: cin,
-        out_h: (h - 1) / s + 1,
-        out_w: (w - 1) / s + 1,
-        out_c: cout,
-        kernel_h: 1,
-        kernel_w: 1,
-        stride_h: s,
-        stride_w: s,
-        dilation_h: 1,
-        dilation_w: 1,
-        pad_top: 0,
-        pad_left: 0,
-        groups: 1,
+    (1u32..=3, 1u32..=3, 1u32..=160, 1u32..=12, 1u32..=2).prop_map(|(h, w, cin, cout, s)| {
+        ConvGeom {
+            batch: 1,
+            in_h: h,
+            in_w: w,
+            in_c: cin,
+            out_h: (h - 1) / s + 1,
+            out_w: (w - 1) / s + 1,
+            out_c: cout,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride_h: s,
+            stride_w: s,
+            dilation_h: 1,
+            dilation_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+            groups: 1,
+        }
     })
 }
 
