@@ -373,8 +373,17 @@ impl<'p> Emitter<'p> {
                 _,
             ) => {
                 let channels = geom.out_c as usize;
-                let (params, w) =
-                    self.weighted(weights, bias.as_deref(), channels, *act, in_q, out_q, macs)?;
+                let kernel = conv_kernel(geom);
+                let (params, w) = self.weighted(
+                    weights,
+                    bias.as_deref(),
+                    channels,
+                    *act,
+                    in_q,
+                    out_q,
+                    macs,
+                    kernel,
+                )?;
                 let kind = match params {
                     Params::F32 {
                         weights,
@@ -397,7 +406,7 @@ impl<'p> Emitter<'p> {
                         output_zero_point: out_q.zero_point,
                         act_min: q.act_min,
                         act_max: q.act_max,
-                        kernel: conv_kernel(geom),
+                        kernel,
                     }),
                 };
                 self.push_weighted(&s.name, kind, vec![x], out, w);
@@ -412,8 +421,21 @@ impl<'p> Emitter<'p> {
                 _,
             ) => {
                 let channels = geom.out_features as usize;
-                let (params, w) =
-                    self.weighted(weights, bias.as_deref(), channels, *act, in_q, out_q, macs)?;
+                let kernel = if fast::dot_fc_fits(geom) {
+                    KernelS8::Dot
+                } else {
+                    KernelS8::Reference
+                };
+                let (params, w) = self.weighted(
+                    weights,
+                    bias.as_deref(),
+                    channels,
+                    *act,
+                    in_q,
+                    out_q,
+                    macs,
+                    kernel,
+                )?;
                 let kind = match params {
                     Params::F32 {
                         weights,
@@ -436,11 +458,7 @@ impl<'p> Emitter<'p> {
                         output_zero_point: out_q.zero_point,
                         act_min: q.act_min,
                         act_max: q.act_max,
-                        kernel: if fast::dot_fc_fits(geom) {
-                            KernelS8::Dot
-                        } else {
-                            KernelS8::Reference
-                        },
+                        kernel,
                     }),
                 };
                 self.push_weighted(&s.name, kind, vec![x], out, w);
@@ -657,6 +675,8 @@ impl<'p> Emitter<'p> {
 
     /// The blob parameters of a convolution or dense layer, in the model's precision, and its report figures.
     #[allow(clippy::too_many_arguments)]
+    /// `kernel`: the int8 kernel that will run the op (the depthwise one takes its weights tap-major).
+    #[allow(clippy::too_many_arguments)]
     fn weighted(
         &mut self,
         weights: &[f32],
@@ -666,6 +686,7 @@ impl<'p> Emitter<'p> {
         in_q: Quant,
         out_q: Quant,
         macs: u64,
+        kernel: KernelS8,
     ) -> Result<(Params, Weighted)> {
         if self.precision == Precision::F32 {
             let (act_min, act_max) = act.range();
@@ -688,7 +709,7 @@ impl<'p> Emitter<'p> {
             bias_bytes: channels * 4,
         };
         let (act_min, act_max) = act_range_s8(act, out_q);
-        let pc = self.per_channel(weights, bias, channels, in_q, out_q)?;
+        let pc = self.per_channel(weights, bias, channels, in_q, out_q, kernel)?;
         Ok((
             Params::S8(PerChannelOut {
                 act_min,
@@ -708,6 +729,7 @@ impl<'p> Emitter<'p> {
         channels: usize,
         in_q: Quant,
         out_q: Quant,
+        kernel: KernelS8,
     ) -> Result<PerChannelOut> {
         if let Some(bad) = weights
             .iter()
@@ -746,6 +768,11 @@ impl<'p> Emitter<'p> {
         let w_scales_f32: Vec<f32> = w_scales.iter().map(|&w| w as f32).collect();
         let (mult, shift) = host::per_channel_multipliers(in_q.scale, &w_scales_f32, out_q.scale)
             .map_err(|e| input(format!("int8 parameters: {e}")))?;
+        if kernel == KernelS8::Depthwise {
+            let mut tap_major = vec![0i8; qw.len()];
+            fast::depthwise_weights_tap_major(&qw, channels, &mut tap_major);
+            qw = tap_major;
+        }
         Ok(PerChannelOut {
             weights: self.blob.push_i8(&qw),
             bias: self.blob.push_i32(&qb),

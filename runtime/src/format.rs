@@ -240,7 +240,8 @@ pub enum KernelS8 {
     /// Dot products of packed 16-bit pairs (`SMLAD` on Cortex-M4/M7): conv with one group and a patch of at most
     /// [`crate::kernels::fast::MAX_PATCH`] elements; fully connected with rows that long.
     Dot,
-    /// Depthwise conv (one input and one output channel per group), padding resolved per output pixel.
+    /// Depthwise conv (one input and one output channel per group), 4 channels at a time; its weights are stored
+    /// tap-major (see [`ConvS8::weights`]).
     Depthwise,
 }
 
@@ -259,7 +260,8 @@ impl KernelS8 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConvS8 {
     pub geom: ConvGeom,
-    /// `i8[out_c * kernel_h * kernel_w * in_c / groups]`.
+    /// `i8[out_c * kernel_h * kernel_w * in_c / groups]`, `[out_c][kernel_h][kernel_w][in_c / groups]`; for
+    /// [`KernelS8::Depthwise`] tap-major, `[kernel_h][kernel_w][out_c]`.
     pub weights: Span,
     /// `i32[out_c]`.
     pub bias: Option<Span>,

@@ -1245,7 +1245,12 @@ conformance!(dot_conv2d_s8_matches_reference, conv_case_with(dot_geom()),
 conformance!(dot_pointwise_s8_matches_reference, conv_case_with(pointwise_geom()),
     |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_conv_with(kernels::fast::dot_conv2d_s8, &c));
 conformance!(depthwise_conv2d_s8_matches_reference, conv_case_with(depthwise_geom()),
-    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_conv_with(kernels::fast::depthwise_conv2d_s8, &c));
+|c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: {
+    // The optimised kernel takes its weights tap-major, as the compiler writes them for it.
+    let mut tap_major = c.clone();
+    kernels::fast::depthwise_weights_tap_major(&c.weights, c.g.in_c as usize, &mut tap_major.weights);
+    run_conv_with(kernels::fast::depthwise_conv2d_s8, &tap_major)
+});
 conformance!(dot_fully_connected_s8_matches_reference, fc_case(),
 |c| reference: run_fc(&c), optimised: {
     let (m, s) = split_rq(&c.rq);

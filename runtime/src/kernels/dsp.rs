@@ -86,6 +86,42 @@ pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
     }
 }
 
+/// `acc + a.lo * b.lo`, signed 16-bit lanes, wrapping (`SMLABB`).
+#[inline(always)]
+pub fn smlabb(a: u32, b: u32, acc: i32) -> i32 {
+    #[cfg(kiln_dsp)]
+    {
+        let r: i32;
+        // SAFETY: a pure register operation.
+        unsafe {
+            core::arch::asm!("smlabb {0}, {1}, {2}, {3}", out(reg) r, in(reg) a, in(reg) b, in(reg) acc, options(pure, nomem, nostack))
+        };
+        r
+    }
+    #[cfg(not(kiln_dsp))]
+    {
+        acc.wrapping_add((a as u16 as i16 as i32) * (b as u16 as i16 as i32))
+    }
+}
+
+/// `acc + a.hi * b.hi`, signed 16-bit lanes, wrapping (`SMLATT`).
+#[inline(always)]
+pub fn smlatt(a: u32, b: u32, acc: i32) -> i32 {
+    #[cfg(kiln_dsp)]
+    {
+        let r: i32;
+        // SAFETY: a pure register operation.
+        unsafe {
+            core::arch::asm!("smlatt {0}, {1}, {2}, {3}", out(reg) r, in(reg) a, in(reg) b, in(reg) acc, options(pure, nomem, nostack))
+        };
+        r
+    }
+    #[cfg(not(kiln_dsp))]
+    {
+        acc.wrapping_add(((a >> 16) as u16 as i16 as i32) * ((b >> 16) as u16 as i16 as i32))
+    }
+}
+
 /// `v` in both 16-bit lanes.
 #[inline(always)]
 pub fn splat16(v: i16) -> u32 {
@@ -103,5 +139,7 @@ mod tests {
         assert_eq!(sadd16(0xFFFF_0001, 0x0001_7FFF), 0x0000_8000);
         assert_eq!(smlad(0xFFFF_0002, 0x0003_0005, 100), 100 + 2 * 5 - 3);
         assert_eq!(splat16(-2), 0xFFFE_FFFE);
+        assert_eq!(smlabb(0x0007_FFFE, 0x0009_0003, 1), 1 - 6);
+        assert_eq!(smlatt(0xFFF9_0001, 0x0009_0003, 1), 1 - 63);
     }
 }

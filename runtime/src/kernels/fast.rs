@@ -8,10 +8,10 @@
 //!   output channel is one dot product of the patch with its weights, 4 bytes of weights per step.
 //! - [`dot_fully_connected_s8`]: the same dot product on each input row.
 //! - [`depthwise_conv2d_s8`]: depthwise convolution (one input channel per group, one output channel per input
-//!   channel): the window's in-bounds rows and columns are found once per output pixel, so the tap loop has no
-//!   padding tests.
+//!   channel), 4 channels at a time: its weights are stored tap-major (`[kernel_h][kernel_w][channels]`, the
+//!   compiler writes them so for this kernel), so each in-bounds tap is one word of inputs and one of weights.
 
-use super::dsp::{sadd16, smlad, splat16, sxtb16, sxtb16_ror8};
+use super::dsp::{sadd16, smlabb, smlad, smlatt, splat16, sxtb16, sxtb16_ror8};
 use super::{output_s8, QuantS8, Requant};
 use crate::format::{ConvGeom, FcGeom};
 
@@ -325,9 +325,10 @@ pub fn depthwise_fits(g: &ConvGeom) -> bool {
 /// Most taps a [`depthwise_conv2d_s8`] window may have (their offsets live on the stack).
 pub const MAX_TAPS: usize = 64;
 
-/// Depthwise convolution; same contract and result as [`super::conv2d_s8`] for geometries [`depthwise_fits`]
-/// accepts. Per output pixel, the in-bounds taps are listed once (input offset from the pixel's first channel,
-/// weight index); every channel then walks that list.
+/// Depthwise convolution: the result of [`super::conv2d_s8`] for geometries [`depthwise_fits`] accepts, with the
+/// weights tap-major: `weights[(ky * kernel_w + kx) * channels + c]` (the reference's is `[c][ky][kx]`). Per
+/// output pixel the in-bounds taps are listed once; then 4 channels at a time walk that list with 4 accumulators
+/// (one word of inputs and one of weights per tap), the last `channels % 4` one at a time.
 pub fn depthwise_conv2d_s8(
     geom: &ConvGeom,
     q: &QuantS8,
@@ -357,8 +358,10 @@ pub fn depthwise_conv2d_s8(
         geom.pad_left,
     ]
     .map(|v| v as usize);
-    let taps = kh * kw;
     let izp = q.input_zero_point;
+    let neg_zp = splat16(-(izp as i16));
+    let word = |s: &[i8]| u32::from_le_bytes([s[0] as u8, s[1] as u8, s[2] as u8, s[3] as u8]);
+    // (input offset of the tap's first channel, weight offset of the tap's first channel)
     let mut list = [(0usize, 0usize); MAX_TAPS];
     let mut out = output.chunks_exact_mut(c.max(1));
     for b in 0..batch {
@@ -373,25 +376,50 @@ pub fn depthwise_conv2d_s8(
                     for kx in 0..kw {
                         let ix = (ox * sw + kx * dw).wrapping_sub(pl);
                         if ix < in_w {
-                            list[n] = (((b * in_h + iy) * in_w + ix) * c, ky * kw + kx);
+                            list[n] = (((b * in_h + iy) * in_w + ix) * c, (ky * kw + kx) * c);
                             n += 1;
                         }
                     }
                 }
                 let list = &list[..n];
                 let Some(y) = out.next() else { return };
-                for ((ch, o), w) in y
-                    .iter_mut()
-                    .enumerate()
-                    .zip(weights.chunks_exact(taps.max(1)))
-                {
+                let quads = c / 4;
+                for (g, o) in y[..quads * 4].chunks_exact_mut(4).enumerate() {
+                    let ch = 4 * g;
+                    let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
+                    for &(at, wt) in list {
+                        let x = word(&input[at + ch..at + ch + 4]);
+                        let w = word(&weights[wt + ch..wt + ch + 4]);
+                        let (xe, xo) = (sadd16(sxtb16(x), neg_zp), sadd16(sxtb16_ror8(x), neg_zp));
+                        let (we, wo) = (sxtb16(w), sxtb16_ror8(w));
+                        a0 = smlabb(xe, we, a0);
+                        a2 = smlatt(xe, we, a2);
+                        a1 = smlabb(xo, wo, a1);
+                        a3 = smlatt(xo, wo, a3);
+                    }
+                    for (i, (o, sum)) in o.iter_mut().zip([a0, a1, a2, a3]).enumerate() {
+                        *o = finish_output(q, &requant, bias, ch + i, sum);
+                    }
+                }
+                for (ch, o) in y.iter_mut().enumerate().skip(quads * 4) {
                     let mut sum = 0i32;
-                    for &(at, t) in list {
-                        sum = sum.wrapping_add((input[at + ch] as i32 - izp) * w[t] as i32);
+                    for &(at, wt) in list {
+                        sum = sum
+                            .wrapping_add((input[at + ch] as i32 - izp) * weights[wt + ch] as i32);
                     }
                     *o = finish_output(q, &requant, bias, ch, sum);
                 }
             }
+        }
+    }
+}
+
+/// The tap-major weights [`depthwise_conv2d_s8`] takes, from the reference layout `[channels][taps]`.
+pub fn depthwise_weights_tap_major(weights: &[i8], channels: usize, out: &mut [i8]) {
+    let taps = weights.len() / channels.max(1);
+    for c in 0..channels {
+        for t in 0..taps {
+            out[t * channels + c] = weights[c * taps + t];
         }
     }
 }
