@@ -2,7 +2,7 @@
 //! (`$OUT_DIR/memory.x`). Everything board-specific the shared code needs comes from here, as data.
 //!
 //! Inputs (environment): `KILN_BOARD` (board name or board file), `KILN_MODEL` (path of a `.kiln` file),
-//! `KILN_STACK_BYTES` (stack reserve, default 8192), `KILN_MEMORY` (`board`, the default, or `measure`: regions
+//! `KILN_STACK_BYTES` (stack reserve, default 12 KiB, as `kiln`'s), `KILN_MEMORY` (`board`, the default, or `measure`: regions
 //! enlarged so that any size links and `kiln` can read the real needs off the ELF before checking them),
 //! `KILN_BENCH` (`1`: run the benchmark inferences at boot, see `main.rs`).
 
@@ -12,7 +12,7 @@ use std::{env, fs};
 
 use kiln_boards::{Board, CycleCounter, UartDriver};
 
-const DEFAULT_STACK_BYTES: usize = 8192;
+const DEFAULT_STACK_BYTES: usize = 12 * 1024;
 
 fn main() {
     if let Err(e) = run() {

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use kiln_boards::Board;
 use kiln_runtime::telemetry::{
-    encode_command, Command, Frame, FrameReader, InferenceReport, TelemetryError, MAX_FRAME_BYTES,
+    encode_command, error_code, Command, Frame, FrameReader, InferenceReport, TelemetryError,
+    MAX_FRAME_BYTES,
 };
 
 use crate::error::{input, Error, Result};
@@ -436,9 +437,17 @@ impl Device {
                     }
                     return Ok((outputs, report));
                 }
+                Frame::Error { code, detail } if code == error_code::STACK_EXHAUSTED => {
+                    return Err(crate::error::input(format!(
+                        "inference {sequence} on {}: {} of {detail} bytes; its outputs cannot be trusted",
+                        self.name,
+                        error_code::describe(code, detail)
+                    )))
+                }
                 Frame::Error { code, detail } => {
                     return Err(self.gone(&format!(
-                        "inference {sequence}: the board reported error {code} (detail {detail})"
+                        "inference {sequence}: the board reported error {code} (detail {detail}): {}",
+                        error_code::describe(code, detail)
                     )))
                 }
                 _ => {}

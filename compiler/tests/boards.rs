@@ -181,7 +181,7 @@ fn host_vs_board(dir: &Path, model: &Path, x: &Path, n: usize, board: &str) -> V
         );
         let stack = r["stack_high_water"].as_u64().unwrap();
         assert!(
-            (256..8192).contains(&stack),
+            (256..kiln_compiler::firmware::DEFAULT_STACK_BYTES as u64).contains(&stack),
             "{board}: stack high water {stack} B"
         );
     }
@@ -477,7 +477,7 @@ fn snapshot_of_the_firmware_refusing_bad_commands() {
     let built = flash::build_checked(
         "mps2-an386",
         &bytes,
-        kiln_compiler::firmware::Options::with_stack(8192),
+        kiln_compiler::firmware::Options::with_stack(kiln_compiler::firmware::DEFAULT_STACK_BYTES),
         None,
         |_| {},
     )
@@ -684,7 +684,10 @@ fn bench_counts_the_same_instructions_twice_and_writes_its_json() {
         );
     }
     let stack = j["stack_bytes"].as_u64().unwrap();
-    assert!((256..8192).contains(&stack), "{stack}");
+    assert!(
+        (256..kiln_compiler::firmware::DEFAULT_STACK_BYTES as u64).contains(&stack),
+        "{stack}"
+    );
     assert!(j["code_bytes"].as_u64().unwrap() > 1000);
     // A real board has no instruction count: refused with the reason.
     let o = kiln(&["bench", s(&model), "--board", "nrf52840-dk"]);
@@ -736,4 +739,34 @@ fn debian_toolchain_builds_the_same_firmware_behaviour() {
         "run with Debian's toolchain (apt-get install rustc-web cargo-web rust-web-src lld-19)",
     );
     assert!(std::fs::read(&host).unwrap() == std::fs::read(&board).unwrap());
+}
+
+#[test]
+fn a_stack_reserve_too_small_is_reported_not_trusted() {
+    require_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let model = compile_mnist(dir.path());
+    let x = dir.path().join("x.npy");
+    npz_slice(&repo().join("data/mnist_test.npz"), "x", 2, &x);
+    let y = dir.path().join("y.npy");
+    // The firmware needs several KiB of stack; 1 KiB of reserve is used up by the first inference.
+    let o = kiln(&[
+        "run",
+        s(&model),
+        "--board",
+        "mps2-an386",
+        "--stack",
+        "1024",
+        "--input",
+        s(&x),
+        "--output",
+        s(&y),
+    ]);
+    assert_exit(&o, 2, "stack reserve too small");
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("whole stack reserve") && e.contains("1024 bytes"),
+        "{e}"
+    );
+    assert!(!y.exists(), "no outputs from an untrustworthy run");
 }

@@ -2,6 +2,7 @@
 //! SysTick on the core clock (QEMU, which does not emulate DWT), extended past its 24 bits by its wrap
 //! interrupt. Under QEMU with `-icount shift=0` one SysTick tick is `1e9 / clock_hz` guest instructions.
 
+use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use cortex_m::peripheral::syst::SystClkSource;
@@ -34,6 +35,8 @@ fn SysTick() {
 pub struct Cycles {
     counter: Counter,
     _syst: SYST,
+    /// The last value `now` returned: it never goes back (see `now`).
+    last: Cell<u64>,
 }
 
 impl Cycles {
@@ -56,6 +59,7 @@ impl Cycles {
         Cycles {
             counter,
             _syst: syst,
+            last: Cell::new(0),
         }
     }
 
@@ -74,7 +78,14 @@ impl Cycles {
                 // which takes interrupts between translated blocks) is still pending: count it if `current` was
                 // read after it, i.e. the counter has just restarted from the top.
                 let wraps = u64::from(high) + u64::from(pending && current > SYSTICK_RELOAD / 2);
-                return (wraps << 24) + u64::from(SYSTICK_RELOAD - current);
+                let mut t = (wraps << 24) + u64::from(SYSTICK_RELOAD - current);
+                // QEMU can show the reloaded counter before it even marks the wrap pending: a reading below the
+                // last one has missed exactly one wrap (now() runs far more often than once per wrap).
+                if t < self.last.get() {
+                    t += 1 << 24;
+                }
+                self.last.set(t);
+                return t;
             },
             Counter::Dwt => {
                 let count = DWT::cycle_count();

@@ -39,18 +39,8 @@ static mut KILN_ARENA: Aligned<[u8; board::ARENA_BYTES]> = Aligned([0; board::AR
 static mut RX: Deframer<{ board::RX_BYTES }> = Deframer::new();
 static mut TX: [u8; MAX_FRAME_BYTES] = [0; MAX_FRAME_BYTES];
 
-/// `Frame::Error` codes.
-mod code {
-    /// The embedded model was refused at boot; `detail` is 0 (the log names the reason).
-    pub const MODEL_REFUSED: u16 = 1;
-    /// An `Infer` carried `detail` input bytes, not the model's.
-    pub const INPUT_SIZE: u16 = 2;
-    /// The runtime failed during inference (the log names the reason).
-    pub const INFERENCE: u16 = 3;
-    /// A damaged or malformed command frame arrived; `detail` is its kind (1 malformed, 2 checksum, 3 version,
-    /// 4 overlong).
-    pub const BAD_COMMAND: u16 = 4;
-}
+/// `Frame::Error` codes, shared with the host.
+use kiln_runtime::telemetry::error_code as code;
 
 /// A heartbeat after this long without a command.
 const HEARTBEAT_MS: u64 = 1000;
@@ -61,6 +51,8 @@ struct Device<S> {
     cycles: cycles::Cycles,
     inferences: u32,
     errors: u32,
+    /// `code::STACK_EXHAUSTED` was sent.
+    stack_warned: bool,
 }
 
 impl<S: Read<u8> + Write<u8>> Device<S> {
@@ -131,6 +123,7 @@ fn main() -> ! {
         cycles,
         inferences: 0,
         errors: 0,
+        stack_warned: false,
     };
     // A lone 0x00 first: whatever noise the host buffered ends here.
     uart::write_all(&mut dev.uart, &[0]);
@@ -312,6 +305,14 @@ fn report<S: Read<u8> + Write<u8>>(
         best.1
     );
     defmt::debug!("inference {=u32}: {=u64} cycles", sequence, measured.cycles);
+    if stack::exhausted() && !dev.stack_warned {
+        dev.stack_warned = true;
+        defmt::error!(
+            "the stack used all of its {=usize}-byte reserve",
+            board::STACK_BYTES
+        );
+        dev.error(code::STACK_EXHAUSTED, board::STACK_BYTES as u32);
+    }
     let frame = Frame::Inference(InferenceReport {
         sequence,
         cycles: measured.cycles,

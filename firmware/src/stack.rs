@@ -49,3 +49,8 @@ pub fn high_water() -> u32 {
     }
     (top - p) as u32
 }
+
+/// True once the stack has used its whole painted reserve: it may have run into the statics below it.
+pub fn exhausted() -> bool {
+    high_water() as usize >= top() - bottom()
+}

@@ -132,6 +132,35 @@ pub enum Command<'a> {
     Exit,
 }
 
+/// `Frame::Error` codes Kiln's firmware sends, and what their `detail` holds.
+pub mod error_code {
+    /// The embedded model was refused at boot; `detail` 0 (the firmware's log names the reason).
+    pub const MODEL_REFUSED: u16 = 1;
+    /// An `Infer` carried `detail` input bytes, not the model's.
+    pub const INPUT_SIZE: u16 = 2;
+    /// The runtime failed during inference; `detail` 0 (the log names the reason).
+    pub const INFERENCE: u16 = 3;
+    /// A damaged or malformed command frame arrived; `detail`: 1 malformed, 2 checksum, 3 version, 4 too long.
+    pub const BAD_COMMAND: u16 = 4;
+    /// The stack used its whole reserve of `detail` bytes and may have overwritten statics (sent once).
+    pub const STACK_EXHAUSTED: u16 = 5;
+
+    /// A sentence for `code` and `detail`.
+    pub fn describe(code: u16, detail: u32) -> &'static str {
+        let _ = detail;
+        match code {
+            MODEL_REFUSED => "the firmware refused its embedded model",
+            INPUT_SIZE => "the input had the wrong number of bytes",
+            INFERENCE => "the inference failed",
+            BAD_COMMAND => "a command frame arrived damaged or malformed",
+            STACK_EXHAUSTED => {
+                "the firmware used its whole stack reserve (rebuild with a larger --stack)"
+            }
+            _ => "unknown error code",
+        }
+    }
+}
+
 /// What one inference cost and produced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InferenceReport {
