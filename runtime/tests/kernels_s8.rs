@@ -1301,3 +1301,41 @@ fn optimised_kernels_say_which_geometries_they_take() {
         out_features: 1
     }));
 }
+
+/// The optimised kernels' requantisation equals the reference's on every shift, on exact ties (where rounding
+/// direction shows) and at the saturation edges.
+#[test]
+fn output_s8_q15_matches_output_s8_on_ties_and_edges() {
+    let q = |zp: i32, lo: i8, hi: i8| QuantS8 { input_zero_point: 0, output_zero_point: zp, act_min: lo, act_max: hi };
+    let quants = [q(0, -128, 127), q(-128, -128, 127), q(127, -128, 127), q(5, -20, 100), q(0, 0, 0)];
+    let mut checked = 0u64;
+    for shift in -31i8..=30 {
+        let t = 15 - shift as i32;
+        for m in [0i16, 1 << 14, (1 << 14) + 1, 21_845, i16::MAX] {
+            let mut accs = vec![0i32, 1, -1, 2, -2, i32::MAX, i32::MIN, i32::MAX - 1, i32::MIN + 1];
+            // Exact ties of acc * m / 2^t (m = 2^14: acc * 2^14 = (2k + 1) * 2^(t - 1)), and their neighbours.
+            if m == 1 << 14 && (15..=45).contains(&t) {
+                for k in [-3i64, -2, -1, 0, 1, 2, 3] {
+                    let tie = (2 * k + 1) << (t - 15);
+                    for d in [-1i64, 0, 1] {
+                        if let Ok(a) = i32::try_from(tie + d) {
+                            accs.push(a);
+                        }
+                    }
+                }
+            }
+            for a in (-3000..3000).map(|i| i * 7919) {
+                accs.push(a);
+            }
+            for &acc in &accs {
+                for qq in &quants {
+                    let want = kernels::output_s8(acc, (m as i32) << 16, shift, qq.output_zero_point, qq.act_min, qq.act_max);
+                    let got = kernels::fast::output_s8_q15(acc, m, shift, qq);
+                    assert_eq!(got, want, "acc {acc} m {m} shift {shift} {qq:?}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 1_000_000);
+}

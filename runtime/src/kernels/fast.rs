@@ -12,7 +12,7 @@
 //!   compiler writes them so for this kernel), so each in-bounds tap is one word of inputs and one of weights.
 
 use super::dsp::{sadd16, smlabb, smlad, smlatt, splat16, sxtb16, sxtb16_ror8};
-use super::{output_s8, QuantS8, Requant};
+use super::{QuantS8, Requant};
 use crate::format::{ConvGeom, FcGeom};
 
 /// Most elements a patch (`kernel_h * kernel_w * in_c`) or a fully connected row may have for [`dot_conv2d_s8`]
@@ -184,26 +184,31 @@ fn dot_rows(
 }
 
 #[inline(always)]
-fn finish_output(
-    q: &QuantS8,
-    requant: &Requant<'_>,
-    bias: Option<&[i32]>,
-    oc: usize,
-    sum: i32,
-) -> i8 {
+fn finish_output(q: &QuantS8, requant: &Requant<'_>, bias: Option<&[i32]>, oc: usize, sum: i32) -> i8 {
     let acc = match bias {
         Some(b) => b[oc].saturating_add(sum),
         None => sum,
     };
-    let (multiplier, shift) = requant.pair(oc);
-    output_s8(
-        acc,
-        multiplier,
-        shift,
-        q.output_zero_point,
-        q.act_min,
-        q.act_max,
-    )
+    output_s8_q15(acc, requant.multipliers[oc], requant.shifts[oc], q)
+}
+
+/// Exactly [`super::output_s8`]`(acc, (m as i32) << 16, shift, zero point, act_min, act_max)` (the loader
+/// guarantees `act_min <= act_max`), in fewer instructions for the shifts models have.
+///
+/// With `t = 15 - shift` in `1..=31`, the reference's `(acc * (m << 16) + 2^(t + 15)) >> (t + 16)` is
+/// `(acc * m + 2^(t - 1)) >> t`: both terms of the numerator carry the factor 2^16, and a shift below 32 is cheap.
+/// And clamping the exact `v + zero_point` to the activation range equals the reference's saturate-to-i32,
+/// saturating add, then clamp: any value the saturations change lies outside `-128..=127` either way. Other
+/// shifts take the reference's path.
+#[inline(always)]
+pub fn output_s8_q15(acc: i32, m: i16, shift: i8, q: &QuantS8) -> i8 {
+    let t = 15 - shift as i32;
+    let v = if (1..=31).contains(&t) {
+        (acc as i64 * m as i64 + (1i64 << (t - 1))) >> (t & 31)
+    } else {
+        crate::quant::requantize(acc, (m as i32) << 16, shift) as i64
+    };
+    (v + q.output_zero_point as i64).max(q.act_min as i64).min(q.act_max as i64) as i8
 }
 
 /// Whether [`dot_conv2d_s8`] takes this geometry: one group, a patch of at most [`MAX_PATCH`] elements.
