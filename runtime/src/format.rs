@@ -238,7 +238,8 @@ pub enum KernelS8 {
     #[default]
     Reference,
     /// Dot products of packed 16-bit pairs (`SMLAD` on Cortex-M4/M7): conv with one group and a patch of at most
-    /// [`crate::kernels::fast::MAX_PATCH`] elements; fully connected with rows that long.
+    /// [`crate::kernels::fast::MAX_PATCH`] elements; fully connected with rows of at most
+    /// [`crate::kernels::fast::MAX_FC_ROW`].
     Dot,
     /// Depthwise conv (one input and one output channel per group), 4 channels at a time; its weights are stored
     /// tap-major (see [`ConvS8::weights`]).

@@ -1283,13 +1283,18 @@ fn optimised_kernels_say_which_geometries_they_take() {
     assert!(kernels::fast::depthwise_fits(&g) && !kernels::fast::dot_conv_fits(&g));
     let dense = ConvGeom { groups: 1, ..g };
     assert!(kernels::fast::dot_conv_fits(&dense) && !kernels::fast::depthwise_fits(&dense));
+    // 3 * 3 * 72 = 648 elements: one more row of channels than MAX_PATCH (640) allows.
     let huge = ConvGeom {
-        in_c: 200,
+        in_c: 72,
         out_c: 8,
         groups: 1,
         ..g
-    }; // 3 * 3 * 200 = 1800 > MAX_PATCH
+    };
     assert!(!kernels::fast::dot_conv_fits(&huge));
+    assert_eq!(
+        (kernels::fast::MAX_PATCH, kernels::fast::MAX_FC_ROW),
+        (640, 1024)
+    );
     assert!(kernels::fast::dot_fc_fits(&FcGeom {
         rows: 1,
         in_features: 1024,
@@ -1306,13 +1311,34 @@ fn optimised_kernels_say_which_geometries_they_take() {
 /// direction shows) and at the saturation edges.
 #[test]
 fn output_s8_q15_matches_output_s8_on_ties_and_edges() {
-    let q = |zp: i32, lo: i8, hi: i8| QuantS8 { input_zero_point: 0, output_zero_point: zp, act_min: lo, act_max: hi };
-    let quants = [q(0, -128, 127), q(-128, -128, 127), q(127, -128, 127), q(5, -20, 100), q(0, 0, 0)];
+    let q = |zp: i32, lo: i8, hi: i8| QuantS8 {
+        input_zero_point: 0,
+        output_zero_point: zp,
+        act_min: lo,
+        act_max: hi,
+    };
+    let quants = [
+        q(0, -128, 127),
+        q(-128, -128, 127),
+        q(127, -128, 127),
+        q(5, -20, 100),
+        q(0, 0, 0),
+    ];
     let mut checked = 0u64;
     for shift in -31i8..=30 {
         let t = 15 - shift as i32;
         for m in [0i16, 1 << 14, (1 << 14) + 1, 21_845, i16::MAX] {
-            let mut accs = vec![0i32, 1, -1, 2, -2, i32::MAX, i32::MIN, i32::MAX - 1, i32::MIN + 1];
+            let mut accs = vec![
+                0i32,
+                1,
+                -1,
+                2,
+                -2,
+                i32::MAX,
+                i32::MIN,
+                i32::MAX - 1,
+                i32::MIN + 1,
+            ];
             // Exact ties of acc * m / 2^t (m = 2^14: acc * 2^14 = (2k + 1) * 2^(t - 1)), and their neighbours.
             if m == 1 << 14 && (15..=45).contains(&t) {
                 for k in [-3i64, -2, -1, 0, 1, 2, 3] {
@@ -1329,7 +1355,14 @@ fn output_s8_q15_matches_output_s8_on_ties_and_edges() {
             }
             for &acc in &accs {
                 for qq in &quants {
-                    let want = kernels::output_s8(acc, (m as i32) << 16, shift, qq.output_zero_point, qq.act_min, qq.act_max);
+                    let want = kernels::output_s8(
+                        acc,
+                        (m as i32) << 16,
+                        shift,
+                        qq.output_zero_point,
+                        qq.act_min,
+                        qq.act_max,
+                    );
                     let got = kernels::fast::output_s8_q15(acc, m, shift, qq);
                     assert_eq!(got, want, "acc {acc} m {m} shift {shift} {qq:?}");
                     checked += 1;

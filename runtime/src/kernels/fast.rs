@@ -15,21 +15,25 @@ use super::dsp::{sadd16, smlabb, smlad, smlatt, splat16, sxtb16, sxtb16_ror8};
 use super::{QuantS8, Requant};
 use crate::format::{ConvGeom, FcGeom};
 
-/// Most elements a patch (`kernel_h * kernel_w * in_c`) or a fully connected row may have for [`dot_conv2d_s8`]
-/// and [`dot_fully_connected_s8`]: their packed copy lives on the stack (2 KiB at this size).
-pub const MAX_PATCH: usize = 1024;
+/// Most elements a patch (`kernel_h * kernel_w * in_c`) may have for [`dot_conv2d_s8`]: it holds two packed
+/// patches on the stack (1,280 bytes each). The MLPerf Tiny models' largest is IC's 3x3x64 = 576.
+pub const MAX_PATCH: usize = 640;
+
+/// Most features a row may have for [`dot_fully_connected_s8`] (its packed copy, 2 KiB, lives on the stack).
+pub const MAX_FC_ROW: usize = 1024;
 
 /// A patch in 16-bit pairs, 4 elements per 2 words: `[e0, e2]`, `[e1, e3]` (the lanes `SXTB16` and `SXTB16 ROR 8`
 /// give of 4 weight bytes), with the zero point taken off; the last group is padded with zeros.
-struct Patch {
-    pairs: [u32; MAX_PATCH / 2],
+struct Patch<const N: usize> {
+    /// `N / 2` words: `N` elements.
+    pairs: [u32; N],
     len: usize,
 }
 
-impl Patch {
+impl<const N: usize> Patch<N> {
     fn new() -> Self {
         Patch {
-            pairs: [0; MAX_PATCH / 2],
+            pairs: [0; N],
             len: 0,
         }
     }
@@ -127,6 +131,42 @@ impl Patch {
         smlad(self.pairs[2 * group + 1], sxtb16_ror8(word), acc)
     }
 
+    /// Two patches (two output pixels) against two weight rows: `(a . wa, a . wb, b . wa, b . wb)`. Each patch
+    /// word and weight word is loaded once for two products.
+    #[inline(always)]
+    fn dot2x2(a: &Self, b: &Self, len: usize, wa: &[i8], wb: &[i8]) -> [i32; 4] {
+        let (mut aa, mut ab, mut ba, mut bb) = (0i32, 0i32, 0i32, 0i32);
+        let full = len / 4;
+        let (wa_full, wa_tail) = wa.split_at(full * 4);
+        let (wb_full, wb_tail) = wb.split_at(full * 4);
+        for (((pa, pb), ca), cb) in a.pairs[..2 * full]
+            .chunks_exact(2)
+            .zip(b.pairs[..2 * full].chunks_exact(2))
+            .zip(wa_full.chunks_exact(4))
+            .zip(wb_full.chunks_exact(4))
+        {
+            let wa = u32::from_le_bytes([ca[0] as u8, ca[1] as u8, ca[2] as u8, ca[3] as u8]);
+            let wb = u32::from_le_bytes([cb[0] as u8, cb[1] as u8, cb[2] as u8, cb[3] as u8]);
+            let (wa_e, wb_e) = (sxtb16(wa), sxtb16(wb));
+            aa = smlad(pa[0], wa_e, aa);
+            ab = smlad(pa[0], wb_e, ab);
+            ba = smlad(pb[0], wa_e, ba);
+            bb = smlad(pb[0], wb_e, bb);
+            let (wa_o, wb_o) = (sxtb16_ror8(wa), sxtb16_ror8(wb));
+            aa = smlad(pa[1], wa_o, aa);
+            ab = smlad(pa[1], wb_o, ab);
+            ba = smlad(pb[1], wa_o, ba);
+            bb = smlad(pb[1], wb_o, bb);
+        }
+        if !wa_tail.is_empty() {
+            aa = aa.wrapping_add(a.dot_tail(full, wa_tail));
+            ab = ab.wrapping_add(a.dot_tail(full, wb_tail));
+            ba = ba.wrapping_add(b.dot_tail(full, wa_tail));
+            bb = bb.wrapping_add(b.dot_tail(full, wb_tail));
+        }
+        [aa, ab, ba, bb]
+    }
+
     /// `sum_i patch[i] * w[i]` over the patch's `len` elements (exact, wrapping like the reference's sum).
     #[inline(always)]
     fn dot(&self, len: usize, w: &[i8]) -> i32 {
@@ -154,8 +194,8 @@ const DOT2_MIN_LEN: usize = 128;
 
 /// `y[n] = finish(n, patch . weights[n])` for every output; two weight rows at a time for long patches.
 #[inline(always)]
-fn dot_rows(
-    patch: &Patch,
+fn dot_rows<const N: usize>(
+    patch: &Patch<N>,
     k: usize,
     weights: &[i8],
     y: &mut [i8],
@@ -184,7 +224,13 @@ fn dot_rows(
 }
 
 #[inline(always)]
-fn finish_output(q: &QuantS8, requant: &Requant<'_>, bias: Option<&[i32]>, oc: usize, sum: i32) -> i8 {
+fn finish_output(
+    q: &QuantS8,
+    requant: &Requant<'_>,
+    bias: Option<&[i32]>,
+    oc: usize,
+    sum: i32,
+) -> i8 {
     let acc = match bias {
         Some(b) => b[oc].saturating_add(sum),
         None => sum,
@@ -208,7 +254,9 @@ pub fn output_s8_q15(acc: i32, m: i16, shift: i8, q: &QuantS8) -> i8 {
     } else {
         crate::quant::requantize(acc, (m as i32) << 16, shift) as i64
     };
-    (v + q.output_zero_point as i64).max(q.act_min as i64).min(q.act_max as i64) as i8
+    (v + q.output_zero_point as i64)
+        .max(q.act_min as i64)
+        .min(q.act_max as i64) as i8
 }
 
 /// Whether [`dot_conv2d_s8`] takes this geometry: one group, a patch of at most [`MAX_PATCH`] elements.
@@ -250,42 +298,74 @@ pub fn dot_conv2d_s8(
     .map(|v| v as usize);
     let k = kh * kw * in_c;
     let neg_zp = splat16(-(q.input_zero_point as i16));
-    let mut patch = Patch::new();
-    let mut out = output.chunks_exact_mut(out_c.max(1));
-    for b in 0..batch {
-        for oy in 0..out_h {
-            for ox in 0..out_w {
-                patch.clear();
-                for ky in 0..kh {
-                    let yy = (oy * sh + ky * dh).wrapping_sub(pt);
-                    if yy >= in_h {
-                        patch.zeros(kw * in_c);
-                        continue;
-                    }
-                    let row = (b * in_h + yy) * in_w;
-                    for kx in 0..kw {
-                        let xx = (ox * sw + kx * dw).wrapping_sub(pl);
-                        if xx >= in_w {
-                            patch.zeros(in_c);
-                        } else {
-                            let at = (row + xx) * in_c;
-                            patch.extend(&input[at..at + in_c], neg_zp);
-                        }
-                    }
-                }
-                patch.finish();
-                let Some(y) = out.next() else { return };
-                dot_rows(&patch, k, weights, y, |oc, sum| {
-                    finish_output(q, &requant, bias, oc, sum)
-                });
+    // The patch of output pixel `p` of batch `b`, zero point taken off, padding as zeros.
+    let gather = |patch: &mut Patch<{ MAX_PATCH / 2 }>, b: usize, p: usize| {
+        let (oy, ox) = (p / out_w, p % out_w);
+        patch.clear();
+        for ky in 0..kh {
+            let yy = (oy * sh + ky * dh).wrapping_sub(pt);
+            if yy >= in_h {
+                patch.zeros(kw * in_c);
+                continue;
             }
+            let row = (b * in_h + yy) * in_w;
+            for kx in 0..kw {
+                let xx = (ox * sw + kx * dw).wrapping_sub(pl);
+                if xx >= in_w {
+                    patch.zeros(in_c);
+                } else {
+                    let at = (row + xx) * in_c;
+                    patch.extend(&input[at..at + in_c], neg_zp);
+                }
+            }
+        }
+        patch.finish();
+    };
+    let finish = |oc: usize, sum: i32| finish_output(q, &requant, bias, oc, sum);
+    let (mut pa, mut pb) = (
+        Patch::<{ MAX_PATCH / 2 }>::new(),
+        Patch::<{ MAX_PATCH / 2 }>::new(),
+    );
+    let mut out = output.chunks_exact_mut(out_c.max(1));
+    let pixels = out_h * out_w;
+    for b in 0..batch {
+        // Two output pixels at a time: every weight word serves both.
+        let mut p = 0;
+        while p + 1 < pixels {
+            gather(&mut pa, b, p);
+            gather(&mut pb, b, p + 1);
+            let (Some(ya), Some(yb)) = (out.next(), out.next()) else {
+                return;
+            };
+            let mut rows = weights.chunks_exact(k.max(1));
+            let mut n = 0;
+            while let (Some(wa), Some(wb)) = (rows.next(), rows.next()) {
+                let [aa, ab, ba, bb] = Patch::dot2x2(&pa, &pb, k, wa, wb);
+                ya[n] = finish(n, aa);
+                ya[n + 1] = finish(n + 1, ab);
+                yb[n] = finish(n, ba);
+                yb[n + 1] = finish(n + 1, bb);
+                n += 2;
+            }
+            if n < out_c {
+                if let Some(w) = weights.chunks_exact(k.max(1)).nth(n) {
+                    ya[n] = finish(n, pa.dot(k, w));
+                    yb[n] = finish(n, pb.dot(k, w));
+                }
+            }
+            p += 2;
+        }
+        if p < pixels {
+            gather(&mut pa, b, p);
+            let Some(y) = out.next() else { return };
+            dot_rows(&pa, k, weights, y, finish);
         }
     }
 }
 
-/// Whether [`dot_fully_connected_s8`] takes this geometry: rows of at most [`MAX_PATCH`] features.
+/// Whether [`dot_fully_connected_s8`] takes this geometry: rows of at most [`MAX_FC_ROW`] features.
 pub fn dot_fc_fits(g: &FcGeom) -> bool {
-    (g.in_features as usize) <= MAX_PATCH
+    (g.in_features as usize) <= MAX_FC_ROW
 }
 
 /// Fully connected; same contract and result as [`super::fully_connected_s8`] for geometries [`dot_fc_fits`]
@@ -304,7 +384,7 @@ pub fn dot_fully_connected_s8(
     }
     let (k, n_out) = (geom.in_features as usize, geom.out_features as usize);
     let neg_zp = splat16(-(q.input_zero_point as i16));
-    let mut patch = Patch::new();
+    let mut patch = Patch::<{ MAX_FC_ROW / 2 }>::new();
     for (x, y) in input
         .chunks_exact(k.max(1))
         .zip(output.chunks_exact_mut(n_out.max(1)))
