@@ -421,11 +421,7 @@ impl<'p> Emitter<'p> {
                 _,
             ) => {
                 let channels = geom.out_features as usize;
-                let kernel = if fast::dot_fc_fits(geom) {
-                    KernelS8::Dot
-                } else {
-                    KernelS8::Reference
-                };
+                let kernel = fc_kernel(geom);
                 let (params, w) = self.weighted(
                     weights,
                     bias.as_deref(),
@@ -1032,6 +1028,15 @@ fn conv_kernel(geom: &kiln_runtime::format::ConvGeom) -> KernelS8 {
     if fast::depthwise_fits(geom) {
         KernelS8::Depthwise
     } else if fast::dot_conv_fits(geom) {
+        KernelS8::Dot
+    } else {
+        KernelS8::Reference
+    }
+}
+
+/// The int8 fully connected kernel for this geometry: the dot-product kernel where a row fits its buffer.
+fn fc_kernel(geom: &kiln_runtime::format::FcGeom) -> KernelS8 {
+    if fast::dot_fc_fits(geom) {
         KernelS8::Dot
     } else {
         KernelS8::Reference

@@ -230,16 +230,15 @@ impl Footprint {
     }
 }
 
-/// A built firmware image.
+/// A built firmware image. When its footprint does not fit the board, `elf` was linked with enlarged regions
+/// only to measure it and must not run.
 pub struct Firmware {
     pub elf: PathBuf,
     pub footprint: Footprint,
-    /// False when the image did not fit: `elf` was linked with enlarged regions to measure it and must not run.
-    pub linked_for_board: bool,
 }
 
 /// Builds the firmware for `req.board` with `req.model` embedded and copies the ELF to `elf_out`. A model that
-/// does not fit is not an error here: check [`Firmware::linked_for_board`] / [`Footprint::fits`].
+/// does not fit is not an error here: check [`Footprint::fits`].
 pub fn build(req: &BuildRequest<'_>, elf_out: &Path) -> Result<Firmware> {
     let tc = toolchain(&req.board.target)?;
     let dir = firmware_dir();
@@ -273,16 +272,16 @@ pub fn build(req: &BuildRequest<'_>, elf_out: &Path) -> Result<Firmware> {
         .join("release")
         .join("kiln-firmware");
 
-    let linked_for_board = match cargo_build(&tc, req, &dir, &target_dir, &model, "board")? {
-        Ok(()) => true,
-        Err(board_log) => match cargo_build(&tc, req, &dir, &target_dir, &model, "measure")? {
-            // Linking with enlarged regions worked: the image is too big for the board.
-            Ok(()) => false,
+    // Linked for the board, or (when the board's memory map refuses it) with enlarged regions to measure it.
+    let board_log = match cargo_build(&tc, req, &dir, &target_dir, &model, "board")? {
+        Ok(()) => None,
+        Err(log) => match cargo_build(&tc, req, &dir, &target_dir, &model, "measure")? {
+            Ok(()) => Some(log),
             Err(_) => {
                 return Err(Error::Internal(anyhow::anyhow!(
                     "building the firmware for {} failed:\n{}",
                     req.board.name,
-                    tail(&board_log, 40)
+                    tail(&log, 40)
                 )))
             }
         },
@@ -295,18 +294,19 @@ pub fn build(req: &BuildRequest<'_>, elf_out: &Path) -> Result<Firmware> {
             elf_out.display()
         ))
     })?;
-    if linked_for_board && !footprint.fits(req.board) {
-        // The linker placed it, but the stack reserve does not fit beside the statics.
-        return Ok(Firmware {
-            elf: elf_out.to_owned(),
-            footprint,
-            linked_for_board: false,
-        });
+    if let Some(log) = board_log {
+        if footprint.fits(req.board) {
+            // The board's link failed for another reason than size: never hand out the measuring image.
+            return Err(Error::Internal(anyhow::anyhow!(
+                "linking the firmware for {} failed although it fits:\n{}",
+                req.board.name,
+                tail(&log, 40)
+            )));
+        }
     }
     Ok(Firmware {
         elf: elf_out.to_owned(),
         footprint,
-        linked_for_board,
     })
 }
 

@@ -74,7 +74,7 @@ pub fn build_checked(
         &elf,
     )?;
     say(&fw.footprint.table(&board));
-    if !fw.linked_for_board || !fw.footprint.fits(&board) {
+    if !fw.footprint.fits(&board) {
         return Err(input(fw.footprint.misfit(&board)));
     }
     let firmware = match elf_out {

@@ -394,10 +394,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map_err(|e| input(format!("{}: {e}", path.display())))?;
                 dev.on_frame(Box::new(move |frame| {
                     use std::io::Write;
-                    let json = match frame {
-                        Ok(f) => monitor::frame_json(f),
-                        Err(e) => monitor::bad_frame_json(e),
-                    };
+                    let json = monitor::frame_result_json(frame);
                     // One write per line: a line in the file is whole or absent.
                     let _ = file.write_all(format!("{json}\n").as_bytes());
                 }));
@@ -615,10 +612,7 @@ fn run_on_board(
     if telemetry.is_some() {
         let lines = lines.clone();
         dev.on_frame(Box::new(move |frame| {
-            let json = match frame {
-                Ok(f) => monitor::frame_json(f),
-                Err(e) => monitor::bad_frame_json(e),
-            };
+            let json = monitor::frame_result_json(frame);
             if let Ok(mut l) = lines.lock() {
                 l.push(json.to_string());
             }

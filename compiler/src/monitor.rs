@@ -98,6 +98,14 @@ pub fn bad_frame_json(error: &TelemetryError) -> Value {
     json!({ "type": "bad_frame", "error": error.to_string() })
 }
 
+/// [`frame_json`] of a decoded frame, [`bad_frame_json`] of one that did not decode.
+pub fn frame_result_json(result: &std::result::Result<Frame, TelemetryError>) -> Value {
+    match result {
+        Ok(frame) => frame_json(frame),
+        Err(e) => bad_frame_json(e),
+    }
+}
+
 /// A one-line human summary of `frame`. Counts and sizes get thousands separators (cycle counts run to
 /// millions); ids, sequence numbers, codes and byte ranges do not, since they are looked up rather than read as
 /// magnitudes.
@@ -217,10 +225,7 @@ impl Decoder {
                 continue;
             };
             if let Some(log) = &mut self.jsonl {
-                let value = match &result {
-                    Ok(frame) => frame_json(frame),
-                    Err(e) => bad_frame_json(e),
-                };
+                let value = frame_result_json(&result);
                 let mut line = serde_json::to_vec(&value).map_err(io::Error::other)?;
                 line.push(b'\n');
                 log.write_all(&line)?;
