@@ -58,6 +58,62 @@ fn run() -> Result<(), String> {
     let aligned: &[u8] = unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), bytes.len()) };
     let model = kiln_runtime::Model::from_bytes(aligned)
         .map_err(|e| format!("{}: invalid model: {e}", model_path.display()))?;
+    // The op kinds the model runs, in order of first use, each with the kernels its ops choose and whether they
+    // run in place: the firmware's resolver links only these.
+    struct Kind {
+        id: kiln_runtime::ops::OpId,
+        kernels: Vec<kiln_runtime::format::KernelS8>,
+        separate: bool,
+        in_place: bool,
+    }
+    let mut kinds: Vec<Kind> = Vec::new();
+    for op in model.ops() {
+        let id = kiln_runtime::ops::OpId::of(&op.kind);
+        let kernel = kiln_runtime::ops::kernel_of(&op.kind);
+        let in_place = kiln_runtime::ops::runs_in_place(&op);
+        let at = match kinds.iter().position(|k| k.id == id) {
+            Some(at) => at,
+            None => {
+                kinds.push(Kind {
+                    id,
+                    kernels: Vec::new(),
+                    separate: false,
+                    in_place: false,
+                });
+                kinds.len() - 1
+            }
+        };
+        let kind = &mut kinds[at];
+        if !kind.kernels.contains(&kernel) {
+            kind.kernels.push(kernel);
+        }
+        kind.separate |= !in_place;
+        kind.in_place |= in_place;
+    }
+    let mut registrations = String::new();
+    for k in &kinds {
+        let set = kiln_runtime::ops::KernelSet::with_modes(&k.kernels, k.separate, k.in_place);
+        if kiln_runtime::ops::Registration::of_set(k.id, set).is_none() {
+            return Err(format!(
+                "{}: {:?} has no kernels {set:?}",
+                model_path.display(),
+                k.id
+            ));
+        }
+        let list: Vec<String> = k
+            .kernels
+            .iter()
+            .map(|k| format!("kiln_runtime::format::KernelS8::{k:?}"))
+            .collect();
+        let _ = write!(
+            registrations,
+            "\n    reg(kiln_runtime::ops::OpId::{:?}, &[{}], {}, {}),",
+            k.id,
+            list.join(", "),
+            k.separate,
+            k.in_place
+        );
+    }
     let io_bytes = |t: kiln_runtime::format::TensorDef<'_>| (t.data.end() - t.data.offset) as usize;
     let mut input_bytes = 0;
     for i in 0..model.input_count() {
@@ -153,15 +209,30 @@ fn run() -> Result<(), String> {
          /// # Safety\n/// Call once: the driver owns the peripheral.\n\
          pub unsafe fn uart() -> Uart {{ unsafe {{ {uart} }} }}\n\
          #[no_mangle]\n\
-         pub static KILN_MODEL: crate::Aligned<[u8; {model_len}]> = crate::Aligned(*include_bytes!({model:?}));\n",
+         pub static KILN_MODEL: crate::Aligned<[u8; {model_len}]> = crate::Aligned(*include_bytes!({model:?}));\n\
+         /// The op kinds and kernels the model runs with: everything the firmware's resolver links.\n\
+         static REGISTRATIONS: [kiln_runtime::ops::Registration; {reg_count}] = [{registrations}\n];\n\
+         /// Op kind `op` with `kernels`, on ops writing a separate output (`separate`) or their input (`in_place`).\n\
+         const fn reg(op: kiln_runtime::ops::OpId, kernels: &[kiln_runtime::format::KernelS8], separate: bool, in_place: bool) -> kiln_runtime::ops::Registration {{\n    \
+             let set = kiln_runtime::ops::KernelSet::with_modes(kernels, separate, in_place);\n    \
+             match kiln_runtime::ops::Registration::of_set(op, set) {{ Some(r) => r, None => panic!(\"no such kernels\") }}\n\
+         }}\n\
+         pub const RESOLVER: kiln_runtime::ops::Resolver = kiln_runtime::ops::Resolver::new(&REGISTRATIONS);\n",
         board_file = board_file.display(),
         model = model_path.canonicalize().unwrap_or(model_path.clone()).display().to_string(),
         name = board.name,
         clock = board.clock_hz,
         arena = model.arena_bytes(),
+        reg_count = kinds.len(),
     );
     fs::write(out.join("board.rs"), code).map_err(|e| e.to_string())?;
     fs::write(out.join("memory.x"), board.memory_x(measure)).map_err(|e| e.to_string())?;
+    // cortex-m-rt's `device` feature includes `device.x` for a device crate's interrupt handler names: none here.
+    fs::write(
+        out.join("device.x"),
+        "/* no device interrupts: see __INTERRUPTS in main.rs */\n",
+    )
+    .map_err(|e| e.to_string())?;
 
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rustc-link-arg=-Tlink.x");

@@ -10,7 +10,7 @@ use kiln_runtime::format::{
     TransposeParams, UnaryF32, BLOB_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC,
 };
 use kiln_runtime::host;
-use kiln_runtime::kernels::fast;
+use kiln_runtime::kernels::{fast, fast_elementwise};
 
 use crate::error::{input, Result};
 use crate::ir::{Activation, BinaryKind, PoolKind, UnaryKind};
@@ -400,13 +400,13 @@ impl<'p> Emitter<'p> {
                     Params::S8(q) => OpKind::Conv2dS8(ConvS8 {
                         geom: geom.clone(),
                         weights: q.weights,
-                        bias: Some(q.bias),
+                        bias: q.bias,
                         requant: q.requant,
                         input_zero_point: in_q.zero_point,
                         output_zero_point: out_q.zero_point,
                         act_min: q.act_min,
                         act_max: q.act_max,
-                        kernel,
+                        kernel: q.kernel,
                     }),
                 };
                 self.push_weighted(&s.name, kind, vec![x], out, w);
@@ -448,13 +448,13 @@ impl<'p> Emitter<'p> {
                     Params::S8(q) => OpKind::FullyConnectedS8(FullyConnectedS8 {
                         geom: geom.clone(),
                         weights: q.weights,
-                        bias: Some(q.bias),
+                        bias: q.bias,
                         requant: q.requant,
                         input_zero_point: in_q.zero_point,
                         output_zero_point: out_q.zero_point,
                         act_min: q.act_min,
                         act_max: q.act_max,
-                        kernel,
+                        kernel: q.kernel,
                     }),
                 };
                 self.push_weighted(&s.name, kind, vec![x], out, w);
@@ -481,12 +481,11 @@ impl<'p> Emitter<'p> {
                     BinaryKind::PRelu => host::prelu_s8(a_q, b_q, out_q),
                 }
                 .map_err(|e| input(format!("int8 parameters: {e}")))?;
-                let op = OpKind::BinaryS8(quant.into_op(
-                    runtime_kind(*kind),
-                    bcast.clone(),
-                    act_min,
-                    act_max,
-                ));
+                let mut op = quant.into_op(runtime_kind(*kind), bcast.clone(), act_min, act_max);
+                if fast_elementwise::add_table_fits(&op) {
+                    op.kernel = KernelS8::Table;
+                }
+                let op = OpKind::BinaryS8(op);
                 self.push(&s.name, op, s.inputs.clone(), out);
             }
             (StepKind::Unary(k), false) => {
@@ -551,13 +550,13 @@ impl<'p> Emitter<'p> {
             (StepKind::Pool { kind, pool }, _) => {
                 let op = match (kind, int8) {
                     (PoolKind::Max, false) => OpKind::MaxPoolF32(pool.clone()),
-                    (PoolKind::Max, true) => OpKind::MaxPoolS8(pool.clone()),
+                    (PoolKind::Max, true) => OpKind::MaxPoolS8(pool_kernel(pool.clone())),
                     (PoolKind::Avg { .. }, false) => OpKind::AvgPoolF32(pool.clone()),
                     // Padded taps of an int8 average count as the real value 0, i.e. the zero point.
-                    (PoolKind::Avg { .. }, true) => OpKind::AvgPoolS8(Pool2d {
+                    (PoolKind::Avg { .. }, true) => OpKind::AvgPoolS8(pool_kernel(Pool2d {
                         zero_point: in_q.zero_point,
                         ..pool.clone()
-                    }),
+                    })),
                 };
                 self.push(&s.name, op, vec![x], out);
             }
@@ -671,7 +670,7 @@ impl<'p> Emitter<'p> {
 
     /// The blob parameters of a convolution or dense layer, in the model's precision, and its report figures.
     #[allow(clippy::too_many_arguments)]
-    /// `kernel`: the int8 kernel that will run the op (the depthwise one takes its weights tap-major).
+    /// `kernel`: the int8 kernel asked for (the result says which one the weights were laid out for).
     #[allow(clippy::too_many_arguments)]
     fn weighted(
         &mut self,
@@ -764,20 +763,54 @@ impl<'p> Emitter<'p> {
         let w_scales_f32: Vec<f32> = w_scales.iter().map(|&w| w as f32).collect();
         let (mult, shift) = host::per_channel_multipliers(in_q.scale, &w_scales_f32, out_q.scale)
             .map_err(|e| input(format!("int8 parameters: {e}")))?;
-        if kernel == KernelS8::Depthwise {
-            let mut tap_major = vec![0i8; qw.len()];
-            fast::depthwise_weights_tap_major(&qw, channels, &mut tap_major);
-            qw = tap_major;
+        // Packed for an optimised kernel: weights, bias and requantisation in one block, the separate spans
+        // empty.
+        let packed = match kernel {
+            KernelS8::Dot => {
+                let mut buf = vec![0u8; fast::dot_packed_len(per, channels)];
+                fast::pack_dot(&qw, per, channels, Some(&qb), &mult, &shift, &mut buf)
+                    .then_some(buf)
+            }
+            KernelS8::Depthwise => {
+                let mut buf = vec![0u8; fast::depthwise_packed_len(per, channels)];
+                fast::pack_depthwise(
+                    &qw,
+                    per,
+                    channels,
+                    in_q.zero_point,
+                    Some(&qb),
+                    &mult,
+                    &shift,
+                    &mut buf,
+                )
+                .then_some(buf)
+            }
+            _ => None,
+        };
+        if let Some(buf) = packed {
+            let empty = Span { offset: 0, len: 0 };
+            return Ok(PerChannelOut {
+                weights: self.blob.push(&buf),
+                bias: None,
+                requant: PerChannel {
+                    multipliers: empty,
+                    shifts: empty,
+                },
+                act_min: i8::MIN,
+                act_max: i8::MAX,
+                kernel,
+            });
         }
         Ok(PerChannelOut {
             weights: self.blob.push_i8(&qw),
-            bias: self.blob.push_i32(&qb),
+            bias: Some(self.blob.push_i32(&qb)),
             requant: PerChannel {
                 multipliers: self.blob.push_i16(&mult),
                 shifts: self.blob.push_i8(&shift),
             },
             act_min: i8::MIN,
             act_max: i8::MAX,
+            kernel: KernelS8::Reference,
         })
     }
 
@@ -820,6 +853,39 @@ impl<'p> Emitter<'p> {
         for &o in &self.p.outputs {
             touch(root(o, &self.tensors), n + 1, &mut live);
         }
+        // In place: an op whose kernel may write over its input (`ops::in_place_ok`) takes the input's buffer when
+        // that input dies at this op and has the output's size; the buffer then lives on as the output's.
+        let mut shares: HashMap<usize, usize> = HashMap::new();
+        let owner = |mut r: usize, shares: &HashMap<usize, usize>| {
+            while let Some(&s) = shares.get(&r) {
+                r = s;
+            }
+            r
+        };
+        for (k, s) in self.steps.iter().enumerate() {
+            let Some(&x) = s.inputs.first() else { continue };
+            if !kiln_runtime::ops::in_place_ok(&s.kind) {
+                continue;
+            }
+            let (rx, ry) = (
+                owner(root(x, &self.tensors), &shares),
+                root(s.output, &self.tensors),
+            );
+            let dies_here = live.get(&rx).is_some_and(|l| l.1 == k + 1);
+            if rx != ry
+                && dies_here
+                && self.tensors[rx].blob.is_none()
+                && self.tensors[rx].bytes() == self.tensors[ry].bytes()
+                && live.contains_key(&ry)
+            {
+                let end = live[&ry].1;
+                if let Some(l) = live.get_mut(&rx) {
+                    l.1 = end;
+                }
+                live.remove(&ry);
+                shares.insert(ry, rx);
+            }
+        }
         let mut roots: Vec<usize> = live.keys().copied().collect();
         roots.sort_unstable();
         let buffers: Vec<Buffer> = roots
@@ -831,11 +897,15 @@ impl<'p> Emitter<'p> {
             })
             .collect();
         let arena = plan::plan(&buffers);
-        let offset_of: HashMap<usize, usize> = roots
+        let mut offset_of: HashMap<usize, usize> = roots
             .iter()
             .zip(&arena.offsets)
             .map(|(&r, &o)| (r, o))
             .collect();
+        for &r in shares.keys() {
+            let o = offset_of[&owner(r, &shares)];
+            offset_of.insert(r, o);
+        }
 
         let operand = |t: usize, ts: &[ETensor]| -> Option<Operand> {
             let r = root(t, ts);
@@ -987,10 +1057,13 @@ enum Params {
 
 struct PerChannelOut {
     weights: Span,
-    bias: Span,
+    bias: Option<Span>,
     requant: PerChannel,
     act_min: i8,
     act_max: i8,
+    /// The kernel the weights are laid out for: the one asked for, or the reference when packing for it was
+    /// not possible (see `fast::pack_dot` / `fast::pack_depthwise`).
+    kernel: KernelS8,
 }
 
 fn dims_of(v: &[usize]) -> Result<Dims> {
@@ -1032,6 +1105,16 @@ fn conv_kernel(geom: &kiln_runtime::format::ConvGeom) -> KernelS8 {
     } else {
         KernelS8::Reference
     }
+}
+
+/// An int8 pool on the fast kernel where it takes the geometry.
+fn pool_kernel(p: Pool2d) -> Pool2d {
+    let kernel = if fast_elementwise::pool_fast_fits(&p) {
+        KernelS8::Fast
+    } else {
+        KernelS8::Reference
+    };
+    Pool2d { kernel, ..p }
 }
 
 /// The int8 fully connected kernel for this geometry: the dot-product kernel where a row fits its buffer.

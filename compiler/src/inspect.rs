@@ -26,8 +26,11 @@ pub struct OpInfo {
     pub index: usize,
     pub name: String,
     pub kind: &'static str,
-    /// The int8 conv / fully connected kernel the compiler chose (`reference`, `dot`, `depthwise`).
+    /// The int8 kernel the compiler chose for a conv, fully connected, Add/Sub or pool (`reference`, `dot`,
+    /// `depthwise`, `table`, `fast`).
     pub kernel: Option<&'static str>,
+    /// The op writes its output over its first input (the arena planner's in-place ops).
+    pub in_place: bool,
     pub output_tensor: u16,
     pub macs: u64,
     pub weight_bytes: u32,
@@ -75,8 +78,16 @@ pub fn inspect(m: &Model<'_>) -> Info {
                 kernel: match &op.kind {
                     OpKind::Conv2dS8(p) => Some(p.kernel.name()),
                     OpKind::FullyConnectedS8(p) => Some(p.kernel.name()),
+                    OpKind::BinaryS8(p) => Some(p.kernel.name()),
+                    OpKind::MaxPoolS8(p) | OpKind::AvgPoolS8(p) => Some(p.kernel.name()),
                     _ => None,
                 },
+                in_place: op.inputs.first().is_some_and(|i| {
+                    i.space == kiln_runtime::format::Space::Arena
+                        && i.offset == op.output.offset
+                        && i.len == op.output.len
+                        && i.len > 0
+                }),
                 output_tensor: op.output_tensor,
                 macs: op.macs,
                 weight_bytes,
@@ -161,8 +172,16 @@ pub fn render(i: &Info, path: &Path) -> String {
         };
         let _ = writeln!(
             s,
-            "  {:>3}  {:<34} {:<28} {:>10} {:>8}  {} {:?} @{}",
-            op.index, kind, op.name, op.macs, op.weight_bytes, t.dtype, t.shape, t.offset
+            "  {:>3}  {:<34} {:<28} {:>10} {:>8}  {} {:?} @{}{}",
+            op.index,
+            kind,
+            op.name,
+            op.macs,
+            op.weight_bytes,
+            t.dtype,
+            t.shape,
+            t.offset,
+            if op.in_place { " (in place)" } else { "" }
         );
     }
     s

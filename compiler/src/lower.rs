@@ -419,6 +419,7 @@ impl<'g> Lowerer<'g> {
                         }
                     ),
                     zero_point: 0,
+                    kernel: kiln_runtime::format::KernelS8::Reference,
                 };
                 self.emit(
                     name,

@@ -326,7 +326,7 @@ fn inspect_json_and_report_describe_the_model() {
     let o = kiln(&["inspect", s(&out), "--json"]);
     assert_exit(&o, 0, "inspect --json");
     let i: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(i["format_version"], 2);
+    assert_eq!(i["format_version"], kiln_runtime::format::FORMAT_VERSION);
     assert_eq!(i["arena_bytes"], r["arena_bytes"]);
     assert_eq!(i["macs"], r["macs"]);
     assert_eq!(i["checksum"], r["checksum"]);
@@ -340,14 +340,24 @@ fn inspect_json_and_report_describe_the_model() {
         kinds.contains(&"conv2d_s8") && kinds.contains(&"fully_connected_s8"),
         "{kinds:?}"
     );
-    // The convs and the dense layer run the dot-product kernel (one group, patches of 25 and 288 elements).
-    let kernels: Vec<&str> = i["ops"]
+    // The convs and the dense layer run the dot-product kernel (one group, patches of 9 and 72 elements), the
+    // max pools the fast pool kernel.
+    let kernels: Vec<(&str, &str)> = i["ops"]
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|o| o["kernel"].as_str())
+        .filter_map(|o| Some((o["kind"].as_str()?, o["kernel"].as_str()?)))
         .collect();
-    assert_eq!(kernels, ["dot", "dot", "dot"]);
+    assert_eq!(
+        kernels,
+        [
+            ("conv2d_s8", "dot"),
+            ("max_pool_s8", "fast"),
+            ("conv2d_s8", "dot"),
+            ("max_pool_s8", "fast"),
+            ("fully_connected_s8", "dot")
+        ]
+    );
     // BatchNorm was folded and the Relus fused: no op of their own. The NCHW model runs channels-last, and the
     // flatten before the dense layer moves no data: its weights take the features in memory order.
     assert_eq!(

@@ -83,6 +83,13 @@ pub enum Error {
     },
     /// The op kind is not known to this runtime.
     UnknownOp { op: u16 },
+    /// Op `op` is a `kind` (running `kernel`; `None`: any) that this runtime's resolver
+    /// ([`crate::ops::Resolver`]) does not link: the firmware was built for another model.
+    OpNotLinked {
+        op: u16,
+        kind: crate::ops::OpId,
+        kernel: Option<crate::format::KernelS8>,
+    },
 }
 
 impl core::fmt::Display for Error {
@@ -127,6 +134,13 @@ impl core::fmt::Display for Error {
                 write!(f, "input/output {index}: {found} bytes given, the tensor has {expected}")
             }
             UnknownOp { op } => write!(f, "op {op}: unknown kind"),
+            OpNotLinked { op, kind, kernel } => {
+                write!(f, "op {op}: {}", kind.name())?;
+                if let Some(k) = kernel {
+                    write!(f, " with the {} kernel", k.name())?;
+                }
+                write!(f, " is not linked into this runtime (its resolver lacks it)")
+            }
         }
     }
 }

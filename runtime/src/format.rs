@@ -23,7 +23,7 @@ use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"KILN";
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 24;
 /// Alignment of the blob inside the file; every typed item inside the blob is 4-byte aligned.
 pub const BLOB_ALIGN: usize = 16;
@@ -244,6 +244,11 @@ pub enum KernelS8 {
     /// Depthwise conv (one input and one output channel per group), 4 channels at a time; its weights are stored
     /// tap-major (see [`ConvS8::weights`]).
     Depthwise,
+    /// Elementwise int8 Add/Sub without broadcasting: each operand's rescaling tabulated once per call (256
+    /// entries each), one table read per element instead of a requantisation.
+    Table,
+    /// Pooling on whole words of channels (4 at a time).
+    Fast,
 }
 
 impl KernelS8 {
@@ -252,6 +257,8 @@ impl KernelS8 {
             KernelS8::Reference => "reference",
             KernelS8::Dot => "dot",
             KernelS8::Depthwise => "depthwise",
+            KernelS8::Table => "table",
+            KernelS8::Fast => "fast",
         }
     }
 }
@@ -355,6 +362,8 @@ pub struct BinaryS8 {
     pub out_shift: i8,
     pub act_min: i8,
     pub act_max: i8,
+    /// [`KernelS8::Reference`] or [`KernelS8::Table`] (Add/Sub, no broadcasting).
+    pub kernel: KernelS8,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -429,6 +438,8 @@ pub struct Pool2d {
     /// `AvgPoolS8`: the zero point of the input and output (they share one quantisation), the value of a padded
     /// tap. 0 for the other pools (unused).
     pub zero_point: i32,
+    /// [`KernelS8::Reference`], or [`KernelS8::Fast`] for int8 pools; always `Reference` for f32.
+    pub kernel: KernelS8,
 }
 
 /// Mean over the axes set in `axes` (bit `d` = axis `d` of `dims`), output row-major over the kept axes.

@@ -275,6 +275,7 @@ impl BinaryS8Quant {
             out_shift: self.out_shift,
             act_min,
             act_max,
+            kernel: crate::format::KernelS8::Reference,
         }
     }
 }

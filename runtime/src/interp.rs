@@ -5,7 +5,7 @@ use heapless::Vec;
 use crate::error::Error;
 use crate::format::{OpDef, Operand, Space, TensorDef, ARENA_ALIGN};
 use crate::model::Model;
-use crate::ops::{self, OpIo};
+use crate::ops::{OpIo, Resolver};
 
 /// One op's output as an observer sees it right after the op ran.
 #[derive(Debug)]
@@ -92,15 +92,18 @@ impl<'m, 'a> Interpreter<'m, 'a> {
         &mut self,
         mut observer: impl FnMut(TensorView<'_>),
     ) -> Result<(), Error> {
-        let blob = self.model.blob();
-        for (index, op) in self.model.ops().enumerate() {
-            run_op(&op, blob, self.arena)?;
+        let (blob, resolver) = (self.model.blob(), self.model.resolver());
+        // Each op is decoded into the same `op` (ops are large; moving them costs as much as decoding).
+        let (mut ops, mut op, mut index) = (self.model.ops(), crate::model::empty_op(), 0u16);
+        while ops.next_into(&mut op) {
+            run_op(&op, blob, self.arena, &resolver)?;
             let bytes = &self.arena[range(&op.output)];
             observer(TensorView {
-                op_index: index as u16,
+                op_index: index,
                 tensor: op.output_tensor,
                 bytes,
             });
+            index = index.wrapping_add(1);
         }
         Ok(())
     }
@@ -111,17 +114,19 @@ fn range(o: &Operand) -> core::ops::Range<usize> {
 }
 
 /// Splits the arena around the op's output so its inputs can be borrowed at the same time (the loader checked that
-/// the output overlaps no arena input and that everything is in bounds).
-fn run_op(op: &OpDef<'_>, blob: &[u8], arena: &mut [u8]) -> Result<(), Error> {
+/// the output overlaps no arena input and that everything is in bounds), then runs the op's kernel from `resolver`.
+fn run_op(op: &OpDef<'_>, blob: &[u8], arena: &mut [u8], resolver: &Resolver) -> Result<(), Error> {
     let out = range(&op.output);
+    // In place (the loader allowed it for this op): input 0 is the output buffer itself.
+    let in_place = crate::ops::runs_in_place(op);
     let (before, rest) = arena.split_at_mut(out.start);
     let (output, after) = rest.split_at_mut(out.end - out.start);
     let (before, after): (&[u8], &[u8]) = (before, after);
     let mut inputs: Vec<&[u8], { crate::format::MAX_OP_INPUTS }> = Vec::new();
-    for input in &op.inputs {
+    for (i, input) in op.inputs.iter().enumerate() {
         let r = range(input);
         let slice = match input.space {
-            _ if r.is_empty() => &[],
+            _ if r.is_empty() || (in_place && i == 0) => &[],
             Space::Blob => &blob[r],
             Space::Arena if r.end <= out.start => &before[r],
             Space::Arena => &after[r.start - out.end..r.end - out.end],
@@ -129,12 +134,13 @@ fn run_op(op: &OpDef<'_>, blob: &[u8], arena: &mut [u8]) -> Result<(), Error> {
         // Capacity equals OpDef::inputs' capacity, so this cannot fail.
         let _ = inputs.push(slice);
     }
-    ops::eval(
+    resolver.eval(
         op,
         OpIo {
             inputs,
             blob,
             output,
+            in_place,
         },
     )
 }

@@ -6,10 +6,11 @@ use crate::format::{
     DType, ModelDef, OpDef, Operand, Space, TensorDef, ARENA_ALIGN, BLOB_ALIGN, FORMAT_VERSION,
     HEADER_LEN, MAGIC, MAX_RANK,
 };
-use crate::ops;
+use crate::ops::{OpId, Resolver};
 
 /// A checked model, borrowing the file's bytes (in flash on a device). Creating one validates everything inference
 /// relies on; afterwards ops are decoded in order from the checked bytes, without searching or re-checking.
+/// Its ops are decoded, checked and run through its [`Resolver`]: only the op kinds and kernels that links.
 #[derive(Clone, Debug)]
 pub struct Model<'a> {
     def: ModelDef<'a>,
@@ -17,6 +18,7 @@ pub struct Model<'a> {
     version: u16,
     checksum: u32,
     file_len: u32,
+    resolver: Resolver,
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -38,9 +40,20 @@ impl<'a> Model<'a> {
     ///
     /// `bytes` must start at a 4-byte aligned address: weights and biases are read in place.
     ///
+    /// Every op kind and kernel is available ([`Resolver::all`]); see [`Model::from_bytes_with`].
+    ///
     /// # Errors
     /// The first problem found, with the numbers that explain it.
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, Error> {
+        Self::from_bytes_with(bytes, Resolver::all())
+    }
+
+    /// [`Model::from_bytes`] with only the op kinds and kernels `resolver` links (a firmware's, made for its
+    /// model): nothing else is referenced, so nothing else is linked.
+    ///
+    /// # Errors
+    /// As [`Model::from_bytes`], and [`Error::OpNotLinked`] for an op `resolver` lacks.
+    pub fn from_bytes_with(bytes: &'a [u8], resolver: Resolver) -> Result<Self, Error> {
         let have = bytes.len() as u32;
         if bytes.len() < HEADER_LEN {
             return Err(Error::Truncated {
@@ -101,7 +114,7 @@ impl<'a> Model<'a> {
         }
         let meta = &bytes[HEADER_LEN..meta_end as usize];
         let blob = &bytes[blob_offset as usize..];
-        let def = match postcard::take_from_bytes::<ModelDef<'a>>(meta) {
+        let def = match de::take::<ModelDef<'a>>(meta) {
             Ok((def, [])) => def,
             Ok((_, rest)) => {
                 return Err(Error::Malformed {
@@ -120,6 +133,7 @@ impl<'a> Model<'a> {
             version,
             checksum: stored,
             file_len,
+            resolver,
         };
         model.check_tensors(bytes)?;
         model.check_ops(bytes)?;
@@ -129,10 +143,9 @@ impl<'a> Model<'a> {
     fn check_tensors(&self, file: &[u8]) -> Result<(), Error> {
         let mut rest = self.def.tensors;
         for index in 0..self.def.tensor_count {
-            let (t, tail) =
-                postcard::take_from_bytes::<TensorDef<'a>>(rest).map_err(|_| Error::Malformed {
-                    offset: offset_in(file, rest),
-                })?;
+            let (t, tail) = de::take::<TensorDef<'a>>(rest).map_err(|_| Error::Malformed {
+                offset: offset_in(file, rest),
+            })?;
             let bad = || Error::BadLayout {
                 offset: offset_in(file, rest),
                 len: t.data.len,
@@ -205,10 +218,22 @@ impl<'a> Model<'a> {
     fn check_ops(&self, file: &[u8]) -> Result<(), Error> {
         let mut rest = self.def.ops;
         for index in 0..self.def.op_count {
-            let (op, tail) =
-                postcard::take_from_bytes::<OpDef<'a>>(rest).map_err(|_| Error::Malformed {
-                    offset: offset_in(file, rest),
-                })?;
+            let (op, tail) = match decode_op(&self.resolver, rest) {
+                Ok(decoded) => decoded,
+                Err(Undecoded::Malformed) => {
+                    return Err(Error::Malformed {
+                        offset: offset_in(file, rest),
+                    })
+                }
+                Err(Undecoded::Unknown) => return Err(Error::UnknownOp { op: index }),
+                Err(Undecoded::NotLinked(kind)) => {
+                    return Err(Error::OpNotLinked {
+                        op: index,
+                        kind,
+                        kernel: None,
+                    })
+                }
+            };
             if op.output.space != Space::Arena {
                 return Err(Error::BadParam {
                     op: index,
@@ -224,7 +249,12 @@ impl<'a> Model<'a> {
                     && op.output.len > 0
                     && input.offset < op.output.end()
                     && op.output.offset < input.end();
-                if overlaps {
+                // The one overlap allowed: input 0 is the output, for an op that runs in place.
+                let in_place = i == 0
+                    && input.offset == op.output.offset
+                    && input.len == op.output.len
+                    && crate::ops::in_place_ok(&op.kind);
+                if overlaps && !in_place {
                     return Err(Error::Overlap {
                         op: index,
                         input: i as u8,
@@ -237,7 +267,7 @@ impl<'a> Model<'a> {
                     count: self.def.tensor_count,
                 });
             }
-            ops::check(index, &op, self.blob)?;
+            self.resolver.check(index, &op, self.blob)?;
             rest = tail;
         }
         if !rest.is_empty() {
@@ -288,12 +318,17 @@ impl<'a> Model<'a> {
     }
 
     /// The ops in execution order.
-    pub fn ops(&self) -> Records<'a, OpDef<'a>> {
-        Records {
+    pub fn ops(&self) -> Ops<'a> {
+        Ops {
             rest: self.def.ops,
             left: self.def.op_count,
-            _marker: core::marker::PhantomData,
+            resolver: self.resolver,
         }
+    }
+
+    /// The op kinds and kernels this model runs with.
+    pub fn resolver(&self) -> Resolver {
+        self.resolver
     }
 
     /// All tensors, by index.
@@ -362,7 +397,7 @@ impl<'a, T: serde::Deserialize<'a>> Iterator for Records<'a, T> {
         if self.left == 0 {
             return None;
         }
-        let (item, rest) = postcard::take_from_bytes::<T>(self.rest).ok()?;
+        let (item, rest) = de::take::<T>(self.rest).ok()?;
         self.rest = rest;
         self.left -= 1;
         Some(item)
@@ -373,6 +408,108 @@ impl<'a, T: serde::Deserialize<'a>> Iterator for Records<'a, T> {
     }
 }
 
+/// Iterator over the checked ops, decoded through the model's resolver. Decoding cannot fail on a model that
+/// loaded; if it somehow did, iteration stops early.
+pub struct Ops<'a> {
+    rest: &'a [u8],
+    left: u16,
+    resolver: Resolver,
+}
+
+impl<'a> Ops<'a> {
+    /// The next op, decoded into `op`; `false` at the end (or, on a model that somehow stopped decoding, early).
+    pub(crate) fn next_into(&mut self, op: &mut OpDef<'a>) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        match decode_op_into(&self.resolver, self.rest, op) {
+            Ok(rest) => {
+                self.rest = rest;
+                self.left -= 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl<'a> Iterator for Ops<'a> {
+    type Item = OpDef<'a>;
+
+    fn next(&mut self) -> Option<OpDef<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        let (op, rest) = decode_op(&self.resolver, self.rest).ok()?;
+        self.rest = rest;
+        self.left -= 1;
+        Some(op)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.left as usize))
+    }
+}
+
+/// Why [`decode_op`] failed.
+enum Undecoded {
+    Malformed,
+    /// A variant index past every op kind this runtime knows.
+    Unknown,
+    /// An op kind the resolver does not link.
+    NotLinked(OpId),
+}
+
+/// An op to decode into ([`Ops::next_into`]).
+pub(crate) fn empty_op() -> OpDef<'static> {
+    OpDef {
+        name: "",
+        kind: crate::format::OpKind::Copy,
+        inputs: heapless::Vec::new(),
+        output: Operand {
+            space: Space::Arena,
+            offset: 0,
+            len: 0,
+        },
+        output_tensor: 0,
+        macs: 0,
+    }
+}
+
+/// Decodes one postcard-encoded [`OpDef`] at the start of `bytes`, exactly as its derived `Deserialize` would, but
+/// with its kind's parameters decoded by the resolver's registration: the decoders of kinds it lacks are not
+/// linked. Returns the op and the bytes after it.
+fn decode_op<'a>(resolver: &Resolver, bytes: &'a [u8]) -> Result<(OpDef<'a>, &'a [u8]), Undecoded> {
+    let mut op = empty_op();
+    let rest = decode_op_into(resolver, bytes, &mut op)?;
+    Ok((op, rest))
+}
+
+/// [`decode_op`] into `op` (field by field, without moving whole ops around: this runs for every op of every
+/// inference). On error `op` holds part of the new op.
+fn decode_op_into<'a>(
+    resolver: &Resolver,
+    bytes: &'a [u8],
+    op: &mut OpDef<'a>,
+) -> Result<&'a [u8], Undecoded> {
+    use serde::Deserialize;
+    let mut de = de::De { rest: bytes };
+    let malformed = |_| Undecoded::Malformed;
+    op.name = <&'a str>::deserialize(&mut de).map_err(malformed)?;
+    // An enum is its variant index (a varint `u32`) then the variant's fields.
+    let variant = u32::deserialize(&mut de).map_err(malformed)?;
+    let id = OpId::from_index(variant).ok_or(Undecoded::Unknown)?;
+    resolver
+        .decode(id, &mut de, &mut op.kind)
+        .ok_or(Undecoded::NotLinked(id))?
+        .map_err(malformed)?;
+    op.inputs = Deserialize::deserialize(&mut de).map_err(malformed)?;
+    op.output = Deserialize::deserialize(&mut de).map_err(malformed)?;
+    op.output_tensor = Deserialize::deserialize(&mut de).map_err(malformed)?;
+    op.macs = Deserialize::deserialize(&mut de).map_err(malformed)?;
+    Ok(de.rest)
+}
+
 impl DType {
     /// Human name, as numpy spells it.
     pub fn name(self) -> &'static str {
@@ -381,5 +518,689 @@ impl DType {
             DType::F32 => "float32",
             DType::I32 => "int32",
         }
+    }
+}
+
+/// Decoding of postcard's wire format, the loader's and the telemetry's: the same bytes as `postcard`'s own
+/// deserializer reads, refused in the same cases, for the types Kiln encodes (no `char`, maps, 128-bit
+/// integers or self-describing `any`). Its readers of primitives are out of line, so that each derived
+/// `Deserialize` is a short sequence of calls: on a device that is most of the loader's code.
+pub(crate) mod de {
+    use core::fmt;
+
+    use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+
+    /// Any decoding failure (the loader and the telemetry only report "malformed").
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Error;
+
+    impl fmt::Display for Error {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("malformed postcard data")
+        }
+    }
+
+    impl de::StdError for Error {}
+
+    // Every constructor is overridden: none formats its message.
+    impl de::Error for Error {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            Error
+        }
+        fn invalid_type(_: de::Unexpected<'_>, _: &dyn de::Expected) -> Self {
+            Error
+        }
+        fn invalid_value(_: de::Unexpected<'_>, _: &dyn de::Expected) -> Self {
+            Error
+        }
+        fn invalid_length(_: usize, _: &dyn de::Expected) -> Self {
+            Error
+        }
+        fn unknown_variant(_: &str, _: &'static [&'static str]) -> Self {
+            Error
+        }
+        fn unknown_field(_: &str, _: &'static [&'static str]) -> Self {
+            Error
+        }
+        fn missing_field(_: &'static str) -> Self {
+            Error
+        }
+        fn duplicate_field(_: &'static str) -> Self {
+            Error
+        }
+    }
+
+    pub type Result<T> = core::result::Result<T, Error>;
+
+    /// Decodes a `T` at the start of `bytes`; returns it and the bytes after it.
+    pub fn take<'de, T: de::Deserialize<'de>>(bytes: &'de [u8]) -> Result<(T, &'de [u8])> {
+        let mut de = De { rest: bytes };
+        let t = T::deserialize(&mut de)?;
+        Ok((t, de.rest))
+    }
+
+    /// A cursor over postcard bytes.
+    pub struct De<'de> {
+        pub rest: &'de [u8],
+    }
+
+    /// Bytes and largest last byte of a varint of each width (postcard refuses longer or overflowing ones).
+    const U16: (u32, u8) = (3, (u16::MAX >> 14) as u8);
+    const U32: (u32, u8) = (5, (u32::MAX >> 28) as u8);
+    const U64: (u32, u8) = (10, (u64::MAX >> 63) as u8);
+
+    impl<'de> De<'de> {
+        fn byte(&mut self) -> Result<u8> {
+            let (&b, rest) = self.rest.split_first().ok_or(Error)?;
+            self.rest = rest;
+            Ok(b)
+        }
+
+        fn take(&mut self, n: usize) -> Result<&'de [u8]> {
+            if n > self.rest.len() {
+                return Err(Error);
+            }
+            let (head, rest) = self.rest.split_at(n);
+            self.rest = rest;
+            Ok(head)
+        }
+
+        /// A varint of at most `len` bytes whose last byte is at most `last` (as postcard's
+        /// `try_take_varint_*`), of at most 32 bits. Out of line: one copy for every integer field.
+        #[inline(never)]
+        fn varint32(&mut self, (len, last): (u32, u8)) -> Result<u32> {
+            // Most values are below 128.
+            if let Some((&b, rest)) = self.rest.split_first() {
+                if b < 0x80 {
+                    self.rest = rest;
+                    return Ok(u32::from(b));
+                }
+            }
+            let mut out = 0u32;
+            for i in 0..len {
+                let b = self.byte()?;
+                out |= u32::from(b & 0x7F) << (7 * i);
+                if b & 0x80 == 0 {
+                    return if i == len - 1 && b > last {
+                        Err(Error)
+                    } else {
+                        Ok(out)
+                    };
+                }
+            }
+            Err(Error)
+        }
+
+        /// As [`De::varint32`], of 64 bits.
+        #[inline(never)]
+        fn varint64(&mut self) -> Result<u64> {
+            let (len, last) = U64;
+            let mut out = 0u64;
+            for i in 0..len {
+                let b = self.byte()?;
+                out |= u64::from(b & 0x7F) << (7 * i);
+                if b & 0x80 == 0 {
+                    return if i == len - 1 && b > last {
+                        Err(Error)
+                    } else {
+                        Ok(out)
+                    };
+                }
+            }
+            Err(Error)
+        }
+
+        #[cfg(target_pointer_width = "32")]
+        fn len(&mut self) -> Result<usize> {
+            Ok(self.varint32(U32)? as usize)
+        }
+
+        #[cfg(target_pointer_width = "64")]
+        fn len(&mut self) -> Result<usize> {
+            Ok(self.varint64()? as usize)
+        }
+
+        fn u32(&mut self) -> Result<u32> {
+            self.varint32(U32)
+        }
+
+        fn u64(&mut self) -> Result<u64> {
+            self.varint64()
+        }
+
+        fn u16(&mut self) -> Result<u16> {
+            Ok(self.varint32(U16)? as u16)
+        }
+
+        fn word(&mut self) -> Result<u32> {
+            let b = self.take(4)?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+    }
+
+    fn zigzag(n: u64) -> i64 {
+        ((n >> 1) as i64) ^ -((n & 1) as i64)
+    }
+
+    /// `left` more elements of a sequence, tuple or struct.
+    struct Access<'a, 'de> {
+        de: &'a mut De<'de>,
+        left: usize,
+    }
+
+    impl<'de> de::SeqAccess<'de> for Access<'_, 'de> {
+        type Error = Error;
+
+        fn next_element_seed<T: DeserializeSeed<'de>>(
+            &mut self,
+            seed: T,
+        ) -> Result<Option<T::Value>> {
+            if self.left == 0 {
+                return Ok(None);
+            }
+            self.left -= 1;
+            seed.deserialize(&mut *self.de).map(Some)
+        }
+
+        fn size_hint(&self) -> Option<usize> {
+            Some(self.left)
+        }
+    }
+
+    impl<'de> de::EnumAccess<'de> for &mut De<'de> {
+        type Error = Error;
+        type Variant = Self;
+
+        fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self)> {
+            let index = self.u32()?;
+            let v = seed.deserialize(index.into_deserializer())?;
+            Ok((v, self))
+        }
+    }
+
+    impl<'de> de::VariantAccess<'de> for &mut De<'de> {
+        type Error = Error;
+
+        fn unit_variant(self) -> Result<()> {
+            Ok(())
+        }
+
+        fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value> {
+            seed.deserialize(self)
+        }
+
+        fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
+            visitor.visit_seq(Access {
+                de: self,
+                left: len,
+            })
+        }
+
+        fn struct_variant<V: Visitor<'de>>(
+            self,
+            fields: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value> {
+            visitor.visit_seq(Access {
+                de: self,
+                left: fields.len(),
+            })
+        }
+    }
+
+    impl<'de> de::Deserializer<'de> for &mut De<'de> {
+        type Error = Error;
+
+        fn is_human_readable(&self) -> bool {
+            false
+        }
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+            Err(Error)
+        }
+
+        fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            match self.byte()? {
+                0 => visitor.visit_bool(false),
+                1 => visitor.visit_bool(true),
+                _ => Err(Error),
+            }
+        }
+
+        fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.visit_i8(self.byte()? as i8)
+        }
+
+        fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.visit_i16(zigzag(u64::from(self.u16()?)) as i16)
+        }
+
+        fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.visit_i32(zigzag(u64::from(self.u32()?)) as i32)
+        }
+
+        fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.visit_i64(zigzag(self.u64()?))
+        }
+
+        fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.visit_u8(self.byte()?)
+        }
+
+        fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.visit_u16(self.u16()?)
+        }
+
+        fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.visit_u32(self.u32()?)
+        }
+
+        fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.visit_u64(self.u64()?)
+        }
+
+        fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.visit_f32(f32::from_bits(self.word()?))
+        }
+
+        fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            let b = self.take(8)?;
+            let mut bits = [0u8; 8];
+            bits.copy_from_slice(b);
+            visitor.visit_f64(f64::from_le_bytes(bits))
+        }
+
+        fn deserialize_char<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+            Err(Error)
+        }
+
+        fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            let n = self.len()?;
+            let s = core::str::from_utf8(self.take(n)?).map_err(|_| Error)?;
+            visitor.visit_borrowed_str(s)
+        }
+
+        fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            self.deserialize_str(visitor)
+        }
+
+        fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            let n = self.len()?;
+            visitor.visit_borrowed_bytes(self.take(n)?)
+        }
+
+        fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            self.deserialize_bytes(visitor)
+        }
+
+        fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            match self.byte()? {
+                0 => visitor.visit_none(),
+                1 => visitor.visit_some(self),
+                _ => Err(Error),
+            }
+        }
+
+        fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.visit_unit()
+        }
+
+        fn deserialize_unit_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            visitor: V,
+        ) -> Result<V::Value> {
+            visitor.visit_unit()
+        }
+
+        fn deserialize_newtype_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            visitor: V,
+        ) -> Result<V::Value> {
+            visitor.visit_newtype_struct(self)
+        }
+
+        fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            let left = self.len()?;
+            visitor.visit_seq(Access { de: self, left })
+        }
+
+        fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
+            visitor.visit_seq(Access {
+                de: self,
+                left: len,
+            })
+        }
+
+        fn deserialize_tuple_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            len: usize,
+            visitor: V,
+        ) -> Result<V::Value> {
+            visitor.visit_seq(Access {
+                de: self,
+                left: len,
+            })
+        }
+
+        fn deserialize_map<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+            Err(Error)
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value> {
+            visitor.visit_seq(Access {
+                de: self,
+                left: fields.len(),
+            })
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            _: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value> {
+            visitor.visit_enum(self)
+        }
+
+        fn deserialize_identifier<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+            Err(Error)
+        }
+
+        fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+            Err(Error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::vec::Vec;
+
+    use proptest::prelude::*;
+    use serde::{de::DeserializeOwned, Serialize};
+
+    use super::*;
+    use crate::format::{DType, KernelS8, OpKind, Quant};
+    use crate::ops::{KernelSet, Registration};
+
+    /// `de::take` and postcard agree on `bytes`: both refuse them, or both read the same value and leave the same
+    /// rest.
+    fn agree<T: DeserializeOwned + PartialEq + core::fmt::Debug>(bytes: &[u8]) {
+        let ours = de::take::<T>(bytes).ok();
+        let theirs = postcard::take_from_bytes::<T>(bytes).ok();
+        assert_eq!(ours, theirs, "{bytes:02x?}");
+    }
+
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + core::fmt::Debug>(v: &T) {
+        let mut buf = [0u8; 1024];
+        let bytes = postcard::to_slice(v, &mut buf).unwrap();
+        assert_eq!(de::take::<T>(bytes).unwrap(), (serde_owned(v), &[][..]));
+        agree::<T>(bytes);
+        for cut in 0..bytes.len() {
+            agree::<T>(&bytes[..cut]);
+        }
+    }
+
+    fn serde_owned<T: Serialize + DeserializeOwned>(v: &T) -> T {
+        let mut buf = [0u8; 1024];
+        postcard::from_bytes(postcard::to_slice(v, &mut buf).unwrap()).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn de_reads_what_postcard_reads(bytes in proptest::collection::vec(any::<u8>(), 0..24)) {
+            agree::<u8>(&bytes);
+            agree::<i8>(&bytes);
+            agree::<u16>(&bytes);
+            agree::<i16>(&bytes);
+            agree::<u32>(&bytes);
+            agree::<i32>(&bytes);
+            agree::<u64>(&bytes);
+            agree::<i64>(&bytes);
+            agree::<bool>(&bytes);
+            agree::<Option<u32>>(&bytes);
+            agree::<heapless::Vec<u16, 3>>(&bytes);
+            agree::<(u8, i32, Option<bool>)>(&bytes);
+            agree::<crate::format::Operand>(&bytes);
+            agree::<DType>(&bytes);
+            agree::<KernelS8>(&bytes);
+            agree::<crate::format::UnaryF32>(&bytes);
+            // f32 NaNs differ from themselves: compare the bits.
+            prop_assert_eq!(
+                de::take::<f32>(&bytes).ok().map(|(v, r)| (v.to_bits(), r)),
+                postcard::take_from_bytes::<f32>(&bytes).ok().map(|(v, r)| (v.to_bits(), r))
+            );
+            let s = de::take::<&str>(&bytes).ok();
+            prop_assert_eq!(s, postcard::take_from_bytes::<&str>(&bytes).ok());
+            let b = de::take::<&[u8]>(&bytes).ok();
+            prop_assert_eq!(b, postcard::take_from_bytes::<&[u8]>(&bytes).ok());
+        }
+
+        #[test]
+        fn de_reads_every_integer_postcard_writes(v in any::<u64>(), w in any::<i64>()) {
+            round_trip(&v);
+            round_trip(&w);
+            round_trip(&(v as u32));
+            round_trip(&(w as i32));
+            round_trip(&(v as u16));
+            round_trip(&(w as i16));
+            round_trip(&(w as i8, v as u8));
+        }
+    }
+
+    #[test]
+    fn de_reads_every_op_kind_as_postcard_does() {
+        for kind in crate::ops::sample_kinds() {
+            round_trip(&kind);
+        }
+        let t = TensorDef {
+            name: "input_1",
+            dtype: DType::I8,
+            shape: heapless::Vec::from_slice(&[1, 49, 10, 1]).unwrap(),
+            perm: heapless::Vec::from_slice(&[0, 2, 3, 1]).unwrap(),
+            data: Operand {
+                space: Space::Arena,
+                offset: 16,
+                len: 490,
+            },
+            quant: Quant {
+                scale: 0.5,
+                zero_point: -128,
+            },
+        };
+        let bytes = to_vec(&t);
+        assert_eq!(de::take::<TensorDef<'_>>(&bytes).unwrap(), (t, &[][..]));
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                de::take::<TensorDef<'_>>(&bytes[..cut]).ok(),
+                postcard::take_from_bytes::<TensorDef<'_>>(&bytes[..cut]).ok()
+            );
+        }
+    }
+
+    fn to_vec<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut buf = std::vec![0u8; 4096];
+        let len = postcard::to_slice(v, &mut buf).unwrap().len();
+        buf.truncate(len);
+        buf
+    }
+
+    /// `op` as the file stores it.
+    fn encoded(op: &OpDef<'_>) -> Vec<u8> {
+        to_vec(op)
+    }
+
+    fn op_of(kind: OpKind) -> OpDef<'static> {
+        OpDef {
+            name: "a node/with a long name",
+            kind,
+            inputs: heapless::Vec::from_slice(&[
+                Operand {
+                    space: Space::Arena,
+                    offset: 0,
+                    len: 300,
+                },
+                Operand {
+                    space: Space::Blob,
+                    offset: 1 << 20,
+                    len: 7,
+                },
+            ])
+            .unwrap(),
+            output: Operand {
+                space: Space::Arena,
+                offset: 1024,
+                len: 40,
+            },
+            output_tensor: 300,
+            macs: u64::MAX / 3,
+        }
+    }
+
+    #[test]
+    fn decode_op_reads_what_postcard_reads() {
+        let all = Resolver::all();
+        for kind in crate::ops::sample_kinds() {
+            let op = op_of(kind);
+            let mut bytes = encoded(&op);
+            bytes.extend_from_slice(&[9, 9]);
+            let (decoded, rest) = decode_op(&all, &bytes).ok().unwrap();
+            assert_eq!((decoded, rest), (op.clone(), &[9u8, 9][..]));
+            for cut in 0..bytes.len() - 2 {
+                assert_eq!(
+                    decode_op(&all, &bytes[..cut]).ok(),
+                    postcard::take_from_bytes::<OpDef<'_>>(&bytes[..cut]).ok(),
+                    "{op:?} cut at {cut}"
+                );
+            }
+        }
+        // A variant index past the last op kind.
+        let mut bytes = encoded(&op_of(OpKind::Copy));
+        let at = 1 + bytes[0] as usize;
+        bytes[at] = OpId::ALL.len() as u8;
+        assert!(matches!(decode_op(&all, &bytes), Err(Undecoded::Unknown)));
+        // A kind the resolver lacks.
+        static SOFTMAX: [Registration; 1] = [
+            match Registration::of_set(OpId::SoftmaxF32, KernelSet::of(&[KernelS8::Reference])) {
+                Some(r) => r,
+                None => panic!(),
+            },
+        ];
+        assert!(matches!(
+            decode_op(&Resolver::new(&SOFTMAX), &encoded(&op_of(OpKind::Copy))),
+            Err(Undecoded::NotLinked(OpId::Copy))
+        ));
+    }
+
+    /// A whole `.kiln` file: int8 `[4]` input at arena 0, output at arena 4, one op `kind` from one to the other.
+    fn file(kind: OpKind) -> Vec<u8> {
+        let tensor = |name, offset| TensorDef {
+            name,
+            dtype: DType::I8,
+            shape: heapless::Vec::from_slice(&[4]).unwrap(),
+            perm: heapless::Vec::from_slice(&[0]).unwrap(),
+            data: Operand {
+                space: Space::Arena,
+                offset,
+                len: 4,
+            },
+            quant: Quant {
+                scale: 1.0,
+                zero_point: 0,
+            },
+        };
+        let mut tensors = to_vec(&tensor("x", 0));
+        tensors.extend(to_vec(&tensor("y", 4)));
+        let op = OpDef {
+            name: "op",
+            kind,
+            inputs: heapless::Vec::from_slice(&[tensor("x", 0).data]).unwrap(),
+            output: tensor("y", 4).data,
+            output_tensor: 1,
+            macs: 0,
+        };
+        let ops = encoded(&op);
+        let def = ModelDef {
+            name: "test",
+            arena_bytes: 8,
+            macs: 0,
+            tensor_count: 2,
+            tensors: &tensors,
+            op_count: 1,
+            ops: &ops,
+            inputs: heapless::Vec::from_slice(&[0]).unwrap(),
+            outputs: heapless::Vec::from_slice(&[1]).unwrap(),
+        };
+        let meta = to_vec(&def);
+        let blob_offset = (HEADER_LEN + meta.len()).next_multiple_of(BLOB_ALIGN);
+        let mut f = std::vec![0u8; blob_offset + 16];
+        f[..4].copy_from_slice(&MAGIC);
+        f[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let len = f.len() as u32;
+        f[8..12].copy_from_slice(&len.to_le_bytes());
+        f[16..20].copy_from_slice(&(meta.len() as u32).to_le_bytes());
+        f[20..24].copy_from_slice(&(blob_offset as u32).to_le_bytes());
+        f[HEADER_LEN..HEADER_LEN + meta.len()].copy_from_slice(&meta);
+        let crc = crc32(&f[16..]);
+        f[12..16].copy_from_slice(&crc.to_le_bytes());
+        f
+    }
+
+    /// `bytes` copied to a 4-aligned buffer.
+    fn aligned(bytes: &[u8]) -> Vec<u32> {
+        let mut words = std::vec![0u32; bytes.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        words
+    }
+
+    #[test]
+    fn the_loader_refuses_ops_its_resolver_lacks() {
+        static COPY: [Registration; 1] = [
+            match Registration::get(OpId::Copy, &[KernelS8::Reference]) {
+                Some(r) => r,
+                None => panic!(),
+            },
+        ];
+        static LOOKUP: [Registration; 1] = [
+            match Registration::get(OpId::LookupS8, &[KernelS8::Reference]) {
+                Some(r) => r,
+                None => panic!(),
+            },
+        ];
+        let f = file(OpKind::Copy);
+        let words = aligned(&f);
+        let bytes = &bytemuck::cast_slice::<u32, u8>(&words)[..f.len()];
+        let model = Model::from_bytes_with(bytes, Resolver::new(&COPY)).unwrap();
+        assert_eq!(model.ops().count(), 1);
+        let mut arena = [0u32; 2];
+        let mut interp =
+            crate::Interpreter::new(&model, bytemuck::cast_slice_mut(&mut arena)).unwrap();
+        interp.set_input(0, &[1, 2, 3, 4]).unwrap();
+        interp.invoke().unwrap();
+        assert_eq!(interp.output(0).unwrap(), [1, 2, 3, 4]);
+        assert!(Model::from_bytes(bytes).is_ok());
+        let refused = Model::from_bytes_with(bytes, Resolver::new(&LOOKUP)).unwrap_err();
+        assert_eq!(
+            refused,
+            Error::OpNotLinked {
+                op: 0,
+                kind: OpId::Copy,
+                kernel: None
+            }
+        );
+        assert_eq!(
+            std::format!("{refused}"),
+            "op 0: copy is not linked into this runtime (its resolver lacks it)"
+        );
     }
 }

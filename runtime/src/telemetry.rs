@@ -259,57 +259,49 @@ fn encode_message<'b, T: Serialize>(
     message: &T,
     buf: &'b mut [u8],
 ) -> Result<&'b mut [u8], TelemetryError> {
-    let have = to_u32(buf.len());
-    let too_small = || TelemetryError::BufferTooSmall {
-        need: encoded_len(message),
-        have,
-    };
-    // Serialise after a little head room, then move payload + CRC to the very end of `buf` and stuff it in
-    // place towards the start: stuffing adds at most one byte per 254, and the space before the data is at least
-    // that (it is exactly the stuffing overhead when `buf` is just big enough).
+    // Serialise once, after a little head room, into a flavor that also takes the CRC-32 and the exact stuffed
+    // length of everything it is fed (and keeps counting past the end of `buf`, for the error). Then stuff in place
+    // towards the start: stuffing adds at most one byte per 254, and the head room is at least that, so writing
+    // never overtakes reading.
     let room = (buf.len() / 254 + 2).min(buf.len());
-    let payload_len = postcard::to_slice(&(TELEMETRY_VERSION, message), &mut buf[room..])
-        .map_err(|_| too_small())?
-        .len();
-    let crc = crate::crc32::crc32(&buf[room..room + payload_len]).to_le_bytes();
-    let data_len = payload_len + CRC_BYTES;
-    let need = stuffed_len_of(buf[room..room + payload_len].iter().chain(&crc)) + 1;
-    if buf.len() < need {
-        return Err(too_small());
+    let mut sink = Sink::new(&mut buf[room..]);
+    if (TELEMETRY_VERSION, message).serialize(&mut sink).is_err() {
+        // Only a type postcard cannot encode either (no message type is one): no size is known.
+        return Err(TelemetryError::BufferTooSmall {
+            need: u32::MAX,
+            have: to_u32(buf.len()),
+        });
     }
-    let start = buf.len() - data_len;
-    buf.copy_within(room..room + payload_len, start);
-    buf[start + payload_len..].copy_from_slice(&crc);
-    let len = cobs_encode_in_place(buf, start).ok_or_else(too_small)?;
-    Ok(&mut buf[..len])
+    let crc = sink.crc.finish().to_le_bytes();
+    for b in crc {
+        sink.count(b);
+    }
+    let (payload_len, need) = (sink.len, sink.stuffed + 1);
+    let fits = room + payload_len <= buf.len() && need <= buf.len();
+    match cobs_encode_in_place(buf, room, payload_len, crc) {
+        Some(len) if fits => Ok(&mut buf[..len]),
+        _ => Err(TelemetryError::BufferTooSmall {
+            need: to_u32(need),
+            have: to_u32(buf.len()),
+        }),
+    }
 }
 
-/// Exact COBS-stuffed length of `data`: its bytes, plus one code byte to start and one more after every run
-/// of 254 non-zero bytes.
-fn stuffed_len_of<'d>(data: impl Iterator<Item = &'d u8>) -> usize {
-    let (mut len, mut run) = (1usize, 0usize);
-    for &b in data {
-        len += 1;
-        if b == 0 {
-            run = 0;
-        } else {
-            run += 1;
-            if run == 254 {
-                len += 1;
-                run = 0;
-            }
-        }
-    }
-    len
-}
-
-/// COBS-stuffs `buf[start..]` into the start of `buf` and appends the `0x00` terminator; returns the length
-/// written, or `None` if it does not fit. Writing never overtakes reading when `start` is at least the
-/// stuffing overhead, `(buf.len() - start) / 254 + 1`.
-fn cobs_encode_in_place(buf: &mut [u8], start: usize) -> Option<usize> {
+/// COBS-stuffs `buf[start..start + len]` followed by `trailer` into the start of `buf` and appends the `0x00`
+/// terminator; returns the length written, or `None` if it does not fit. Writing never overtakes reading when
+/// `start` is at least the stuffing overhead of the data read from `buf`, `len / 254 + 1`.
+fn cobs_encode_in_place(
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    trailer: [u8; 4],
+) -> Option<usize> {
     let (mut code_at, mut write, mut code) = (0usize, 1usize, 1u8);
-    for read in start..buf.len() {
-        let byte = *buf.get(read)?;
+    for read in start..start.checked_add(len)? + trailer.len() {
+        let byte = match read.checked_sub(start + len) {
+            Some(i) => trailer[i],
+            None => *buf.get(read)?,
+        };
         if byte == 0 {
             *buf.get_mut(code_at)? = code;
             (code_at, write, code) = (write, write + 1, 1);
@@ -328,44 +320,33 @@ fn cobs_encode_in_place(buf: &mut [u8], start: usize) -> Option<usize> {
     Some(write + 1)
 }
 
-/// Exact encoded length of `message`, for the error path of [`encode_message`] only: it serialises into a
-/// counter instead of a buffer.
-#[cold]
-#[inline(never)]
-fn encoded_len<T: Serialize>(message: &T) -> u32 {
-    match postcard::serialize_with_flavor(&(TELEMETRY_VERSION, message), Measure::default()) {
-        Ok(m) => {
-            let crc = m.crc.finish().to_le_bytes();
-            let mut m = m;
-            for b in crc {
-                m.feed(b);
-            }
-            to_u32(m.stuffed + 1)
-        }
-        Err(_) => u32::MAX,
-    }
-}
-
-/// A postcard flavor that writes nothing: it tracks the CRC and the COBS-stuffed length of what it is fed.
-struct Measure {
+/// Postcard's wire format written into a slice while it has room, counting what it is fed: its length, CRC-32 and
+/// exact COBS-stuffed length (its bytes, one code byte to start and one more after every run of 254 non-zero
+/// bytes). Writing never fails: past the end of the slice it only counts. Its `serde::Serializer` writes exactly
+/// the bytes `postcard::to_slice` writes (for the types postcard encodes), its byte and varint writers out of line
+/// so that each message type's derived `Serialize` stays a short sequence of calls.
+struct Sink<'b> {
+    buf: &'b mut [u8],
+    /// Bytes fed.
+    len: usize,
     crc: crate::crc32::Crc32,
     stuffed: usize,
     run: usize,
 }
 
-impl Default for Measure {
-    fn default() -> Self {
-        Measure {
+impl<'b> Sink<'b> {
+    fn new(buf: &'b mut [u8]) -> Self {
+        Sink {
+            buf,
+            len: 0,
             crc: crate::crc32::Crc32::new(),
             stuffed: 1,
             run: 0,
         }
     }
-}
 
-impl Measure {
-    /// Counts one byte as [`stuffed_len_of`] does.
-    fn feed(&mut self, b: u8) {
+    /// Counts one byte of stuffed length.
+    fn count(&mut self, b: u8) {
         self.stuffed += 1;
         if b == 0 {
             self.run = 0;
@@ -377,19 +358,266 @@ impl Measure {
             }
         }
     }
-}
 
-impl postcard::ser_flavors::Flavor for Measure {
-    type Output = Measure;
-
-    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+    #[inline(never)]
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+        }
+        self.len += 1;
         self.crc.update(&[b]);
-        self.feed(b);
-        Ok(())
+        self.count(b);
     }
 
-    fn finalize(self) -> postcard::Result<Measure> {
+    #[inline(never)]
+    fn extend(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.push(b);
+        }
+    }
+
+    /// LEB128, 7 bits a byte, low first: postcard's varint of every unsigned width.
+    #[inline(never)]
+    fn varint(&mut self, mut v: u64) {
+        loop {
+            let low = (v & 0x7F) as u8;
+            v >>= 7;
+            if v == 0 {
+                return self.push(low);
+            }
+            self.push(low | 0x80);
+        }
+    }
+
+    /// Zigzag, then varint: postcard's signed integers.
+    fn signed(&mut self, v: i64) {
+        self.varint(((v << 1) ^ (v >> 63)) as u64)
+    }
+
+    fn len_prefix(&mut self, len: Option<usize>) -> Result<(), Unencodable> {
+        self.varint(len.ok_or(Unencodable)? as u64);
+        Ok(())
+    }
+}
+
+/// What postcard cannot encode either: a sequence or map of unknown length, 128-bit integers, `collect_str`.
+#[derive(Debug)]
+struct Unencodable;
+
+impl core::fmt::Display for Unencodable {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("not encodable")
+    }
+}
+
+impl serde::ser::StdError for Unencodable {}
+
+impl serde::ser::Error for Unencodable {
+    fn custom<T: core::fmt::Display>(_: T) -> Self {
+        Unencodable
+    }
+}
+
+type Done = Result<(), Unencodable>;
+
+impl serde::Serializer for &mut Sink<'_> {
+    type Ok = ();
+    type Error = Unencodable;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+    fn serialize_bool(self, v: bool) -> Done {
+        self.push(u8::from(v));
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Done {
+        self.push(v as u8);
+        Ok(())
+    }
+    fn serialize_i16(self, v: i16) -> Done {
+        self.signed(i64::from(v));
+        Ok(())
+    }
+    fn serialize_i32(self, v: i32) -> Done {
+        self.signed(i64::from(v));
+        Ok(())
+    }
+    fn serialize_i64(self, v: i64) -> Done {
+        self.signed(v);
+        Ok(())
+    }
+    fn serialize_u8(self, v: u8) -> Done {
+        self.push(v);
+        Ok(())
+    }
+    fn serialize_u16(self, v: u16) -> Done {
+        self.varint(u64::from(v));
+        Ok(())
+    }
+    fn serialize_u32(self, v: u32) -> Done {
+        self.varint(u64::from(v));
+        Ok(())
+    }
+    fn serialize_u64(self, v: u64) -> Done {
+        self.varint(v);
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> Done {
+        self.extend(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Done {
+        self.extend(&v.to_le_bytes());
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Done {
+        self.serialize_str(v.encode_utf8(&mut [0; 4]))
+    }
+    fn serialize_str(self, v: &str) -> Done {
+        self.serialize_bytes(v.as_bytes())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Done {
+        self.varint(v.len() as u64);
+        self.extend(v);
+        Ok(())
+    }
+    fn serialize_none(self) -> Done {
+        self.push(0);
+        Ok(())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Done {
+        self.push(1);
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Done {
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Done {
+        Ok(())
+    }
+    fn serialize_unit_variant(self, _: &'static str, index: u32, _: &'static str) -> Done {
+        self.varint(u64::from(index));
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(self, _: &'static str, value: &T) -> Done {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        index: u32,
+        _: &'static str,
+        value: &T,
+    ) -> Done {
+        self.varint(u64::from(index));
+        value.serialize(self)
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self, Unencodable> {
+        self.len_prefix(len)?;
         Ok(self)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self, Unencodable> {
+        Ok(self)
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, Unencodable> {
+        Ok(self)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        index: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self, Unencodable> {
+        self.varint(u64::from(index));
+        Ok(self)
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<Self, Unencodable> {
+        self.len_prefix(len)?;
+        Ok(self)
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, Unencodable> {
+        Ok(self)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        index: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self, Unencodable> {
+        self.varint(u64::from(index));
+        Ok(self)
+    }
+    fn collect_str<T: ?Sized + core::fmt::Display>(self, _: &T) -> Done {
+        Err(Unencodable)
+    }
+}
+
+/// The compound parts of a message: their elements one after the other, nothing around them.
+macro_rules! compound {
+    ($($trait:ident :: $method:ident),+) => {$(
+        impl serde::ser::$trait for &mut Sink<'_> {
+            type Ok = ();
+            type Error = Unencodable;
+            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> Done {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Done {
+                Ok(())
+            }
+        }
+    )+};
+}
+
+compound!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
+
+impl serde::ser::SerializeMap for &mut Sink<'_> {
+    type Ok = ();
+    type Error = Unencodable;
+    fn serialize_key<T: ?Sized + Serialize>(&mut self, key: &T) -> Done {
+        key.serialize(&mut **self)
+    }
+    fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Done {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Done {
+        Ok(())
+    }
+}
+
+impl serde::ser::SerializeStruct for &mut Sink<'_> {
+    type Ok = ();
+    type Error = Unencodable;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, _: &'static str, value: &T) -> Done {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Done {
+        Ok(())
+    }
+}
+
+impl serde::ser::SerializeStructVariant for &mut Sink<'_> {
+    type Ok = ();
+    type Error = Unencodable;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, _: &'static str, value: &T) -> Done {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Done {
+        Ok(())
     }
 }
 
@@ -436,14 +664,14 @@ fn decode_message<'d, T: Deserialize<'d>>(frame_bytes: &'d mut [u8]) -> Result<T
         return Err(TelemetryError::BadChecksum { stored, computed });
     }
     let (version, rest) =
-        postcard::take_from_bytes::<u16>(payload).map_err(|_| TelemetryError::Malformed)?;
+        crate::model::de::take::<u16>(payload).map_err(|_| TelemetryError::Malformed)?;
     if version != TELEMETRY_VERSION {
         return Err(TelemetryError::WrongVersion {
             found: version,
             supported: TELEMETRY_VERSION,
         });
     }
-    match postcard::take_from_bytes::<T>(rest) {
+    match crate::model::de::take::<T>(rest) {
         Ok((message, [])) => Ok(message),
         _ => Err(TelemetryError::Malformed),
     }
@@ -586,5 +814,107 @@ impl<const N: usize> FrameReader<N> {
     /// Bad frames returned so far (saturating): malformed, truncated, damaged, wrong version or overlong.
     pub fn frames_bad(&self) -> u32 {
         self.frames_bad
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What [`Sink`] writes for `v`, and whether it equals postcard's bytes.
+    fn same_as_postcard<T: Serialize>(v: &T) {
+        let mut ours = [0u8; 2048];
+        let mut sink = Sink::new(&mut ours);
+        v.serialize(&mut sink).unwrap();
+        let (len, crc, stuffed) = (sink.len, sink.crc.finish(), sink.stuffed);
+        let mut theirs = [0u8; 2048];
+        let theirs = postcard::to_slice(v, &mut theirs).unwrap();
+        assert_eq!(&ours[..len], &*theirs);
+        assert_eq!(crc, crate::crc32::crc32(theirs));
+        // One code byte to start and one after every run of 254 non-zero bytes.
+        let (mut want, mut run) = (1 + theirs.len(), 0);
+        for &b in theirs.iter() {
+            run = if b == 0 { 0 } else { run + 1 };
+            if run == 254 {
+                want += 1;
+                run = 0;
+            }
+        }
+        assert_eq!(stuffed, want);
+    }
+
+    fn output() -> impl Strategy<Value = Output> {
+        prop_oneof![
+            proptest::collection::vec(any::<i8>(), 0..=MAX_OUTPUT)
+                .prop_map(|v| Output::Full(Vec::from_slice(&v).unwrap())),
+            proptest::collection::vec(any::<(u16, i8)>(), 0..=MAX_TOP_K)
+                .prop_map(|v| Output::TopK(Vec::from_slice(&v).unwrap())),
+        ]
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            any::<(u64, u32, u32, u16, u32)>().prop_map(|(a, b, c, d, e)| Frame::Hello {
+                device_id: a,
+                firmware_id: b,
+                model_id: c,
+                format_version: d,
+                arena_bytes: e,
+            }),
+            (
+                any::<(u32, u64, u32, u32)>(),
+                proptest::collection::vec(any::<u32>(), 0..=MAX_OPS_REPORTED),
+                output()
+            )
+                .prop_map(|((s, c, a, h), ops, output)| Frame::Inference(
+                    InferenceReport {
+                        sequence: s,
+                        cycles: c,
+                        op_cycles: Vec::from_slice(&ops).unwrap(),
+                        arena_bytes: a,
+                        stack_high_water: h,
+                        output,
+                    }
+                )),
+            any::<(u64, u32, u32)>().prop_map(|(u, i, e)| Frame::Heartbeat {
+                uptime_ms: u,
+                inferences: i,
+                errors: e,
+            }),
+            any::<(u16, u32)>().prop_map(|(code, detail)| Frame::Error { code, detail }),
+            (
+                any::<(u32, u8, u32)>(),
+                proptest::collection::vec(any::<u8>(), 0..=MAX_OUTPUT)
+            )
+                .prop_map(|((s, i, o), d)| Frame::OutputChunk {
+                    sequence: s,
+                    index: i,
+                    offset: o,
+                    data: Vec::from_slice(&d).unwrap(),
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn sink_writes_postcards_bytes(f in frame(), input in proptest::collection::vec(any::<u8>(), 0..600),
+                                       seq in any::<u32>(), flags in any::<(bool, bool)>()) {
+            same_as_postcard(&(TELEMETRY_VERSION, &f));
+            let command = Command::Infer { sequence: seq, per_op: flags.0, full_output: flags.1, input: &input };
+            same_as_postcard(&(TELEMETRY_VERSION, &command));
+            same_as_postcard(&(TELEMETRY_VERSION, &Command::Hello));
+            same_as_postcard(&(TELEMETRY_VERSION, &Command::Exit));
+        }
+
+        #[test]
+        fn sink_writes_postcards_integers(v in any::<u64>(), w in any::<i64>(), x in any::<f32>(), s in ".{0,20}") {
+            same_as_postcard(&(v, w, v as u32, w as i32, v as u16, w as i16, w as i8, v as u8));
+            same_as_postcard(&(x, f64::from(x), Some(v), None::<u8>, true, false, s.as_str(), ()));
+            same_as_postcard(&(s.chars().next().unwrap_or('x'), [1u8, 2, 3], (1u8,)));
+        }
     }
 }

@@ -282,7 +282,7 @@ proptest! {
                 out_h: out_size(in_h, kh, sh, 1, pt, pb),
                 out_w: out_size(in_w, kw, sw, 1, pl, pr),
                 kernel_h: kh, kernel_w: kw, stride_h: sh, stride_w: sw, pad_top: pt, pad_left: pl,
-                count_include_pad: include, zero_point: 0,
+                count_include_pad: include, zero_point: 0, kernel: kiln_runtime::format::KernelS8::Reference,
             }
         }).prop_flat_map(|p| {
             let n = (p.batch * p.in_h * p.in_w * p.channels) as usize;

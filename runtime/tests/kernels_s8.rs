@@ -486,6 +486,7 @@ fn binary_case() -> impl Strategy<Value = (BinaryS8, Vec<i8>, Vec<i8>)> {
                     out_shift: osh,
                     act_min: lo,
                     act_max: hi,
+                    kernel: KernelS8::Reference,
                 };
                 (Just(p), vec(any::<i8>(), na), vec(any::<i8>(), nb))
             },
@@ -773,6 +774,7 @@ fn pool_geom() -> impl Strategy<Value = Pool2d> {
                     pad_left,
                     count_include_pad: include,
                     zero_point: zp,
+                    kernel: KernelS8::Reference,
                 }
             },
         )
@@ -1207,12 +1209,17 @@ fn dot_geom() -> impl Strategy<Value = ConvGeom> {
     conv_geom().prop_map(|g| ConvGeom { groups: 1, ..g })
 }
 
-/// The random conv geometries made depthwise with multiplier 1.
+/// The random conv geometries made depthwise with multiplier 1, channels rounded up to a multiple of 4 (as the
+/// depthwise kernel takes them).
 fn depthwise_geom() -> impl Strategy<Value = ConvGeom> {
-    conv_geom().prop_map(|g| ConvGeom {
-        groups: g.in_c,
-        out_c: g.in_c,
-        ..g
+    conv_geom().prop_map(|g| {
+        let c = g.in_c.div_ceil(4) * 4;
+        ConvGeom {
+            in_c: c,
+            groups: c,
+            out_c: c,
+            ..g
+        }
     })
 }
 
@@ -1240,24 +1247,213 @@ fn pointwise_geom() -> impl Strategy<Value = ConvGeom> {
     })
 }
 
-conformance!(dot_conv2d_s8_matches_reference, conv_case_with(dot_geom()),
-    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_conv_with(kernels::fast::dot_conv2d_s8, &c));
-conformance!(dot_pointwise_s8_matches_reference, conv_case_with(pointwise_geom()),
-    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_conv_with(kernels::fast::dot_conv2d_s8, &c));
-conformance!(depthwise_conv2d_s8_matches_reference, conv_case_with(depthwise_geom()),
-|c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: {
-    // The optimised kernel takes its weights tap-major, as the compiler writes them for it.
-    let mut tap_major = c.clone();
-    kernels::fast::depthwise_weights_tap_major(&c.weights, c.g.in_c as usize, &mut tap_major.weights);
-    run_conv_with(kernels::fast::depthwise_conv2d_s8, &tap_major)
-});
-conformance!(dot_fully_connected_s8_matches_reference, fc_case(),
+/// A requantisation pair moved into the shifts the packers take (`-16..=-1`, see `fast::q31_multiplier`).
+fn packable_rq(rq: &mut [(i16, i8)]) {
+    for (_, s) in rq {
+        *s = -1 - (*s as i32).rem_euclid(16) as i8;
+    }
+}
+
+/// The case with shifts the packers take and, for depthwise, biases they fold (`|b| <= MAX_FOLDED_BIAS`).
+fn packable(mut c: ConvCase, depthwise: bool) -> ConvCase {
+    packable_rq(&mut c.rq);
+    if depthwise {
+        for b in c.bias.iter_mut().flatten() {
+            *b %= kernels::fast::MAX_FOLDED_BIAS;
+        }
+    }
+    c
+}
+
+fn words(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
+}
+
+/// `pack_dot` or `pack_depthwise` on the case (which must be packable), then the optimised kernel.
+fn run_packed_conv(c: &ConvCase) -> Vec<i8> {
+    let (m, s) = split_rq(&c.rq);
+    let g = &c.g;
+    let depthwise = g.groups > 1;
+    let (per, n) = (
+        (g.kernel_h * g.kernel_w * g.in_c / g.groups) as usize,
+        g.out_c as usize,
+    );
+    let mut buf;
+    if depthwise {
+        buf = vec![0u8; kernels::fast::depthwise_packed_len(per, n)];
+        assert!(kernels::fast::pack_depthwise(
+            &c.weights,
+            per,
+            n,
+            c.q.input_zero_point,
+            c.bias.as_deref(),
+            &m,
+            &s,
+            &mut buf
+        ));
+    } else {
+        buf = vec![0u8; kernels::fast::dot_packed_len(per, n)];
+        assert!(kernels::fast::pack_dot(
+            &c.weights,
+            per,
+            n,
+            c.bias.as_deref(),
+            &m,
+            &s,
+            &mut buf
+        ));
+    }
+    let mut y = vec![0i8; (g.batch * g.out_h * g.out_w * g.out_c) as usize];
+    let kernel = if depthwise {
+        kernels::fast::depthwise_conv2d_s8
+    } else {
+        kernels::fast::dot_conv2d_s8
+    };
+    kernel(g, &c.q, &words(&buf), &c.input, &mut y);
+    y
+}
+
+conformance!(dot_conv2d_s8_matches_reference, conv_case_with(dot_geom()).prop_map(|c| packable(c, false)),
+    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_packed_conv(&c));
+conformance!(dot_pointwise_s8_matches_reference, conv_case_with(pointwise_geom()).prop_map(|c| packable(c, false)),
+    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_packed_conv(&c));
+conformance!(depthwise_conv2d_s8_matches_reference, conv_case_with(depthwise_geom()).prop_map(|c| packable(c, true)),
+    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_packed_conv(&c));
+conformance!(dot_fully_connected_s8_matches_reference, fc_case().prop_map(|mut c| { packable_rq(&mut c.rq); c }),
 |c| reference: run_fc(&c), optimised: {
     let (m, s) = split_rq(&c.rq);
+    let (k, n) = (c.g.in_features as usize, c.g.out_features as usize);
+    let mut buf = vec![0u8; kernels::fast::dot_packed_len(k, n)];
+    assert!(kernels::fast::pack_dot(&c.weights, k, n, c.bias.as_deref(), &m, &s, &mut buf));
     let mut y = vec![0i8; (c.g.rows * c.g.out_features) as usize];
-    kernels::fast::dot_fully_connected_s8(&c.g, &c.q, Requant { multipliers: &m, shifts: &s }, &c.input, &c.weights, c.bias.as_deref(), &mut y);
+    kernels::fast::dot_fully_connected_s8(&c.g, &c.q, &words(&buf), &c.input, &mut y);
     y
 });
+
+/// Geometries a conv may run in place in: stride 1, "same" padding split any way, as many output as input
+/// channels (any count for one group; a multiple of 4 for depthwise, which takes them so).
+fn in_place_geom(groups_all: bool) -> impl Strategy<Value = ConvGeom> {
+    (
+        1u32..=2,
+        1u32..=7,
+        1u32..=7,
+        1u32..=16,
+        1u32..=3,
+        1u32..=3,
+        1u32..=2,
+        1u32..=2,
+    )
+        .prop_flat_map(move |(batch, h, w, c, kh, kw, dh, dw)| {
+            let (th, tw) = ((kh - 1) * dh, (kw - 1) * dw);
+            let c = if groups_all { c.div_ceil(4) * 4 } else { c };
+            (Just((batch, h, w, c, kh, kw, dh, dw)), 0..=th, 0..=tw)
+        })
+        .prop_map(move |((batch, h, w, c, kh, kw, dh, dw), pt, pl)| ConvGeom {
+            batch,
+            in_h: h,
+            in_w: w,
+            in_c: c,
+            out_h: h,
+            out_w: w,
+            out_c: c,
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: 1,
+            stride_w: 1,
+            dilation_h: dh,
+            dilation_w: dw,
+            pad_top: pt,
+            pad_left: pl,
+            groups: if groups_all { c } else { 1 },
+        })
+        .prop_filter("fits in place", kernels::fast::in_place_fits)
+}
+
+/// Packs the case like [`run_packed_conv`], then runs the kernel over a copy of the input in place.
+fn run_packed_conv_in_place(c: &ConvCase) -> Vec<i8> {
+    let (m, s) = split_rq(&c.rq);
+    let g = &c.g;
+    let depthwise = g.groups > 1;
+    let (per, n) = (
+        (g.kernel_h * g.kernel_w * g.in_c / g.groups) as usize,
+        g.out_c as usize,
+    );
+    let mut buf;
+    if depthwise {
+        buf = vec![0u8; kernels::fast::depthwise_packed_len(per, n)];
+        assert!(kernels::fast::pack_depthwise(
+            &c.weights,
+            per,
+            n,
+            c.q.input_zero_point,
+            c.bias.as_deref(),
+            &m,
+            &s,
+            &mut buf
+        ));
+    } else {
+        buf = vec![0u8; kernels::fast::dot_packed_len(per, n)];
+        assert!(kernels::fast::pack_dot(
+            &c.weights,
+            per,
+            n,
+            c.bias.as_deref(),
+            &m,
+            &s,
+            &mut buf
+        ));
+    }
+    let mut y = c.input.clone();
+    if depthwise {
+        kernels::fast::depthwise_conv2d_s8_in_place(g, &c.q, &words(&buf), &mut y);
+    } else {
+        kernels::fast::dot_conv2d_s8_in_place(g, &c.q, &words(&buf), &mut y);
+    }
+    y
+}
+
+conformance!(dot_conv2d_s8_in_place_matches_reference, conv_case_with(in_place_geom(false)).prop_map(|c| packable(c, false)),
+    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_packed_conv_in_place(&c));
+conformance!(depthwise_conv2d_s8_in_place_matches_reference, conv_case_with(in_place_geom(true)).prop_map(|c| packable(c, true)),
+    |c| reference: run_conv_with(kernels::conv2d_s8, &c), optimised: run_packed_conv_in_place(&c));
+
+/// The packers refuse what their kernels cannot compute exactly, so the compiler keeps such ops on the reference.
+#[test]
+fn packers_refuse_what_they_cannot_compute_exactly() {
+    use kernels::fast::{
+        depthwise_packed_len, dot_packed_len, pack_depthwise, pack_dot, q31_multiplier,
+    };
+    // Shifts: -16..=-1 have a SMMULR multiplier, the others none.
+    assert_eq!(q31_multiplier(1 << 14, -1), Some(1 << 30));
+    assert_eq!(q31_multiplier(1 << 14, -16), Some(1 << 15));
+    assert_eq!(q31_multiplier(1 << 14, 0), None);
+    assert_eq!(q31_multiplier(1 << 14, -17), None);
+    let w = [1i8; 8];
+    let mut buf = vec![0u8; dot_packed_len(4, 2)];
+    assert!(pack_dot(&w, 4, 2, None, &[1 << 14; 2], &[-3; 2], &mut buf));
+    assert!(!pack_dot(&w, 4, 2, None, &[1 << 14; 2], &[-3, 0], &mut buf));
+    let mut buf = vec![0u8; depthwise_packed_len(2, 4)];
+    let ok = |b: i32, buf: &mut [u8]| {
+        pack_depthwise(&w, 2, 4, -128, Some(&[b; 4]), &[1 << 14; 4], &[-3; 4], buf)
+    };
+    assert!(ok(kernels::fast::MAX_FOLDED_BIAS, &mut buf));
+    assert!(!ok(kernels::fast::MAX_FOLDED_BIAS + 1, &mut buf));
+    // Channels must come in groups of 4.
+    let mut buf3 = vec![0u8; depthwise_packed_len(2, 3)];
+    assert!(!pack_depthwise(
+        &w[..6],
+        2,
+        3,
+        0,
+        None,
+        &[1 << 14; 3],
+        &[-3; 3],
+        &mut buf3
+    ));
+}
 
 /// The kernels accept exactly the geometries the loader lets the compiler choose them for.
 #[test]
@@ -1281,6 +1477,13 @@ fn optimised_kernels_say_which_geometries_they_take() {
         groups: 8,
     };
     assert!(kernels::fast::depthwise_fits(&g) && !kernels::fast::dot_conv_fits(&g));
+    // Depthwise takes channels in groups of 4.
+    assert!(!kernels::fast::depthwise_fits(&ConvGeom {
+        in_c: 6,
+        out_c: 6,
+        groups: 6,
+        ..g
+    }));
     let dense = ConvGeom { groups: 1, ..g };
     assert!(kernels::fast::dot_conv_fits(&dense) && !kernels::fast::depthwise_fits(&dense));
     // 3 * 3 * 72 = 648 elements: one more row of channels than MAX_PATCH (640) allows.
@@ -1371,4 +1574,248 @@ fn output_s8_q15_matches_output_s8_on_ties_and_edges() {
         }
     }
     assert!(checked > 1_000_000);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Optimised elementwise Add/Sub and pools (kernels::fast_elementwise): bit-exact to the reference kernels
+// ---------------------------------------------------------------------------------------------------------------
+
+use kiln_runtime::kernels::fast_elementwise;
+
+/// Row-major strides of `out`, 0 on axes of extent 1 (as [`broadcast`] writes a full operand's).
+fn full_strides(out: &[u32]) -> Dims {
+    let mut s = vec![0u32; out.len()];
+    let mut n = 1u32;
+    for d in (0..out.len()).rev() {
+        if out[d] > 1 {
+            s[d] = n;
+            n *= out[d];
+        }
+    }
+    dims(&s)
+}
+
+/// [`binary_case`]'s ops made ones the table kernel takes: Add or Sub, no broadcasting (both operands take the
+/// output's shape). Sometimes every multiplier is a power of two (`2^30`, shift `0` for the operands, any for the
+/// output), so that `acc * m / 2^t` ties often and a rounding off by one shows.
+fn table_binary_case() -> impl Strategy<Value = (BinaryS8, Vec<i8>, Vec<i8>)> {
+    (
+        binary_case(),
+        any::<bool>(),
+        prop_oneof![2 => Just(None), 1 => (-31i8..=0).prop_map(Some)],
+    )
+        .prop_flat_map(|((p, _, _), sub, pow2)| {
+            let out: Vec<u32> = p.bcast.out.to_vec();
+            let n = out.iter().product::<u32>() as usize;
+            let mut p = BinaryS8 {
+                kind: if sub {
+                    BinaryKind::Sub
+                } else {
+                    BinaryKind::Add
+                },
+                bcast: Broadcast {
+                    a_strides: full_strides(&out),
+                    b_strides: full_strides(&out),
+                    out: dims(&out),
+                },
+                kernel: KernelS8::Table,
+                ..p
+            };
+            if let Some(out_shift) = pow2 {
+                (p.a_multiplier, p.a_shift, p.b_multiplier, p.b_shift) = (1 << 30, 0, 1 << 30, 0);
+                (p.out_multiplier, p.out_shift) = (1 << 30, out_shift);
+            }
+            (Just(p), vec(any::<i8>(), n), vec(any::<i8>(), n))
+        })
+}
+
+/// Add/Sub with the host builder's parameters (left shift 20, output shifts around -20: the kernel's fast
+/// requantisation path), vectors of up to 300 elements.
+fn host_add_case() -> impl Strategy<Value = (BinaryS8, Vec<i8>, Vec<i8>)> {
+    (
+        any::<bool>(),
+        (quant(), quant(), quant()),
+        act_range(),
+        1usize..=300,
+    )
+        .prop_filter_map("host parameters", |(sub, (qa, qb, qo), (lo, hi), n)| {
+            let kind = if sub {
+                BinaryKind::Sub
+            } else {
+                BinaryKind::Add
+            };
+            let bc = Broadcast {
+                out: dims(&[n as u32]),
+                a_strides: dims(&[1]),
+                b_strides: dims(&[1]),
+            };
+            let p = host::add_sub_s8(qa, qb, qo).ok()?.into_op(kind, bc, lo, hi);
+            Some((
+                BinaryS8 {
+                    kernel: KernelS8::Table,
+                    ..p
+                },
+                n,
+            ))
+        })
+        .prop_flat_map(|(p, n)| (Just(p), vec(any::<i8>(), n), vec(any::<i8>(), n)))
+}
+
+fn run_binary_with(
+    kernel: fn(&BinaryS8, &[i8], &[i8], &mut [i8]),
+    c: &(BinaryS8, Vec<i8>, Vec<i8>),
+) -> Vec<i8> {
+    let n: u32 = c.0.bcast.out.iter().product();
+    let mut y = vec![0i8; n as usize];
+    kernel(&c.0, &c.1, &c.2, &mut y);
+    y
+}
+
+conformance!(binary_s8_table_matches_reference, table_binary_case(),
+|c| reference: run_binary_with(kernels::binary_s8, &c), optimised: {
+    assert!(fast_elementwise::add_table_fits(&c.0), "{:?}", c.0);
+    run_binary_with(fast_elementwise::binary_s8_table, &c)
+});
+conformance!(binary_s8_table_in_place_matches_reference, table_binary_case(),
+|c| reference: run_binary_with(kernels::binary_s8, &c), optimised: {
+    // The first operand's buffer becomes the output.
+    let mut y = c.1.clone();
+    fast_elementwise::binary_s8_table_in_place(&c.0, &c.2, &mut y);
+    y
+});
+conformance!(binary_s8_table_with_host_params_matches_reference, host_add_case(),
+|c| reference: run_binary_with(kernels::binary_s8, &c), optimised: {
+    assert!(fast_elementwise::add_table_fits(&c.0), "{:?}", c.0);
+    run_binary_with(fast_elementwise::binary_s8_table, &c)
+});
+
+/// Pool geometries the fast kernels take (all valid ones): [`pool_geom`]'s with 1 to 13 channels (groups of 4
+/// and tails); global pools up to 24 x 24 (one run of whole rows), some of more than 256 taps (the average's
+/// 16-bit lanes are widened every 256 taps); the MLPerf Tiny KWS (25 x 5 x 64) and IC (8 x 8 x 64) global pools.
+fn fast_pool_geom() -> impl Strategy<Value = Pool2d> {
+    let global = |(batch, h, w, c): (u32, u32, u32, u32), include: bool, zp: i32| Pool2d {
+        batch,
+        in_h: h,
+        in_w: w,
+        channels: c,
+        out_h: 1,
+        out_w: 1,
+        kernel_h: h,
+        kernel_w: w,
+        stride_h: h,
+        stride_w: w,
+        pad_top: 0,
+        pad_left: 0,
+        count_include_pad: include,
+        zero_point: zp,
+        kernel: KernelS8::Fast,
+    };
+    prop_oneof![
+        3 => (pool_geom(), 1u32..=13).prop_map(|(p, channels)| Pool2d { channels, kernel: KernelS8::Fast, ..p }),
+        2 => ((1u32..=2, 1u32..=24, 1u32..=24, 1u32..=20), any::<bool>(), zero_point())
+            .prop_map(move |(g, include, zp)| global(g, include, zp)),
+        1 => ((Just(1u32), 16u32..=24, 17u32..=25, 1u32..=9), any::<bool>(), zero_point())
+            .prop_map(move |(g, include, zp)| global(g, include, zp)),
+        1 => (prop_oneof![Just((1, 25, 5, 64)), Just((1, 8, 8, 64))], zero_point())
+            .prop_map(move |(g, zp)| global(g, true, zp)),
+    ]
+}
+
+/// A fast pool geometry and its input: random bytes, or all one value (often -128 or 127: sums at the edges of
+/// the 16-bit lanes), or a mix of the extremes.
+fn fast_pool_case() -> impl Strategy<Value = (Pool2d, Vec<i8>)> {
+    fast_pool_geom().prop_flat_map(|p| {
+        let n = (p.batch * p.in_h * p.in_w * p.channels) as usize;
+        let input = prop_oneof![
+            3 => vec(any::<i8>(), n),
+            3 => prop_oneof![Just(-128i8), Just(127i8), any::<i8>()].prop_map(move |v| vec![v; n]),
+            1 => vec(prop_oneof![Just(-128i8), Just(127i8)], n),
+        ];
+        (Just(p), input)
+    })
+}
+
+fn run_pool_with(kernel: fn(&Pool2d, &[i8], &mut [i8]), c: &(Pool2d, Vec<i8>)) -> Vec<i8> {
+    let p = &c.0;
+    let mut y = vec![0i8; (p.batch * p.out_h * p.out_w * p.channels) as usize];
+    kernel(p, &c.1, &mut y);
+    y
+}
+
+conformance!(max_pool_s8_fast_matches_reference, fast_pool_case(),
+|c| reference: run_pool_with(kernels::max_pool_s8, &c), optimised: {
+    assert!(fast_elementwise::pool_fast_fits(&c.0), "{:?}", c.0);
+    run_pool_with(fast_elementwise::max_pool_s8_fast, &c)
+});
+conformance!(avg_pool_s8_fast_matches_reference, fast_pool_case(),
+|c| reference: run_pool_with(kernels::avg_pool_s8, &c), optimised: {
+    assert!(fast_elementwise::pool_fast_fits(&c.0), "{:?}", c.0);
+    run_pool_with(fast_elementwise::avg_pool_s8_fast, &c)
+});
+
+/// The table kernel takes Add/Sub without broadcasting only; the fast pools take windows up to `MAX_SUM_LEN`.
+#[test]
+fn fast_elementwise_kernels_say_what_they_take() {
+    let p = |kind, a: &[u32], b: &[u32]| BinaryS8 {
+        kind,
+        bcast: Broadcast {
+            out: dims(&[2, 1, 3]),
+            a_strides: dims(a),
+            b_strides: dims(b),
+        },
+        a_zero_point: 0,
+        b_zero_point: 0,
+        out_zero_point: 0,
+        left_shift: 20,
+        a_multiplier: 1 << 30,
+        a_shift: 0,
+        b_multiplier: 1 << 30,
+        b_shift: 0,
+        out_multiplier: 1 << 30,
+        out_shift: -18,
+        act_min: -128,
+        act_max: 127,
+        kernel: KernelS8::Table,
+    };
+    let fits = |kind, a: &[u32], b: &[u32]| fast_elementwise::add_table_fits(&p(kind, a, b));
+    // A unit axis may carry any stride.
+    assert!(
+        fits(BinaryKind::Add, &[3, 0, 1], &[3, 3, 1])
+            && fits(BinaryKind::Sub, &[3, 7, 1], &[3, 0, 1])
+    );
+    assert!(
+        !fits(BinaryKind::Mul, &[3, 0, 1], &[3, 0, 1])
+            && !fits(BinaryKind::PRelu, &[3, 0, 1], &[3, 0, 1])
+    );
+    // Broadcasting b along either axis, or a transposed a.
+    assert!(
+        !fits(BinaryKind::Add, &[3, 0, 1], &[0, 0, 1])
+            && !fits(BinaryKind::Add, &[3, 0, 1], &[1, 0, 0])
+    );
+    assert!(
+        !fits(BinaryKind::Add, &[1, 0, 2], &[3, 0, 1])
+            && !fits(BinaryKind::Add, &[3, 1], &[3, 0, 1])
+    );
+    let pool = |kh, kw| Pool2d {
+        batch: 1,
+        in_h: kh,
+        in_w: kw,
+        channels: 4,
+        out_h: 1,
+        out_w: 1,
+        kernel_h: kh,
+        kernel_w: kw,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 0,
+        pad_left: 0,
+        count_include_pad: false,
+        zero_point: 0,
+        kernel: KernelS8::Fast,
+    };
+    assert!(fast_elementwise::pool_fast_fits(&pool(1 << 12, 1 << 11)));
+    assert!(!fast_elementwise::pool_fast_fits(&pool(
+        1 << 12,
+        (1 << 11) + 1
+    )));
 }

@@ -186,6 +186,7 @@ mod tests {
             out_shift: -18, // 0.5 * 2^-18 = 2^-19 = 2 / 2^20
             act_min: -128,
             act_max: 127,
+            kernel: crate::format::KernelS8::Reference,
         };
         let mut y = [0i8; 3];
         binary_s8(&p, &[1, -50, 100], &[2, -100, 100], &mut y);

@@ -122,6 +122,24 @@ pub fn smlatt(a: u32, b: u32, acc: i32) -> i32 {
     }
 }
 
+/// `(a * b + 2^31) >> 32`: the high word of the exact 64-bit product, rounded (`SMMULR`).
+#[inline(always)]
+pub fn smmulr(a: i32, b: i32) -> i32 {
+    #[cfg(kiln_dsp)]
+    {
+        let r: i32;
+        // SAFETY: a pure register operation.
+        unsafe {
+            core::arch::asm!("smmulr {0}, {1}, {2}", out(reg) r, in(reg) a, in(reg) b, options(pure, nomem, nostack, preserves_flags))
+        };
+        r
+    }
+    #[cfg(not(kiln_dsp))]
+    {
+        ((a as i64 * b as i64 + (1i64 << 31)) >> 32) as i32
+    }
+}
+
 /// `v` in both 16-bit lanes.
 #[inline(always)]
 pub fn splat16(v: i16) -> u32 {
@@ -141,5 +159,8 @@ mod tests {
         assert_eq!(splat16(-2), 0xFFFE_FFFE);
         assert_eq!(smlabb(0x0007_FFFE, 0x0009_0003, 1), 1 - 6);
         assert_eq!(smlatt(0xFFF9_0001, 0x0009_0003, 1), 1 - 63);
+        assert_eq!(smmulr(1 << 30, 6), 2); // 1.5 rounds up
+        assert_eq!(smmulr(-(1 << 30), 6), -1); // -1.5 rounds up too
+        assert_eq!(smmulr(i32::MIN, i32::MIN), 1 << 30);
     }
 }

@@ -16,6 +16,7 @@ pub mod conv;
 pub mod dsp;
 pub mod elementwise;
 pub mod fast;
+pub mod fast_elementwise;
 pub mod fc;
 pub mod movement;
 pub mod pool;

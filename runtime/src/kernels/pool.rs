@@ -118,6 +118,7 @@ mod tests {
             pad_left: pad,
             count_include_pad: include,
             zero_point: 0,
+            kernel: crate::format::KernelS8::Reference,
         }
     }
 

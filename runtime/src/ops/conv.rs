@@ -1,7 +1,8 @@
 //! `Conv2dS8`, `Conv2dF32`, `FullyConnectedS8`, `FullyConnectedF32`.
 
-use super::common::{cast, cast_mut, divides, input, opt_span, prod, span, Ck, MAX_COORD};
+use super::common::{cast, cast_mut, divides, input, opt_span, prod, span, Ck, EVAL_OP, MAX_COORD};
 use super::OpIo;
+use super::{linked, mode_linked};
 use crate::error::{Error, Field};
 use crate::format::{
     ConvF32, ConvGeom, ConvS8, FcGeom, FullyConnectedF32, FullyConnectedS8, KernelS8,
@@ -15,6 +16,7 @@ fn check_geom(
     elem: u64,
     weights: crate::format::Span,
     bias: Option<crate::format::Span>,
+    packed: Option<u64>,
 ) -> Result<u64, Error> {
     let p = Field::Params;
     let nonzero = [
@@ -78,32 +80,58 @@ fn check_geom(
         .and_then(|n| n.checked_mul(elem));
     ck.input_size(0, x, elem as u32)?;
     ck.output_size(y, elem as u32)?;
-    ck.span(Field::Weights, weights, w, elem as u32)?;
-    if let Some(b) = bias {
-        ck.span(Field::Bias, b, Some(g.out_c as u64 * 4), 4)?;
+    match packed {
+        // Packed weights carry bias and requantisation: a separate bias would be ignored, so it is refused.
+        Some(len) => {
+            ck.span(Field::Weights, weights, Some(len), 4)?;
+            ck.ensure(bias.is_none(), Field::Bias, 1)?;
+        }
+        None => {
+            ck.span(Field::Weights, weights, w, elem as u32)?;
+            if let Some(b) = bias {
+                ck.span(Field::Bias, b, Some(g.out_c as u64 * 4), 4)?;
+            }
+        }
     }
     dot.ok_or(ck.bad(p, u32::MAX))
 }
 
 pub fn check_conv_s8(ck: &Ck, p: &ConvS8) -> Result<(), Error> {
     ck.arity(1)?;
-    let dot = check_geom(ck, &p.geom, 1, p.weights, p.bias)?;
-    ck.ensure(dot <= MAX_DOT_LEN as u64, Field::Weights, dot)?;
-    ck.per_channel(&p.requant, p.geom.out_c as u64)?;
-    ck.zero_point(p.input_zero_point)?;
-    ck.zero_point(p.output_zero_point)?;
+    let g = &p.geom;
     let allowed = match p.kernel {
         KernelS8::Reference => true,
-        KernelS8::Dot => fast::dot_conv_fits(&p.geom),
-        KernelS8::Depthwise => fast::depthwise_fits(&p.geom),
+        KernelS8::Dot => fast::dot_conv_fits(g),
+        KernelS8::Depthwise => fast::depthwise_fits(g),
+        KernelS8::Table | KernelS8::Fast => false,
     };
     ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;
+    // The fits predicates bound the window (at most MAX_PATCH elements, MAX_TAPS taps, MAX_DW_CHANNELS
+    // channels), so the per-row sizes are small; the channel count is a u32, so the totals fit a u64.
+    let taps = (g.kernel_h as u64).saturating_mul(g.kernel_w as u64);
+    let (k, n) = (taps.saturating_mul(g.in_c as u64), g.out_c as u64);
+    // (`fast::dot_packed_len` and `fast::depthwise_packed_len`, in u64.)
+    let packed = match p.kernel {
+        KernelS8::Dot => Some(n.div_ceil(2) * (2 * k.div_ceil(4) + 4) * 4),
+        KernelS8::Depthwise => Some(n / 4 * (2 * taps + 8) * 4),
+        _ => None,
+    };
+    let dot = check_geom(ck, g, 1, p.weights, p.bias, packed)?;
+    ck.ensure(dot <= MAX_DOT_LEN as u64, Field::Weights, dot)?;
+    if packed.is_some() {
+        // Packed: the per-channel requantisation is inside the weights; the spans stay empty.
+        ck.per_channel(&p.requant, 0)?;
+    } else {
+        ck.per_channel(&p.requant, g.out_c as u64)?;
+    }
+    ck.zero_point(p.input_zero_point)?;
+    ck.zero_point(p.output_zero_point)?;
     ck.act_range_s8(p.act_min, p.act_max)
 }
 
 pub fn check_conv_f32(ck: &Ck, p: &ConvF32) -> Result<(), Error> {
     ck.arity(1)?;
-    check_geom(ck, &p.geom, 4, p.weights, p.bias)?;
+    check_geom(ck, &p.geom, 4, p.weights, p.bias, None)?;
     ck.act_range_f32(p.act_min, p.act_max)
 }
 
@@ -126,31 +154,51 @@ fn requant<'x>(blob: &'x [u8], rq: &crate::format::PerChannel) -> Result<Requant
     })
 }
 
-pub fn eval_conv_s8(p: &ConvS8, io: OpIo<'_>) -> Result<(), Error> {
+/// Runs the op with its kernel, in place or not; `SET` (a registration's kernel and mode bits, see
+/// `ops::KernelSet`) names the kernels and modes this build links: the others' arms are constant-false and
+/// compiled out.
+pub fn eval_conv_s8<const SET: u8>(p: &ConvS8, io: OpIo<'_>) -> Result<(), Error> {
+    let (reference, dot, depthwise) = (
+        linked(SET, KernelS8::Reference),
+        linked(SET, KernelS8::Dot),
+        linked(SET, KernelS8::Depthwise),
+    );
+    let (separate, in_place) = (mode_linked(SET, false), mode_linked(SET, true));
     let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
-    let w = cast(span(io.blob, p.weights, Field::Weights)?, Field::Weights)?;
-    let b = opt_span(io.blob, p.bias, Field::Bias)?;
+    let w = span(io.blob, p.weights, Field::Weights)?;
     let q = quant_s8(
         p.input_zero_point,
         p.output_zero_point,
         p.act_min,
         p.act_max,
     );
-    let rq = requant(io.blob, &p.requant)?;
-    let kernel = match p.kernel {
-        KernelS8::Reference => kernels::conv2d_s8,
-        KernelS8::Dot => fast::dot_conv2d_s8,
-        KernelS8::Depthwise => fast::depthwise_conv2d_s8,
-    };
-    kernel(
-        &p.geom,
-        &q,
-        rq,
-        x,
-        w,
-        b,
-        cast_mut(io.output, Field::Output)?,
-    );
+    let y = cast_mut(io.output, Field::Output)?;
+    match p.kernel {
+        // In place (allowed at load only for these two kernels): the input is `y` itself.
+        KernelS8::Dot if dot && in_place && io.in_place => {
+            fast::dot_conv2d_s8_in_place(&p.geom, &q, cast(w, Field::Weights)?, y)
+        }
+        KernelS8::Depthwise if depthwise && in_place && io.in_place => {
+            fast::depthwise_conv2d_s8_in_place(&p.geom, &q, cast(w, Field::Weights)?, y)
+        }
+        KernelS8::Dot if dot && separate && !io.in_place => {
+            fast::dot_conv2d_s8(&p.geom, &q, cast(w, Field::Weights)?, x, y)
+        }
+        KernelS8::Depthwise if depthwise && separate && !io.in_place => {
+            fast::depthwise_conv2d_s8(&p.geom, &q, cast(w, Field::Weights)?, x, y)
+        }
+        KernelS8::Reference if reference && separate && !io.in_place => kernels::conv2d_s8(
+            &p.geom,
+            &q,
+            requant(io.blob, &p.requant)?,
+            x,
+            cast(w, Field::Weights)?,
+            opt_span(io.blob, p.bias, Field::Bias)?,
+            y,
+        ),
+        // A kernel or mode this build does not link (the loader refused such a model) or `check` refuses.
+        _ => return Err(Error::UnknownOp { op: EVAL_OP }),
+    }
     Ok(())
 }
 
@@ -169,6 +217,7 @@ fn check_fc_geom(
     elem: u64,
     weights: crate::format::Span,
     bias: Option<crate::format::Span>,
+    packed: Option<u64>,
 ) -> Result<(), Error> {
     for v in [g.rows, g.in_features, g.out_features] {
         ck.ensure(v > 0, Field::Params, v)?;
@@ -176,64 +225,82 @@ fn check_fc_geom(
     let (rows, k, n) = (g.rows as u64, g.in_features as u64, g.out_features as u64);
     ck.input_size(0, prod([rows, k, elem]), elem as u32)?;
     ck.output_size(prod([rows, n, elem]), elem as u32)?;
-    ck.span(Field::Weights, weights, prod([n, k, elem]), elem as u32)?;
-    if let Some(b) = bias {
-        ck.span(Field::Bias, b, Some(n * 4), 4)?;
+    match packed {
+        Some(len) => {
+            ck.span(Field::Weights, weights, Some(len), 4)?;
+            ck.ensure(bias.is_none(), Field::Bias, 1)?;
+        }
+        None => {
+            ck.span(Field::Weights, weights, prod([n, k, elem]), elem as u32)?;
+            if let Some(b) = bias {
+                ck.span(Field::Bias, b, Some(n * 4), 4)?;
+            }
+        }
     }
     Ok(())
 }
 
 pub fn check_fc_s8(ck: &Ck, p: &FullyConnectedS8) -> Result<(), Error> {
     ck.arity(1)?;
-    check_fc_geom(ck, &p.geom, 1, p.weights, p.bias)?;
+    let allowed = match p.kernel {
+        KernelS8::Reference => true,
+        KernelS8::Dot => fast::dot_fc_fits(&p.geom),
+        KernelS8::Depthwise | KernelS8::Table | KernelS8::Fast => false,
+    };
+    ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;
+    // `dot_fc_fits` bounds `in_features`; `out_features` is a u32, so the length fits a u64 (the layout of
+    // `fast::dot_packed_len`).
+    let (k, n) = (p.geom.in_features as u64, p.geom.out_features as u64);
+    let packed = (p.kernel == KernelS8::Dot).then(|| n.div_ceil(2) * (2 * k.div_ceil(4) + 4) * 4);
+    check_fc_geom(ck, &p.geom, 1, p.weights, p.bias, packed)?;
     ck.ensure(
         p.geom.in_features <= MAX_DOT_LEN,
         Field::Weights,
         p.geom.in_features,
     )?;
-    ck.per_channel(&p.requant, p.geom.out_features as u64)?;
+    let channels = if packed.is_some() {
+        0
+    } else {
+        p.geom.out_features as u64
+    };
+    ck.per_channel(&p.requant, channels)?;
     ck.zero_point(p.input_zero_point)?;
     ck.zero_point(p.output_zero_point)?;
-    let allowed = match p.kernel {
-        KernelS8::Reference => true,
-        KernelS8::Dot => fast::dot_fc_fits(&p.geom),
-        KernelS8::Depthwise => false,
-    };
-    ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;
     ck.act_range_s8(p.act_min, p.act_max)
 }
 
 pub fn check_fc_f32(ck: &Ck, p: &FullyConnectedF32) -> Result<(), Error> {
     ck.arity(1)?;
-    check_fc_geom(ck, &p.geom, 4, p.weights, p.bias)?;
+    check_fc_geom(ck, &p.geom, 4, p.weights, p.bias, None)?;
     ck.act_range_f32(p.act_min, p.act_max)
 }
 
-pub fn eval_fc_s8(p: &FullyConnectedS8, io: OpIo<'_>) -> Result<(), Error> {
+/// Runs the op with its kernel; `SET` as for [`eval_conv_s8`].
+pub fn eval_fc_s8<const SET: u8>(p: &FullyConnectedS8, io: OpIo<'_>) -> Result<(), Error> {
     let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
-    let w = cast(span(io.blob, p.weights, Field::Weights)?, Field::Weights)?;
-    let b = opt_span(io.blob, p.bias, Field::Bias)?;
+    let w = span(io.blob, p.weights, Field::Weights)?;
     let q = quant_s8(
         p.input_zero_point,
         p.output_zero_point,
         p.act_min,
         p.act_max,
     );
-    let rq = requant(io.blob, &p.requant)?;
-    let kernel = match p.kernel {
-        KernelS8::Dot => fast::dot_fully_connected_s8,
-        // Depthwise is refused for fully connected at load.
-        KernelS8::Reference | KernelS8::Depthwise => kernels::fully_connected_s8,
-    };
-    kernel(
-        &p.geom,
-        &q,
-        rq,
-        x,
-        w,
-        b,
-        cast_mut(io.output, Field::Output)?,
-    );
+    let y = cast_mut(io.output, Field::Output)?;
+    match p.kernel {
+        KernelS8::Dot if linked(SET, KernelS8::Dot) => {
+            fast::dot_fully_connected_s8(&p.geom, &q, cast(w, Field::Weights)?, x, y)
+        }
+        KernelS8::Reference if linked(SET, KernelS8::Reference) => kernels::fully_connected_s8(
+            &p.geom,
+            &q,
+            requant(io.blob, &p.requant)?,
+            x,
+            cast(w, Field::Weights)?,
+            opt_span(io.blob, p.bias, Field::Bias)?,
+            y,
+        ),
+        _ => return Err(Error::UnknownOp { op: EVAL_OP }),
+    }
     Ok(())
 }
 

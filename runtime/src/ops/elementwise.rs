@@ -1,10 +1,12 @@
 //! `BinaryS8`, `BinaryF32`, `LookupS8`, `UnaryF32`, `SoftmaxS8`, `SoftmaxF32`.
 
-use super::common::{bytes_of, cast, cast_mut, input, prod, span, Ck};
+use super::common::{bytes_of, cast, cast_mut, input, prod, span, Ck, EVAL_OP};
 use super::OpIo;
 use crate::error::{Error, Field};
-use crate::format::{BinaryF32, BinaryS8, Broadcast, LookupS8, SoftmaxF32, SoftmaxS8};
-use crate::kernels::{self, binary::MAX_LEFT_SHIFT, softmax::EXP_ONE, SoftmaxS8Mode};
+use crate::format::{BinaryF32, BinaryS8, Broadcast, KernelS8, LookupS8, SoftmaxF32, SoftmaxS8};
+use crate::kernels::{
+    self, binary::MAX_LEFT_SHIFT, fast_elementwise, softmax::EXP_ONE, SoftmaxS8Mode,
+};
 
 /// Broadcast lists consistent, output size, and both inputs large enough for the largest strided index.
 fn check_broadcast(ck: &Ck, bc: &Broadcast, elem: u64) -> Result<(), Error> {
@@ -59,6 +61,12 @@ pub fn check_binary_s8(ck: &Ck, p: &BinaryS8) -> Result<(), Error> {
     ck.multiplier(p.a_multiplier, p.a_shift)?;
     ck.multiplier(p.b_multiplier, p.b_shift)?;
     ck.multiplier(p.out_multiplier, p.out_shift)?;
+    let allowed = match p.kernel {
+        KernelS8::Reference => true,
+        KernelS8::Table => fast_elementwise::add_table_fits(p),
+        KernelS8::Dot | KernelS8::Depthwise | KernelS8::Fast => false,
+    };
+    ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;
     ck.act_range_s8(p.act_min, p.act_max)
 }
 
@@ -67,10 +75,24 @@ pub fn check_binary_f32(ck: &Ck, p: &BinaryF32) -> Result<(), Error> {
     ck.act_range_f32(p.act_min, p.act_max)
 }
 
-pub fn eval_binary_s8(p: &BinaryS8, io: OpIo<'_>) -> Result<(), Error> {
+/// Runs the op with its kernel, in place or not; `SET` (a registration's kernel and mode bits) names the kernels
+/// and modes this build links, the other arms compiled out.
+pub fn eval_binary_s8<const SET: u8>(p: &BinaryS8, io: OpIo<'_>) -> Result<(), Error> {
+    let table = super::linked(SET, KernelS8::Table);
     let a = cast(input(&io.inputs, 0)?, Field::Input(0))?;
     let b = cast(input(&io.inputs, 1)?, Field::Input(1))?;
-    kernels::binary_s8(p, a, b, cast_mut(io.output, Field::Output)?);
+    let y = cast_mut(io.output, Field::Output)?;
+    match p.kernel {
+        // In place (allowed at load only for the table kernel): `a` is the output itself.
+        KernelS8::Table if table && super::mode_linked(SET, true) && io.in_place => {
+            fast_elementwise::binary_s8_table_in_place(p, b, y)
+        }
+        KernelS8::Table if table && !io.in_place => fast_elementwise::binary_s8_table(p, a, b, y),
+        KernelS8::Reference if super::linked(SET, KernelS8::Reference) && !io.in_place => {
+            kernels::binary_s8(p, a, b, y)
+        }
+        _ => return Err(Error::UnknownOp { op: EVAL_OP }),
+    }
     Ok(())
 }
 

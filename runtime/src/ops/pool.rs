@@ -3,8 +3,8 @@
 use super::common::{bytes_of, cast, cast_mut, input, prod, Ck, MAX_COORD};
 use super::OpIo;
 use crate::error::{Error, Field};
-use crate::format::{Dims, Pool2d, ReduceMeanF32, ReduceMeanS8};
-use crate::kernels::{self, MAX_SUM_LEN};
+use crate::format::{Dims, KernelS8, Pool2d, ReduceMeanF32, ReduceMeanS8};
+use crate::kernels::{self, fast_elementwise, MAX_SUM_LEN};
 
 /// Which pool an [`eval_pool`] runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,11 +50,14 @@ pub fn check_pool(ck: &Ck, p: &Pool2d, kind: PoolKind) -> Result<(), Error> {
     if kind == PoolKind::AvgS8 {
         ck.zero_point(p.zero_point)?;
     }
-    let elem = if matches!(kind, PoolKind::MaxS8 | PoolKind::AvgS8) {
-        1
-    } else {
-        4
+    let int8 = matches!(kind, PoolKind::MaxS8 | PoolKind::AvgS8);
+    let allowed = match p.kernel {
+        KernelS8::Reference => true,
+        KernelS8::Fast => int8 && fast_elementwise::pool_fast_fits(p),
+        KernelS8::Dot | KernelS8::Depthwise | KernelS8::Table => false,
     };
+    ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;
+    let elem = if int8 { 1 } else { 4 };
     let x = prod([p.batch, p.in_h, p.in_w, p.channels].map(u64::from))
         .and_then(|n| n.checked_mul(elem));
     let y = prod([p.batch, p.out_h, p.out_w, p.channels].map(u64::from))
@@ -63,13 +66,39 @@ pub fn check_pool(ck: &Ck, p: &Pool2d, kind: PoolKind) -> Result<(), Error> {
     ck.output_size(y, elem as u32)
 }
 
-pub fn eval_pool(p: &Pool2d, kind: PoolKind, io: OpIo<'_>) -> Result<(), Error> {
+/// Runs the pool; `SET` (a registration's kernel bits) names the kernels this build links: with only one of
+/// them, the other is compiled out.
+pub fn eval_pool<const SET: u8>(p: &Pool2d, kind: PoolKind, io: OpIo<'_>) -> Result<(), Error> {
     let x = input(&io.inputs, 0)?;
     let (fi, fo) = (Field::Input(0), Field::Output);
+    // `Fast` is allowed for int8 pools only (checked at load); f32 pools always run the reference.
+    let fast = match p.kernel {
+        KernelS8::Fast if super::linked(SET, KernelS8::Fast) => true,
+        KernelS8::Reference if super::linked(SET, KernelS8::Reference) => false,
+        _ => {
+            return Err(Error::UnknownOp {
+                op: super::common::EVAL_OP,
+            })
+        }
+    };
     match kind {
-        PoolKind::MaxS8 => kernels::max_pool_s8(p, cast(x, fi)?, cast_mut(io.output, fo)?),
+        PoolKind::MaxS8 => {
+            let kernel = if fast {
+                fast_elementwise::max_pool_s8_fast
+            } else {
+                kernels::max_pool_s8
+            };
+            kernel(p, cast(x, fi)?, cast_mut(io.output, fo)?)
+        }
         PoolKind::MaxF32 => kernels::max_pool_f32(p, cast(x, fi)?, cast_mut(io.output, fo)?),
-        PoolKind::AvgS8 => kernels::avg_pool_s8(p, cast(x, fi)?, cast_mut(io.output, fo)?),
+        PoolKind::AvgS8 => {
+            let kernel = if fast {
+                fast_elementwise::avg_pool_s8_fast
+            } else {
+                kernels::avg_pool_s8
+            };
+            kernel(p, cast(x, fi)?, cast_mut(io.output, fo)?)
+        }
         PoolKind::AvgF32 => kernels::avg_pool_f32(p, cast(x, fi)?, cast_mut(io.output, fo)?),
     }
     Ok(())

@@ -102,6 +102,7 @@ fn run(op: &OpDef, blob: &[u8], inputs: &[&[u8]]) -> Vec<u8> {
         inputs: bufs.iter().map(|b| b.bytes()).collect(),
         blob,
         output: out.bytes_mut(),
+        in_place: false,
     };
     eval(op, io).unwrap();
     out.bytes().to_vec()
@@ -307,9 +308,27 @@ fn movement_ops_run_through_eval() {
 
 #[test]
 fn rejects_a_kernel_the_geometry_does_not_allow() {
-    // The test conv has one group: the dot-product kernel may run it, the depthwise kernel may not.
+    // The test conv has one group: the dot-product kernel may run it, but only on weights packed for it (its
+    // reference-layout weights are refused by size), and the depthwise kernel may not run it at all.
     let (o, blob) = with_conv(|p, _| p.kernel = KernelS8::Dot);
-    assert_eq!(check(7, &o, blob.bytes()), Ok(()));
+    let OpKind::Conv2dS8(c) = &o.kind else {
+        unreachable!()
+    };
+    let g = &c.geom;
+    let packed = crate::kernels::fast::dot_packed_len(
+        (g.kernel_h * g.kernel_w * g.in_c) as usize,
+        g.out_c as usize,
+    );
+    expect_err(
+        &o,
+        blob.bytes(),
+        Error::SizeMismatch {
+            op: 7,
+            field: Field::Weights,
+            expected: packed as u32,
+            found: c.weights.len,
+        },
+    );
     let (o, blob) = with_conv(|p, _| p.kernel = KernelS8::Depthwise);
     expect_err(
         &o,
@@ -678,6 +697,7 @@ fn rejects_bad_shapes_and_params_of_other_ops() {
         pad_left: 0,
         count_include_pad: false,
         zero_point: 0,
+        kernel: crate::format::KernelS8::Reference,
     };
     let o = |p: &Pool2d| op(OpKind::AvgPoolS8(p.clone()), &[arena(0, 16)], arena(16, 4));
     assert_eq!(check(7, &o(&pool), &[]), Ok(()));
@@ -760,6 +780,7 @@ fn rejects_bad_shapes_and_params_of_other_ops() {
         out_shift: 0,
         act_min: -128,
         act_max: 127,
+        kernel: crate::format::KernelS8::Reference,
     };
     let ins = [arena(0, 4), arena(4, 1)];
     expect_err(
@@ -1025,6 +1046,7 @@ fn pool_any() -> impl Strategy<Value = Pool2d> {
                     pad_left: pl,
                     count_include_pad: inc,
                     zero_point,
+                    kernel: crate::format::KernelS8::Reference,
                 }
             },
         );
@@ -1052,6 +1074,7 @@ fn pool_any() -> impl Strategy<Value = Pool2d> {
             pad_left,
             count_include_pad: inc,
             zero_point,
+            kernel: crate::format::KernelS8::Reference,
         });
     prop_oneof![3 => consistent, 1 => random]
 }
@@ -1257,6 +1280,7 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
                     out_shift: osh,
                     act_min,
                     act_max,
+                    kernel: crate::format::KernelS8::Reference,
                 })
             },
         );
@@ -1556,6 +1580,7 @@ fn random_op_defs_fail_check_or_eval_without_panicking() {
                                 inputs: bufs.iter().map(|b| b.bytes()).collect(),
                                 blob: blob.bytes(),
                                 output: out.bytes_mut(),
+                                in_place: false,
                             };
                             prop_assert_eq!(eval(&o, io), Ok(()));
                             let k = index(&o.kind);
@@ -1591,4 +1616,229 @@ fn random_op_defs_fail_check_or_eval_without_panicking() {
         counts.iter().all(|&c| c > 0),
         "some op kinds were never evaluated: {counts:?}"
     );
+}
+
+// ---- optimised elementwise Add/Sub and pool kernels ----
+
+/// An int8 Add over 8 elements, `b` with strides `b_strides` (of shape `[2, 4]`), and its operands' sizes.
+fn add_s8(kind: BinaryKind, b_strides: &[u32], kernel: KernelS8) -> (OpDef<'static>, u32) {
+    let b_len = 1 + b_strides[0] + 3 * b_strides[1];
+    let p = BinaryS8 {
+        kind,
+        bcast: Broadcast {
+            out: dims(&[2, 4]),
+            a_strides: dims(&[4, 1]),
+            b_strides: dims(b_strides),
+        },
+        a_zero_point: -3,
+        b_zero_point: 7,
+        out_zero_point: 2,
+        left_shift: 20,
+        a_multiplier: 1_518_500_250,
+        a_shift: 0,
+        b_multiplier: 1 << 30,
+        b_shift: -1,
+        out_multiplier: 1_431_655_765,
+        out_shift: -18,
+        act_min: -100,
+        act_max: 120,
+        kernel,
+    };
+    (
+        op(
+            OpKind::BinaryS8(p),
+            &[arena(0, 8), arena(8, b_len)],
+            arena(16, 8),
+        ),
+        b_len,
+    )
+}
+
+/// A 4x4x4 pool (2x2 windows, stride 2) of `kind`'s element type with `kernel`.
+fn pool_op(kind: fn(Pool2d) -> OpKind, elem: u32, kernel: KernelS8) -> OpDef<'static> {
+    let p = Pool2d {
+        batch: 1,
+        in_h: 4,
+        in_w: 4,
+        channels: 4,
+        out_h: 2,
+        out_w: 2,
+        kernel_h: 2,
+        kernel_w: 2,
+        stride_h: 2,
+        stride_w: 2,
+        pad_top: 0,
+        pad_left: 0,
+        count_include_pad: false,
+        zero_point: -5,
+        kernel,
+    };
+    op(kind(p), &[arena(0, 64 * elem)], arena(64 * elem, 16 * elem))
+}
+
+#[test]
+fn refuses_table_and_fast_kernels_where_they_do_not_fit() {
+    let refused = |kernel: KernelS8| Error::BadParam {
+        op: 7,
+        field: Field::Kernel,
+        value: kernel as i32,
+    };
+    // The table kernel: Add/Sub without broadcasting only.
+    for kind in [BinaryKind::Add, BinaryKind::Sub] {
+        assert_eq!(
+            check(7, &add_s8(kind, &[4, 1], KernelS8::Table).0, &[]),
+            Ok(())
+        );
+        // b broadcast along the rows, then along the columns.
+        expect_err(
+            &add_s8(kind, &[0, 1], KernelS8::Table).0,
+            &[],
+            refused(KernelS8::Table),
+        );
+        expect_err(
+            &add_s8(kind, &[1, 0], KernelS8::Table).0,
+            &[],
+            refused(KernelS8::Table),
+        );
+        assert_eq!(
+            check(7, &add_s8(kind, &[0, 1], KernelS8::Reference).0, &[]),
+            Ok(())
+        );
+    }
+    for kind in [BinaryKind::Mul, BinaryKind::PRelu] {
+        expect_err(
+            &add_s8(kind, &[4, 1], KernelS8::Table).0,
+            &[],
+            refused(KernelS8::Table),
+        );
+    }
+    for kernel in [KernelS8::Dot, KernelS8::Depthwise, KernelS8::Fast] {
+        expect_err(
+            &add_s8(BinaryKind::Add, &[4, 1], kernel).0,
+            &[],
+            refused(kernel),
+        );
+    }
+    // The fast pools: int8 only.
+    for kind in [OpKind::MaxPoolS8, OpKind::AvgPoolS8] {
+        assert_eq!(check(7, &pool_op(kind, 1, KernelS8::Fast), &[]), Ok(()));
+        for kernel in [KernelS8::Dot, KernelS8::Depthwise, KernelS8::Table] {
+            expect_err(&pool_op(kind, 1, kernel), &[], refused(kernel));
+        }
+    }
+    for kind in [OpKind::MaxPoolF32, OpKind::AvgPoolF32] {
+        assert_eq!(
+            check(7, &pool_op(kind, 4, KernelS8::Reference), &[]),
+            Ok(())
+        );
+        for kernel in [
+            KernelS8::Fast,
+            KernelS8::Dot,
+            KernelS8::Depthwise,
+            KernelS8::Table,
+        ] {
+            expect_err(&pool_op(kind, 4, kernel), &[], refused(kernel));
+        }
+    }
+}
+
+#[test]
+fn table_and_fast_kernels_evaluate_like_the_reference() {
+    let bytes =
+        |n: u32, seed: u32| -> Vec<u8> { (0..n).map(|i| (i * 97 + seed * 31) as u8).collect() };
+    for kind in [BinaryKind::Add, BinaryKind::Sub] {
+        let (reference, b_len) = add_s8(kind, &[4, 1], KernelS8::Reference);
+        let (table, _) = add_s8(kind, &[4, 1], KernelS8::Table);
+        let (a, b) = (bytes(8, 1), bytes(b_len, 2));
+        assert_eq!(run(&table, &[], &[&a, &b]), run(&reference, &[], &[&a, &b]));
+    }
+    for kind in [OpKind::MaxPoolS8, OpKind::AvgPoolS8] {
+        let x = bytes(64, 3);
+        let want = run(&pool_op(kind, 1, KernelS8::Reference), &[], &[&x]);
+        assert_eq!(run(&pool_op(kind, 1, KernelS8::Fast), &[], &[&x]), want);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random pool geometries, valid or not, with the fast kernel: the loader refuses them or they evaluate to
+    /// the reference kernel's bytes.
+    #[test]
+    fn fast_pools_the_loader_accepts_run_like_the_reference(
+        (batch, in_h, in_w, channels, out_h, out_w) in (0u32..=2, 0u32..=6, 0u32..=6, 0u32..=9, 0u32..=5, 0u32..=5),
+        (kh, kw, sh, sw, pt, pl) in (0u32..=4, 0u32..=4, 0u32..=3, 0u32..=3, 0u32..=4, 0u32..=4),
+        (include, zp, avg, seed) in (any::<bool>(), -130i32..=130, any::<bool>(), any::<u32>()),
+    ) {
+        let p = Pool2d {
+            batch, in_h, in_w, channels, out_h, out_w,
+            kernel_h: kh, kernel_w: kw, stride_h: sh, stride_w: sw, pad_top: pt, pad_left: pl,
+            count_include_pad: include, zero_point: zp, kernel: KernelS8::Fast,
+        };
+        let (x_len, y_len) = (batch * in_h * in_w * channels, batch * out_h * out_w * channels);
+        let kind = |p: Pool2d| if avg { OpKind::AvgPoolS8(p) } else { OpKind::MaxPoolS8(p) };
+        let fast = op(kind(p.clone()), &[arena(0, x_len)], arena(x_len.next_multiple_of(4), y_len));
+        if check(0, &fast, &[]).is_ok() {
+            let reference = op(kind(Pool2d { kernel: KernelS8::Reference, ..p }), &fast.inputs, fast.output);
+            let x: Vec<u8> = (0..x_len).map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) as u8).collect();
+            prop_assert_eq!(run(&fast, &[], &[&x]), run(&reference, &[], &[&x]));
+        }
+    }
+
+    /// Random elementwise int8 ops (any kind, broadcasting or not, any strides) with the table kernel: the loader
+    /// refuses them or they evaluate to the reference kernel's bytes.
+    #[test]
+    fn table_binary_ops_the_loader_accepts_run_like_the_reference(
+        out in pvec(0u32..=4, 1..=3),
+        strides in (pvec(0u32..=20, 3), pvec(0u32..=20, 3)),
+        contiguous in (any::<bool>(), any::<bool>()),
+        kind in prop_oneof![Just(BinaryKind::Add), Just(BinaryKind::Sub), Just(BinaryKind::Mul), Just(BinaryKind::PRelu)],
+        (za, zb, zo) in (-128i32..=127, -128i32..=127, -128i32..=127),
+        (left_shift, shift_a, shift_b, shift_o) in (0u8..=23, -31i8..=30, -31i8..=30, -31i8..=30),
+        (ma, mb, mo) in ((1i32 << 30)..=i32::MAX, (1i32 << 30)..=i32::MAX, (1i32 << 30)..=i32::MAX),
+        seed in any::<u32>(),
+    ) {
+        let rank = out.len();
+        // Random strides, or (mostly, else the table kernel would hardly ever fit) the row-major ones: 1 on the
+        // last axis, the others' products before, the random one on axes of extent 1.
+        let row_major = |random: &[u32]| -> Vec<u32> {
+            let mut s = random[..rank].to_vec();
+            let mut n = 1;
+            for d in (0..rank).rev() {
+                if out[d] > 1 {
+                    s[d] = n;
+                }
+                n *= out[d];
+            }
+            s
+        };
+        let sa = if contiguous.0 { row_major(&strides.0) } else { strides.0[..rank].to_vec() };
+        let sb = if contiguous.1 { row_major(&strides.1) } else { strides.1[..rank].to_vec() };
+        let (sa, sb) = (&sa[..], &sb[..]);
+        let n: u32 = out.iter().product();
+        // Elements an operand needs: 1 + its largest index (none if the output is empty).
+        let need = |s: &[u32]| if n == 0 { 0 } else { 1 + out.iter().zip(s).map(|(d, s)| (d - 1) * s).sum::<u32>() };
+        let (na, nb) = (need(sa), need(sb));
+        let p = BinaryS8 {
+            kind,
+            bcast: Broadcast { out: dims(&out), a_strides: dims(sa), b_strides: dims(sb) },
+            a_zero_point: za, b_zero_point: zb, out_zero_point: zo, left_shift,
+            a_multiplier: ma, a_shift: shift_a, b_multiplier: mb, b_shift: shift_b,
+            out_multiplier: mo, out_shift: shift_o, act_min: -128, act_max: 127,
+            kernel: KernelS8::Table,
+        };
+        let ib = na.next_multiple_of(4);
+        let io = ib + nb.next_multiple_of(4);
+        let table = op(OpKind::BinaryS8(p.clone()), &[arena(0, na), arena(ib, nb)], arena(io, n));
+        let fits = kernels::fast_elementwise::add_table_fits(&p);
+        prop_assert_eq!(check(0, &table, &[]).is_ok(), fits);
+        if fits {
+            let reference = op(OpKind::BinaryS8(BinaryS8 { kernel: KernelS8::Reference, ..p }), &table.inputs, table.output);
+            let bytes = |len: u32, k: u32| -> Vec<u8> {
+                (0..len).map(|i| (i.wrapping_mul(2_654_435_761) ^ seed ^ k) as u8).collect()
+            };
+            let (a, b) = (bytes(na, 0), bytes(nb, 0x5A5A));
+            prop_assert_eq!(run(&table, &[], &[&a, &b]), run(&reference, &[], &[&a, &b]));
+        }
+    }
 }
