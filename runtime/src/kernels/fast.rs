@@ -1067,6 +1067,9 @@ fn depthwise(geom: &ConvGeom, q: &QuantS8, packed: &[u32], io: &mut dyn Pixels) 
             offs[ky * kw + kx] = (ky * dh * in_w + kx * dw) * c;
         }
     }
+    // The input's address, once (the tap list holds addresses; the buffer does not move during the op).
+    #[cfg(kiln_dsp)]
+    let in_base = io.input().as_ptr() as usize;
     #[cfg(kiln_dsp)]
     let (zps, mut list) = {
         let mut zps = [0i8; MAX_DW_CHANNELS];
@@ -1098,7 +1101,7 @@ fn depthwise(geom: &ConvGeom, q: &QuantS8, packed: &[u32], io: &mut dyn Pixels) 
                     #[cfg(kiln_dsp)]
                     {
                         list[t] = match at {
-                            Some(at) => io.input().as_ptr().wrapping_add(at) as u32,
+                            Some(at) => in_base.wrapping_add(at) as u32,
                             None => zps.as_ptr() as u32,
                         };
                     }
