@@ -35,6 +35,23 @@ pub const EXP_ONE: u32 = 1 << EXP_BITS;
 /// Fractional bits of the reciprocal in the softmax output step: `r = round(2^RECIP_BITS / sum)`.
 const RECIP_BITS: u32 = EXP_BITS + 31;
 
+/// `n / d` (floor; `d > 0`), by binary long division: the one 64-bit division a row needs, without linking the
+/// 64-bit division routine (~0.9 KB of a Cortex-M firmware) for it.
+fn div_u64(n: u64, d: u64) -> u64 {
+    if d == 0 {
+        return u64::MAX;
+    }
+    let (mut q, mut r) = (0u64, 0u64);
+    for bit in (0..64 - n.leading_zeros()).rev() {
+        r = (r << 1) | ((n >> bit) & 1);
+        // Branch-free, so the row costs the same instructions whatever its values.
+        let take = (r >= d) as u64;
+        r -= d & take.wrapping_neg();
+        q |= take << bit;
+    }
+    q
+}
+
 /// What [`softmax_s8`] computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SoftmaxS8Mode {
@@ -77,7 +94,7 @@ pub fn softmax_s8(
             let sum = sum.max(1);
             match mode {
                 SoftmaxS8Mode::Softmax => {
-                    let r = ((1u64 << RECIP_BITS) + sum / 2) / sum;
+                    let r = div_u64((1u64 << RECIP_BITS) + sum / 2, sum);
                     let shift = RECIP_BITS - 8;
                     for i in 0..len {
                         let t = exp(diff(input[row(i)]));
@@ -168,6 +185,22 @@ pub fn softmax_f32([outer, len, inner]: [u32; 3], log: bool, input: &[f32], outp
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_division_is_division() {
+        let mut s = 12345u64;
+        for _ in 0..10_000 {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let n = s >> (s % 64);
+            let d = (s.rotate_left(17) >> (s % 61)).max(1);
+            assert_eq!(div_u64(n, d), n / d, "{n} / {d}");
+        }
+        assert_eq!(div_u64(u64::MAX, 1), u64::MAX);
+        assert_eq!(div_u64(u64::MAX, u64::MAX), 1);
+        assert_eq!(div_u64(0, 7), 0);
+    }
 
     #[test]
     fn log2_q16_matches_float() {
