@@ -1272,17 +1272,16 @@ fn words(bytes: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// `pack_dot` or `pack_depthwise` on the case (which must be packable), then the optimised kernel.
-fn run_packed_conv(c: &ConvCase) -> Vec<i8> {
+/// `pack_dot` or `pack_depthwise` on the case (which must be packable), as words.
+fn packed(c: &ConvCase) -> Vec<u32> {
     let (m, s) = split_rq(&c.rq);
     let g = &c.g;
-    let depthwise = g.groups > 1;
     let (per, n) = (
         (g.kernel_h * g.kernel_w * g.in_c / g.groups) as usize,
         g.out_c as usize,
     );
     let mut buf;
-    if depthwise {
+    if g.groups > 1 {
         buf = vec![0u8; kernels::fast::depthwise_packed_len(per, n)];
         assert!(kernels::fast::pack_depthwise(
             &c.weights,
@@ -1306,13 +1305,19 @@ fn run_packed_conv(c: &ConvCase) -> Vec<i8> {
             &mut buf
         ));
     }
+    words(&buf)
+}
+
+/// The case packed, then the optimised kernel.
+fn run_packed_conv(c: &ConvCase) -> Vec<i8> {
+    let g = &c.g;
     let mut y = vec![0i8; (g.batch * g.out_h * g.out_w * g.out_c) as usize];
-    let kernel = if depthwise {
+    let kernel = if g.groups > 1 {
         kernels::fast::depthwise_conv2d_s8
     } else {
         kernels::fast::dot_conv2d_s8
     };
-    kernel(g, &c.q, &words(&buf), &c.input, &mut y);
+    kernel(g, &c.q, &packed(c), &c.input, &mut y);
     y
 }
 
@@ -1372,45 +1377,13 @@ fn in_place_geom(groups_all: bool) -> impl Strategy<Value = ConvGeom> {
         .prop_filter("fits in place", kernels::fast::in_place_fits)
 }
 
-/// Packs the case like [`run_packed_conv`], then runs the kernel over a copy of the input in place.
+/// The case packed, then the optimised kernel over a copy of the input, in place.
 fn run_packed_conv_in_place(c: &ConvCase) -> Vec<i8> {
-    let (m, s) = split_rq(&c.rq);
-    let g = &c.g;
-    let depthwise = g.groups > 1;
-    let (per, n) = (
-        (g.kernel_h * g.kernel_w * g.in_c / g.groups) as usize,
-        g.out_c as usize,
-    );
-    let mut buf;
-    if depthwise {
-        buf = vec![0u8; kernels::fast::depthwise_packed_len(per, n)];
-        assert!(kernels::fast::pack_depthwise(
-            &c.weights,
-            per,
-            n,
-            c.q.input_zero_point,
-            c.bias.as_deref(),
-            &m,
-            &s,
-            &mut buf
-        ));
-    } else {
-        buf = vec![0u8; kernels::fast::dot_packed_len(per, n)];
-        assert!(kernels::fast::pack_dot(
-            &c.weights,
-            per,
-            n,
-            c.bias.as_deref(),
-            &m,
-            &s,
-            &mut buf
-        ));
-    }
     let mut y = c.input.clone();
-    if depthwise {
-        kernels::fast::depthwise_conv2d_s8_in_place(g, &c.q, &words(&buf), &mut y);
+    if c.g.groups > 1 {
+        kernels::fast::depthwise_conv2d_s8_in_place(&c.g, &c.q, &packed(c), &mut y);
     } else {
-        kernels::fast::dot_conv2d_s8_in_place(g, &c.q, &words(&buf), &mut y);
+        kernels::fast::dot_conv2d_s8_in_place(&c.g, &c.q, &packed(c), &mut y);
     }
     y
 }

@@ -230,69 +230,6 @@ impl Gather<'_> {
     }
 }
 
-/// Two patches (interleaved, `4 * groups` words) against one packed pair of weight rows (`2 * groups` words):
-/// `[a . wa, a . wb, b . wa, b . wb]`.
-#[inline(always)]
-fn dot2x2(p: &[u32], w: &[u32]) -> [i32; 4] {
-    let groups = w.len() / 2;
-    let (mut aa, mut ab, mut ba, mut bb) = (0i32, 0i32, 0i32, 0i32);
-    if groups == 0 || p.len() < 4 * groups {
-        return [aa, ab, ba, bb];
-    }
-    #[cfg(kiln_dsp)]
-    // SAFETY: the loop reads `4 * groups` words from `p` and `2 * groups` from `w`, both in bounds (checked
-    // above), with word-aligned `LDRD`s (both are `u32` slices); it writes only registers.
-    unsafe {
-        let end = p.as_ptr().add(4 * groups);
-        core::arch::asm!(
-            "2:",
-            "ldrd {wa}, {wb}, [{w}], #8",
-            "ldrd {xa}, {xb}, [{p}], #8",
-            "sxtb16 {t}, {wa}",
-            "smlad {aa}, {xa}, {t}, {aa}",
-            "smlad {ba}, {xb}, {t}, {ba}",
-            "sxtb16 {t}, {wb}",
-            "smlad {ab}, {xa}, {t}, {ab}",
-            "smlad {bb}, {xb}, {t}, {bb}",
-            "ldrd {xa}, {xb}, [{p}], #8",
-            "sxtb16 {t}, {wa}, ror #8",
-            "smlad {aa}, {xa}, {t}, {aa}",
-            "smlad {ba}, {xb}, {t}, {ba}",
-            "sxtb16 {t}, {wb}, ror #8",
-            "smlad {ab}, {xa}, {t}, {ab}",
-            "smlad {bb}, {xb}, {t}, {bb}",
-            "cmp {p}, {end}",
-            "bne 2b",
-            w = inout(reg) w.as_ptr() => _,
-            p = inout(reg) p.as_ptr() => _,
-            end = in(reg) end,
-            aa = inout(reg) aa,
-            ab = inout(reg) ab,
-            ba = inout(reg) ba,
-            bb = inout(reg) bb,
-            wa = out(reg) _,
-            wb = out(reg) _,
-            xa = out(reg) _,
-            xb = out(reg) _,
-            t = out(reg) _,
-            options(nostack, readonly),
-        );
-    }
-    #[cfg(not(kiln_dsp))]
-    for (x, w) in p[..4 * groups].chunks_exact(4).zip(w.chunks_exact(2)) {
-        let (wa, wb) = (w[0], w[1]);
-        aa = smlad(x[0], sxtb16(wa), aa);
-        ba = smlad(x[1], sxtb16(wa), ba);
-        ab = smlad(x[0], sxtb16(wb), ab);
-        bb = smlad(x[1], sxtb16(wb), bb);
-        aa = smlad(x[2], sxtb16_ror8(wa), aa);
-        ba = smlad(x[3], sxtb16_ror8(wa), ba);
-        ab = smlad(x[2], sxtb16_ror8(wb), ab);
-        bb = smlad(x[3], sxtb16_ror8(wb), bb);
-    }
-    [aa, ab, ba, bb]
-}
-
 /// One group of the 2x2 dot product: 4 weight bytes of each of the two rows, the even and odd pairs of both
 /// patches, 8 `SMLAD`s (16 MACs).
 #[cfg(kiln_dsp)]
@@ -374,6 +311,55 @@ macro_rules! dot_pair_asm {
             options(nostack),
         )
     };
+}
+
+/// Two patches (interleaved, `4 * groups` words) against one packed pair of weight rows (`2 * groups` words):
+/// `[a . wa, a . wb, b . wa, b . wb]`.
+#[inline(always)]
+fn dot2x2(p: &[u32], w: &[u32]) -> [i32; 4] {
+    let groups = w.len() / 2;
+    let (mut aa, mut ab, mut ba, mut bb) = (0i32, 0i32, 0i32, 0i32);
+    if groups == 0 || p.len() < 4 * groups {
+        return [aa, ab, ba, bb];
+    }
+    #[cfg(kiln_dsp)]
+    // SAFETY: the loop reads `4 * groups` words from `p` and `2 * groups` from `w`, both in bounds (checked
+    // above), with word-aligned `LDRD`s (both are `u32` slices); it writes only registers.
+    unsafe {
+        let end = p.as_ptr().add(4 * groups);
+        core::arch::asm!(
+            "2:",
+            dot2x2_group!(),
+            "cmp {p}, {end}",
+            "bne 2b",
+            w = inout(reg) w.as_ptr() => _,
+            p = inout(reg) p.as_ptr() => _,
+            end = in(reg) end,
+            aa = inout(reg) aa,
+            ab = inout(reg) ab,
+            ba = inout(reg) ba,
+            bb = inout(reg) bb,
+            wa = out(reg) _,
+            wb = out(reg) _,
+            xa = out(reg) _,
+            xb = out(reg) _,
+            t = out(reg) _,
+            options(nostack, readonly),
+        );
+    }
+    #[cfg(not(kiln_dsp))]
+    for (x, w) in p[..4 * groups].chunks_exact(4).zip(w.chunks_exact(2)) {
+        let (wa, wb) = (w[0], w[1]);
+        aa = smlad(x[0], sxtb16(wa), aa);
+        ba = smlad(x[1], sxtb16(wa), ba);
+        ab = smlad(x[0], sxtb16(wb), ab);
+        bb = smlad(x[1], sxtb16(wb), bb);
+        aa = smlad(x[2], sxtb16_ror8(wa), aa);
+        ba = smlad(x[3], sxtb16_ror8(wa), ba);
+        ab = smlad(x[2], sxtb16_ror8(wb), ab);
+        bb = smlad(x[3], sxtb16_ror8(wb), bb);
+    }
+    [aa, ab, ba, bb]
 }
 
 /// Both patches in `words[..4 * groups]` against every pair of output channels in `packed` (whole pairs, each
