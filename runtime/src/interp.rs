@@ -55,7 +55,8 @@ impl<'m, 'a> Interpreter<'m, 'a> {
     }
 
     /// The bytes of graph input `index`, to fill before [`Self::invoke`] (int8 or little-endian f32, as
-    /// `Model::input(index).dtype` says, in the model's own layout).
+    /// `Model::input(index).dtype` says, in the model's own layout). Inference may overwrite them (the arena is
+    /// reused, and ops run in place): fill them before every invoke.
     pub fn input_mut(&mut self, index: usize) -> Result<&mut [u8], Error> {
         let t = self.io(index, true)?;
         Ok(&mut self.arena[range(&t.data)])
