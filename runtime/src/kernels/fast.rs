@@ -166,70 +166,6 @@ pub fn pack_dot(
     true
 }
 
-/// Patches in 16-bit pairs, zero point taken off, padding as 0: element `4g + i` of a patch goes to lane
-/// `i >> 1` of word `stride * g + (stride / 2) * (i & 1) + slot` (the lanes `SXTB16` and `SXTB16 ROR 8` give of
-/// 4 weight bytes). `stride` 4 interleaves two patches (slots 0 and 1) as `[a_even, b_even, a_odd, b_odd]` per
-/// group, `stride` 2 holds one as `[even, odd]`.
-struct Gather<'b> {
-    words: &'b mut [u32],
-    stride: usize,
-    slot: usize,
-    len: usize,
-}
-
-impl Gather<'_> {
-    #[inline(always)]
-    fn at(&self, g: usize, odd: usize) -> usize {
-        self.stride * g + (self.stride / 2) * odd + self.slot
-    }
-
-    /// Appends `v` (in `-255..=255`).
-    #[inline(always)]
-    fn push(&mut self, v: i32) {
-        let (g, i) = (self.len / 4, self.len % 4);
-        let at = self.at(g, i & 1);
-        let bits = (v as i16 as u16 as u32) << (16 * (i >> 1));
-        let word = &mut self.words[at];
-        *word = if i >> 1 == 0 { bits } else { *word | bits };
-        self.len += 1;
-    }
-
-    /// Appends the int8 values `xs` less the zero point (`neg_zp` is `-zp` in both lanes), 4 at a time where it
-    /// can.
-    #[inline(always)]
-    fn extend(&mut self, xs: &[i8], neg_zp: u32) {
-        let mut xs = xs;
-        let zp = -((neg_zp as u16 as i16) as i32);
-        while !self.len.is_multiple_of(4) {
-            let Some((&x, rest)) = xs.split_first() else {
-                return;
-            };
-            self.push(x as i32 - zp);
-            xs = rest;
-        }
-        let mut chunks = xs.chunks_exact(4);
-        for c in &mut chunks {
-            let word = u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
-            let g = self.len / 4;
-            let (even, odd) = (self.at(g, 0), self.at(g, 1));
-            self.words[even] = sadd16(sxtb16(word), neg_zp);
-            self.words[odd] = sadd16(sxtb16_ror8(word), neg_zp);
-            self.len += 4;
-        }
-        for &x in chunks.remainder() {
-            self.push(x as i32 - zp);
-        }
-    }
-
-    /// Zero-fills the last group's unused lanes (the packed weights there are 0 too).
-    #[inline(always)]
-    fn finish(&mut self) {
-        while !self.len.is_multiple_of(4) {
-            self.push(0);
-        }
-    }
-}
-
 /// One group of the 2x2 dot product: 4 weight bytes of each of the two rows, the even and odd pairs of both
 /// patches, 8 `SMLAD`s (16 MACs).
 #[cfg(kiln_dsp)]
@@ -486,7 +422,28 @@ fn pair_tail(t: &[u32]) -> [i32; 4] {
     [t[0] as i32, t[1] as i32, t[2] as i32, t[3] as i32]
 }
 
-/// Packs a patch's bytes 4 at a time into slot `slot` of two interleaved patches, widened as [`widen`] does.
+/// Patches in 16-bit pairs, the zero point taken off (`neg_zp` is `-zp` in both lanes; padding, stored as the zero
+/// point, becomes 0): 4 bytes `x0..x3` become the even lanes `(x0, x2)` and the odd lanes `(x1, x3)`, what
+/// `SXTB16` and `SXTB16 ROR 8` give of 4 weight bytes. With `STRIDE` 4, group `g` of two interleaved patches is
+/// `[a_even, b_even, a_odd, b_odd]` (`slot` 0 is `a`, 1 is `b`); with `STRIDE` 2, one patch's group is
+/// `[even, odd]`.
+#[inline(always)]
+fn put_word<const STRIDE: usize>(group: &mut [u32], slot: usize, bytes: u32, neg_zp: u32) {
+    group[slot] = sadd16(sxtb16(bytes), neg_zp);
+    group[STRIDE / 2 + slot] = sadd16(sxtb16_ror8(bytes), neg_zp);
+}
+
+/// Widens the 4-byte groups of `src` into `words` from group 0 (see [`put_word`]).
+#[inline(always)]
+fn widen<const STRIDE: usize>(src: &[i8], words: &mut [u32], slot: usize, neg_zp: u32) {
+    for (c, w) in src.chunks_exact(4).zip(words.chunks_exact_mut(STRIDE)) {
+        let bytes = u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
+        put_word::<STRIDE>(w, slot, bytes, neg_zp);
+    }
+}
+
+/// Packs a patch's bytes as they come, 4 at a time, into slot `slot` of two interleaved patches (see
+/// [`put_word`]).
 struct Packer<'w> {
     words: &'w mut [u32],
     slot: usize,
@@ -503,8 +460,7 @@ impl Packer<'_> {
         self.n += 1;
         if self.n == 4 {
             if let Some(w) = self.words.get_mut(4 * self.g..4 * self.g + 4) {
-                w[self.slot] = sadd16(sxtb16(self.acc), self.neg_zp);
-                w[2 + self.slot] = sadd16(sxtb16_ror8(self.acc), self.neg_zp);
+                put_word::<4>(w, self.slot, self.acc, self.neg_zp);
             }
             self.acc = 0;
             self.n = 0;
@@ -513,14 +469,45 @@ impl Packer<'_> {
     }
 }
 
-/// Widens 4-byte groups of `src` into slot `slot` of two interleaved patches (`words[4g + slot]` the even
-/// lanes, `words[4g + 2 + slot]` the odd ones), the zero point taken off (`neg_zp` is `-zp` in both lanes).
-#[inline(always)]
-fn widen(src: &[i8], words: &mut [u32], slot: usize, neg_zp: u32) {
-    for (c, w) in src.chunks_exact(4).zip(words.chunks_exact_mut(4)) {
-        let word = u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
-        w[slot] = sadd16(sxtb16(word), neg_zp);
-        w[2 + slot] = sadd16(sxtb16_ror8(word), neg_zp);
+/// A conv geometry's fields as `usize`, the form the kernels index with.
+struct Dims {
+    batch: usize,
+    in_h: usize,
+    in_w: usize,
+    in_c: usize,
+    out_h: usize,
+    out_w: usize,
+    out_c: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    pt: usize,
+    pl: usize,
+}
+
+impl Dims {
+    fn of(g: &ConvGeom) -> Dims {
+        let u = |v: u32| v as usize;
+        Dims {
+            batch: u(g.batch),
+            in_h: u(g.in_h),
+            in_w: u(g.in_w),
+            in_c: u(g.in_c),
+            out_h: u(g.out_h),
+            out_w: u(g.out_w),
+            out_c: u(g.out_c),
+            kh: u(g.kernel_h),
+            kw: u(g.kernel_w),
+            sh: u(g.stride_h),
+            sw: u(g.stride_w),
+            dh: u(g.dilation_h),
+            dw: u(g.dilation_w),
+            pt: u(g.pad_top),
+            pl: u(g.pad_left),
+        }
     }
 }
 
@@ -563,24 +550,23 @@ fn dot_conv(geom: &ConvGeom, q: &QuantS8, packed: &[u32], io: &mut dyn Pixels) {
     if !dot_conv_fits(geom) {
         return;
     }
-    let [batch, in_h, in_w, in_c, out_h, out_w, out_c, kh, kw, sh, sw, dh, dw, pt, pl] = [
-        geom.batch,
-        geom.in_h,
-        geom.in_w,
-        geom.in_c,
-        geom.out_h,
-        geom.out_w,
-        geom.out_c,
-        geom.kernel_h,
-        geom.kernel_w,
-        geom.stride_h,
-        geom.stride_w,
-        geom.dilation_h,
-        geom.dilation_w,
-        geom.pad_top,
-        geom.pad_left,
-    ]
-    .map(|v| v as usize);
+    let Dims {
+        batch,
+        in_h,
+        in_w,
+        in_c,
+        out_h,
+        out_w,
+        out_c,
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        pt,
+        pl,
+    } = Dims::of(geom);
     let k = kh * kw * in_c;
     let groups = k.div_ceil(4);
     let pair_words = dot_pair_words(k);
@@ -614,7 +600,7 @@ fn dot_conv(geom: &ConvGeom, q: &QuantS8, packed: &[u32], io: &mut dyn Pixels) {
                 let x0 = (ox * sw).wrapping_sub(pl);
                 if dw == 1 && x0 < in_w && x0 + kw <= in_w {
                     let at = (row + x0) * in_c;
-                    widen(&input[at..at + run], w, slot, neg_zp);
+                    widen::<4>(&input[at..at + run], w, slot, neg_zp);
                     continue;
                 }
                 let staged = &mut bytes[..run];
@@ -627,7 +613,7 @@ fn dot_conv(geom: &ConvGeom, q: &QuantS8, packed: &[u32], io: &mut dyn Pixels) {
                         d.copy_from_slice(&input[at..at + in_c]);
                     }
                 }
-                widen(staged, w, slot, neg_zp);
+                widen::<4>(staged, w, slot, neg_zp);
             }
             return;
         }
@@ -749,14 +735,14 @@ pub fn dot_fully_connected_s8(
         .zip(output.chunks_exact_mut(n_out))
         .take(geom.rows as usize)
     {
-        let mut g = Gather {
-            words: &mut words,
-            stride: 2,
-            slot: 0,
-            len: 0,
-        };
-        g.extend(x, neg_zp);
-        g.finish();
+        // The row widened (see `put_word`), its last group padded with the zero point (which becomes 0).
+        let whole = k / 4 * 4;
+        widen::<2>(&x[..whole], &mut words, 0, neg_zp);
+        if whole < k {
+            let mut last = [q.input_zero_point as i8; 4];
+            last[..k - whole].copy_from_slice(&x[whole..]);
+            widen::<2>(&last, &mut words[2 * (k / 4)..], 0, neg_zp);
+        }
         let x = &words[..2 * groups];
         for (j, wj) in packed.chunks_exact(pair_words).enumerate() {
             let (w, tail) = wj.split_at(2 * groups);
@@ -1021,23 +1007,23 @@ fn depthwise(geom: &ConvGeom, q: &QuantS8, packed: &[u32], io: &mut dyn Pixels) 
     if !depthwise_fits(geom) {
         return;
     }
-    let [batch, in_h, in_w, c, out_h, out_w, kh, kw, sh, sw, dh, dw, pt, pl] = [
-        geom.batch,
-        geom.in_h,
-        geom.in_w,
-        geom.in_c,
-        geom.out_h,
-        geom.out_w,
-        geom.kernel_h,
-        geom.kernel_w,
-        geom.stride_h,
-        geom.stride_w,
-        geom.dilation_h,
-        geom.dilation_w,
-        geom.pad_top,
-        geom.pad_left,
-    ]
-    .map(|v| v as usize);
+    let Dims {
+        batch,
+        in_h,
+        in_w,
+        in_c: c,
+        out_h,
+        out_w,
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        pt,
+        pl,
+        ..
+    } = Dims::of(geom);
     let taps = kh * kw;
     let group_words = dw_group_words(taps);
     if taps == 0
