@@ -166,30 +166,9 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// `<op>[_variant]_<dtype>`, from the one list of kinds in `crate::ops`.
     pub fn name(&self) -> &'static str {
-        match self {
-            OpKind::Conv2dS8(_) => "conv2d_s8",
-            OpKind::Conv2dF32(_) => "conv2d_f32",
-            OpKind::FullyConnectedS8(_) => "fully_connected_s8",
-            OpKind::FullyConnectedF32(_) => "fully_connected_f32",
-            OpKind::BinaryS8(_) => "binary_s8",
-            OpKind::BinaryF32(_) => "binary_f32",
-            OpKind::LookupS8(_) => "lookup_s8",
-            OpKind::UnaryF32(_) => "unary_f32",
-            OpKind::SoftmaxS8(_) => "softmax_s8",
-            OpKind::SoftmaxF32(_) => "softmax_f32",
-            OpKind::MaxPoolS8(_) => "max_pool_s8",
-            OpKind::MaxPoolF32(_) => "max_pool_f32",
-            OpKind::AvgPoolS8(_) => "avg_pool_s8",
-            OpKind::AvgPoolF32(_) => "avg_pool_f32",
-            OpKind::ReduceMeanS8(_) => "reduce_mean_s8",
-            OpKind::ReduceMeanF32(_) => "reduce_mean_f32",
-            OpKind::Pad(_) => "pad",
-            OpKind::Concat(_) => "concat",
-            OpKind::Slice(_) => "slice",
-            OpKind::Transpose(_) => "transpose",
-            OpKind::Copy => "copy",
-        }
+        crate::ops::OpId::of(self).name()
     }
 }
 

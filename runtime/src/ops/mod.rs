@@ -86,122 +86,69 @@ pub fn eval(op: &OpDef, io: OpIo<'_>) -> Result<(), Error> {
     Resolver::all().eval(op, io)
 }
 
-/// An op kind without its parameters: the variants of [`OpKind`], in its order, so `OpId as u32` is the variant
-/// index the `.kiln` encoding stores. Append only, in step with [`OpKind`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum OpId {
-    Conv2dS8,
-    Conv2dF32,
-    FullyConnectedS8,
-    FullyConnectedF32,
-    BinaryS8,
-    BinaryF32,
-    LookupS8,
-    UnaryF32,
-    SoftmaxS8,
-    SoftmaxF32,
-    MaxPoolS8,
-    MaxPoolF32,
-    AvgPoolS8,
-    AvgPoolF32,
-    ReduceMeanS8,
-    ReduceMeanF32,
-    Pad,
-    Concat,
-    Slice,
-    Transpose,
-    Copy,
+/// One list of the op kinds, in [`OpKind`]'s order, with their names: [`OpId`], [`OpId::ALL`], [`OpId::of`] and
+/// [`OpId::name`] are made from it, so a new kind is one line here (and its variant in `OpKind`).
+macro_rules! op_ids {
+    ($($variant:ident $(($params:tt))? => $name:literal,)+) => {
+        /// An op kind without its parameters: the variants of [`OpKind`], in its order, so `OpId as u32` is the
+        /// variant index the `.kiln` encoding stores. Append only, in step with [`OpKind`].
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+        pub enum OpId {
+            $($variant,)+
+        }
+
+        impl OpId {
+            /// Every op kind, by variant index.
+            pub const ALL: [OpId; [$(OpId::$variant),+].len()] = [$(OpId::$variant),+];
+
+            pub fn of(kind: &OpKind) -> OpId {
+                match kind {
+                    $(OpKind::$variant $(($params))? => OpId::$variant,)+
+                }
+            }
+
+            /// The kind's name, `<op>[_variant]_<dtype>` (what [`OpKind::name`] returns).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(OpId::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+op_ids! {
+    Conv2dS8(_) => "conv2d_s8",
+    Conv2dF32(_) => "conv2d_f32",
+    FullyConnectedS8(_) => "fully_connected_s8",
+    FullyConnectedF32(_) => "fully_connected_f32",
+    BinaryS8(_) => "binary_s8",
+    BinaryF32(_) => "binary_f32",
+    LookupS8(_) => "lookup_s8",
+    UnaryF32(_) => "unary_f32",
+    SoftmaxS8(_) => "softmax_s8",
+    SoftmaxF32(_) => "softmax_f32",
+    MaxPoolS8(_) => "max_pool_s8",
+    MaxPoolF32(_) => "max_pool_f32",
+    AvgPoolS8(_) => "avg_pool_s8",
+    AvgPoolF32(_) => "avg_pool_f32",
+    ReduceMeanS8(_) => "reduce_mean_s8",
+    ReduceMeanF32(_) => "reduce_mean_f32",
+    Pad(_) => "pad",
+    Concat(_) => "concat",
+    Slice(_) => "slice",
+    Transpose(_) => "transpose",
+    Copy => "copy",
 }
 
 impl OpId {
-    /// Every op kind, by variant index.
-    pub const ALL: [OpId; 21] = {
-        use OpId::*;
-        [
-            Conv2dS8,
-            Conv2dF32,
-            FullyConnectedS8,
-            FullyConnectedF32,
-            BinaryS8,
-            BinaryF32,
-            LookupS8,
-            UnaryF32,
-            SoftmaxS8,
-            SoftmaxF32,
-            MaxPoolS8,
-            MaxPoolF32,
-            AvgPoolS8,
-            AvgPoolF32,
-            ReduceMeanS8,
-            ReduceMeanF32,
-            Pad,
-            Concat,
-            Slice,
-            Transpose,
-            Copy,
-        ]
-    };
-
     /// The kind with variant index `index`, if this runtime knows one.
     pub const fn from_index(index: u32) -> Option<OpId> {
         if (index as usize) < Self::ALL.len() {
             Some(Self::ALL[index as usize])
         } else {
             None
-        }
-    }
-
-    pub fn of(kind: &OpKind) -> OpId {
-        match kind {
-            OpKind::Conv2dS8(_) => OpId::Conv2dS8,
-            OpKind::Conv2dF32(_) => OpId::Conv2dF32,
-            OpKind::FullyConnectedS8(_) => OpId::FullyConnectedS8,
-            OpKind::FullyConnectedF32(_) => OpId::FullyConnectedF32,
-            OpKind::BinaryS8(_) => OpId::BinaryS8,
-            OpKind::BinaryF32(_) => OpId::BinaryF32,
-            OpKind::LookupS8(_) => OpId::LookupS8,
-            OpKind::UnaryF32(_) => OpId::UnaryF32,
-            OpKind::SoftmaxS8(_) => OpId::SoftmaxS8,
-            OpKind::SoftmaxF32(_) => OpId::SoftmaxF32,
-            OpKind::MaxPoolS8(_) => OpId::MaxPoolS8,
-            OpKind::MaxPoolF32(_) => OpId::MaxPoolF32,
-            OpKind::AvgPoolS8(_) => OpId::AvgPoolS8,
-            OpKind::AvgPoolF32(_) => OpId::AvgPoolF32,
-            OpKind::ReduceMeanS8(_) => OpId::ReduceMeanS8,
-            OpKind::ReduceMeanF32(_) => OpId::ReduceMeanF32,
-            OpKind::Pad(_) => OpId::Pad,
-            OpKind::Concat(_) => OpId::Concat,
-            OpKind::Slice(_) => OpId::Slice,
-            OpKind::Transpose(_) => OpId::Transpose,
-            OpKind::Copy => OpId::Copy,
-        }
-    }
-
-    /// As [`OpKind::name`].
-    pub fn name(self) -> &'static str {
-        match self {
-            OpId::Conv2dS8 => "conv2d_s8",
-            OpId::Conv2dF32 => "conv2d_f32",
-            OpId::FullyConnectedS8 => "fully_connected_s8",
-            OpId::FullyConnectedF32 => "fully_connected_f32",
-            OpId::BinaryS8 => "binary_s8",
-            OpId::BinaryF32 => "binary_f32",
-            OpId::LookupS8 => "lookup_s8",
-            OpId::UnaryF32 => "unary_f32",
-            OpId::SoftmaxS8 => "softmax_s8",
-            OpId::SoftmaxF32 => "softmax_f32",
-            OpId::MaxPoolS8 => "max_pool_s8",
-            OpId::MaxPoolF32 => "max_pool_f32",
-            OpId::AvgPoolS8 => "avg_pool_s8",
-            OpId::AvgPoolF32 => "avg_pool_f32",
-            OpId::ReduceMeanS8 => "reduce_mean_s8",
-            OpId::ReduceMeanF32 => "reduce_mean_f32",
-            OpId::Pad => "pad",
-            OpId::Concat => "concat",
-            OpId::Slice => "slice",
-            OpId::Transpose => "transpose",
-            OpId::Copy => "copy",
         }
     }
 }
