@@ -82,12 +82,7 @@ pub fn inspect(m: &Model<'_>) -> Info {
                     OpKind::MaxPoolS8(p) | OpKind::AvgPoolS8(p) => Some(p.kernel.name()),
                     _ => None,
                 },
-                in_place: op.inputs.first().is_some_and(|i| {
-                    i.space == kiln_runtime::format::Space::Arena
-                        && i.offset == op.output.offset
-                        && i.len == op.output.len
-                        && i.len > 0
-                }),
+                in_place: kiln_runtime::ops::runs_in_place(&op),
                 output_tensor: op.output_tensor,
                 macs: op.macs,
                 weight_bytes,

@@ -250,10 +250,8 @@ impl<'a> Model<'a> {
                     && input.offset < op.output.end()
                     && op.output.offset < input.end();
                 // The one overlap allowed: input 0 is the output, for an op that runs in place.
-                let in_place = i == 0
-                    && input.offset == op.output.offset
-                    && input.len == op.output.len
-                    && crate::ops::in_place_ok(&op.kind);
+                let in_place =
+                    i == 0 && crate::ops::runs_in_place(&op) && crate::ops::in_place_ok(&op.kind);
                 if overlaps && !in_place {
                     return Err(Error::Overlap {
                         op: index,
