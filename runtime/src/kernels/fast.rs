@@ -46,7 +46,7 @@ pub const MAX_FOLDED_BIAS: i32 = 1 << 30;
 /// [`super::Requant`]), when there is one: for `t = 15 - shift` in `16..=31`, `m' = m << (32 - t)`, and then
 /// `smmulr(acc, m') = (acc * m * 2^(32 - t) + 2^31) >> 32 = (acc * m + 2^(t - 1)) >> t` exactly (both sides are
 /// the same integer division), which is the reference's `requantize(acc, m << 16, shift)` (see
-/// [`output_s8_q15`]). `m < 2^15` and `32 - t <= 16` keep `m'` below `2^31`. Other shifts (scales of 1/2 and
+/// [`output_s8_q31`]). `m < 2^15` and `32 - t <= 16` keep `m'` below `2^31`. Other shifts (scales of 1/2 and
 /// more, or below 2^-17) have none; the compiler keeps such ops on the reference kernel.
 pub fn q31_multiplier(m: i16, shift: i8) -> Option<i32> {
     let t = 15 - shift as i32;
@@ -57,9 +57,15 @@ pub fn q31_multiplier(m: i16, shift: i8) -> Option<i32> {
     }
 }
 
-/// `clamp(smmulr(acc, m) + zp, lo, hi)`: the output of one channel.
+/// One channel's output, `clamp(smmulr(acc, m) + zero point, act_min, act_max)` with `m` its
+/// [`q31_multiplier`]: exactly [`super::output_s8`]`(acc, (m16 as i32) << 16, shift, zero point, act_min,
+/// act_max)` (the loader guarantees `act_min <= act_max`). The reference's `(acc * (m16 << 16) + 2^(t + 15)) >>
+/// (t + 16)` is `(acc * m16 + 2^(t - 1)) >> t` (both terms carry 2^16), which `SMMULR` computes (see
+/// [`q31_multiplier`]); and clamping the exact `v + zero point` equals the reference's saturate-to-i32, saturating
+/// add, then clamp: any value the saturations change lies outside `-128..=127` either way. The assembly epilogues
+/// do the same with `SMMLAR` (the zero point added inside), `SSAT` and a bytewise clamp.
 #[inline(always)]
-fn requant(acc: i32, m: i32, q: &QuantS8) -> i8 {
+pub fn output_s8_q31(acc: i32, m: i32, q: &QuantS8) -> i8 {
     // max/min, not clamp: the loader checked act_min <= act_max (and clamp's assertion would link formatting).
     (smmulr(acc, m) + q.output_zero_point)
         .max(q.act_min as i32)
@@ -74,27 +80,6 @@ const CONSTS: usize = 5;
 /// `v` in all 4 bytes.
 fn splat8(v: i8) -> u32 {
     (v as u8 as u32) * 0x0101_0101
-}
-
-/// Exactly [`super::output_s8`]`(acc, (m as i32) << 16, shift, zero point, act_min, act_max)` (the loader
-/// guarantees `act_min <= act_max`), in fewer instructions for the shifts models have.
-///
-/// With `t = 15 - shift` in `1..=31`, the reference's `(acc * (m << 16) + 2^(t + 15)) >> (t + 16)` is
-/// `(acc * m + 2^(t - 1)) >> t`: both terms of the numerator carry the factor 2^16, and a shift below 32 is cheap.
-/// And clamping the exact `v + zero_point` to the activation range equals the reference's saturate-to-i32,
-/// saturating add, then clamp: any value the saturations change lies outside `-128..=127` either way. Other
-/// shifts take the reference's path.
-#[inline(always)]
-pub fn output_s8_q15(acc: i32, m: i16, shift: i8, q: &QuantS8) -> i8 {
-    let t = 15 - shift as i32;
-    let v = if (1..=31).contains(&t) {
-        (acc as i64 * m as i64 + (1i64 << (t - 1))) >> (t & 31)
-    } else {
-        crate::quant::requantize(acc, (m as i32) << 16, shift) as i64
-    };
-    (v + q.output_zero_point as i64)
-        .max(q.act_min as i64)
-        .min(q.act_max as i64) as i8
 }
 
 // ---- packed dot-product weights (conv with one group, fully connected) ----
@@ -356,11 +341,11 @@ fn dot2x2_rows(
             let (w, tail) = wj.split_at(2 * groups);
             let [aa, ab, ba, bb] = dot2x2(x, w);
             let [bias_a, bias_b, m_a, m_b] = pair_tail(tail);
-            ya[2 * j] = requant(bias_a.saturating_add(aa), m_a, q);
-            ya[2 * j + 1] = requant(bias_b.saturating_add(ab), m_b, q);
+            ya[2 * j] = output_s8_q31(bias_a.saturating_add(aa), m_a, q);
+            ya[2 * j + 1] = output_s8_q31(bias_b.saturating_add(ab), m_b, q);
             if let Some(yb) = yb.as_deref_mut() {
-                yb[2 * j] = requant(bias_a.saturating_add(ba), m_a, q);
-                yb[2 * j + 1] = requant(bias_b.saturating_add(bb), m_b, q);
+                yb[2 * j] = output_s8_q31(bias_a.saturating_add(ba), m_a, q);
+                yb[2 * j + 1] = output_s8_q31(bias_b.saturating_add(bb), m_b, q);
             }
         }
     }
@@ -692,9 +677,9 @@ fn dot_conv(geom: &ConvGeom, q: &QuantS8, packed: &[u32], io: &mut dyn Pixels) {
                 let [aa, _, ba, _] = dot2x2(&words[..4 * groups], w);
                 let [bias_a, _, m_a, _] = pair_tail(tail);
                 let n = out_c - 1;
-                ya[n] = requant(bias_a.saturating_add(aa), m_a, q);
+                ya[n] = output_s8_q31(bias_a.saturating_add(aa), m_a, q);
                 if two {
-                    ys[out_c + n] = requant(bias_a.saturating_add(ba), m_a, q);
+                    ys[out_c + n] = output_s8_q31(bias_a.saturating_add(ba), m_a, q);
                 }
             }
             p += 2;
@@ -748,9 +733,9 @@ pub fn dot_fully_connected_s8(
             let (w, tail) = wj.split_at(2 * groups);
             let [a, b] = dot1x2(x, w);
             let [bias_a, bias_b, m_a, m_b] = pair_tail(tail);
-            y[2 * j] = requant(bias_a.saturating_add(a), m_a, q);
+            y[2 * j] = output_s8_q31(bias_a.saturating_add(a), m_a, q);
             if j < full_pairs {
-                y[2 * j + 1] = requant(bias_b.saturating_add(b), m_b, q);
+                y[2 * j + 1] = output_s8_q31(bias_b.saturating_add(b), m_b, q);
             }
         }
     }
@@ -1118,7 +1103,11 @@ fn depthwise(geom: &ConvGeom, q: &QuantS8, packed: &[u32], io: &mut dyn Pixels) 
                             a3 = smlatt(xo, w[1], a3);
                         }
                         for (i, (o, acc)) in o.iter_mut().zip([a0, a1, a2, a3]).enumerate() {
-                            *o = requant((tail[i] as i32).wrapping_add(acc), tail[4 + i] as i32, q);
+                            *o = output_s8_q31(
+                                (tail[i] as i32).wrapping_add(acc),
+                                tail[4 + i] as i32,
+                                q,
+                            );
                         }
                     }
                     let Some(out) = io.out(next, 1) else { return };
