@@ -196,10 +196,11 @@ fn pool_geom(r: &mut Rng) -> Pool2d {
         let p = match r.below(7) {
             0..=2 => {
                 let (batch, in_h, in_w) = (r.urange(1, 2), r.urange(1, 7), r.urange(1, 7));
+                // The fast pools take channels in groups of 4.
                 let channels = match r.below(8) {
-                    0 => r.urange(14, 20),
+                    0 => 4 * r.urange(4, 5),
                     1 => 64,
-                    _ => r.urange(1, 13),
+                    _ => 4 * r.urange(1, 3),
                 };
                 let (kh, kw, sh, sw) = (
                     r.urange(1, 4),
@@ -244,12 +245,12 @@ fn pool_geom(r: &mut Rng) -> Pool2d {
                     r.urange(1, 2),
                     r.urange(1, 24),
                     r.urange(1, 24),
-                    r.urange(1, 20),
+                    4 * r.urange(1, 5),
                 );
                 global(g, r.chance(1, 2), zero_point(r))
             }
             5 => {
-                let g = (1, r.urange(16, 24), r.urange(17, 25), r.urange(1, 9));
+                let g = (1, r.urange(16, 24), r.urange(17, 25), 4 * r.urange(1, 2));
                 global(g, r.chance(1, 2), zero_point(r))
             }
             _ => {

@@ -1667,8 +1667,8 @@ conformance!(binary_s8_table_with_host_params_matches_reference, host_add_case()
     run_binary_with(fast_elementwise::binary_s8_table, &c)
 });
 
-/// Pool geometries the fast kernels take (all valid ones): [`pool_geom`]'s with 1 to 13 channels (groups of 4
-/// and tails); global pools up to 24 x 24 (one run of whole rows), some of more than 256 taps (the average's
+/// Pool geometries the fast kernels take (all valid ones with channels in groups of 4): [`pool_geom`]'s with 4 to
+/// 16 channels; global pools up to 24 x 24 (one run of whole rows), some of more than 256 taps (the average's
 /// 16-bit lanes are widened every 256 taps); the MLPerf Tiny KWS (25 x 5 x 64) and IC (8 x 8 x 64) global pools.
 fn fast_pool_geom() -> impl Strategy<Value = Pool2d> {
     let global = |(batch, h, w, c): (u32, u32, u32, u32), include: bool, zp: i32| Pool2d {
@@ -1689,11 +1689,11 @@ fn fast_pool_geom() -> impl Strategy<Value = Pool2d> {
         kernel: KernelS8::Fast,
     };
     prop_oneof![
-        3 => (pool_geom(), 1u32..=13).prop_map(|(p, channels)| Pool2d { channels, kernel: KernelS8::Fast, ..p }),
-        2 => ((1u32..=2, 1u32..=24, 1u32..=24, 1u32..=20), any::<bool>(), zero_point())
-            .prop_map(move |(g, include, zp)| global(g, include, zp)),
-        1 => ((Just(1u32), 16u32..=24, 17u32..=25, 1u32..=9), any::<bool>(), zero_point())
-            .prop_map(move |(g, include, zp)| global(g, include, zp)),
+        3 => (pool_geom(), 1u32..=4).prop_map(|(p, q)| Pool2d { channels: 4 * q, kernel: KernelS8::Fast, ..p }),
+        2 => ((1u32..=2, 1u32..=24, 1u32..=24, 1u32..=5), any::<bool>(), zero_point())
+            .prop_map(move |((b, h, w, q), include, zp)| global((b, h, w, 4 * q), include, zp)),
+        1 => ((Just(1u32), 16u32..=24, 17u32..=25, 1u32..=2), any::<bool>(), zero_point())
+            .prop_map(move |((b, h, w, q), include, zp)| global((b, h, w, 4 * q), include, zp)),
         1 => (prop_oneof![Just((1, 25, 5, 64)), Just((1, 8, 8, 64))], zero_point())
             .prop_map(move |(g, zp)| global(g, true, zp)),
     ]
@@ -1792,6 +1792,13 @@ fn fast_elementwise_kernels_say_what_they_take() {
         kernel: KernelS8::Fast,
     };
     assert!(fast_elementwise::pool_fast_fits(&pool(1 << 12, 1 << 11)));
+    // Channels in groups of 4 only.
+    for channels in [1, 3, 6, 65] {
+        assert!(!fast_elementwise::pool_fast_fits(&Pool2d {
+            channels,
+            ..pool(3, 3)
+        }));
+    }
     assert!(!fast_elementwise::pool_fast_fits(&pool(
         1 << 12,
         (1 << 11) + 1

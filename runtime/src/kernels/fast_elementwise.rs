@@ -185,10 +185,11 @@ fn table_add(p: &BinaryS8, a: &[i8], b: &[i8], out: &mut [i8]) {
 // ---------------------------------------------------------------------------------------------------------------
 
 /// Whether [`max_pool_s8_fast`] and [`avg_pool_s8_fast`] take this geometry: windows of at most
-/// [`MAX_SUM_LEN`] taps (as the loader requires of every int8 pool, so the average's `i32` sums are exact).
-/// Any window, stride, padding and channel count.
+/// [`MAX_SUM_LEN`] taps (as the loader requires of every int8 pool, so the average's `i32` sums are exact), and
+/// channels in groups of 4 (a word per tap; a tail path for the rest would cost the firmware ~600 bytes for
+/// channel counts models rarely have — those pools run on the reference). Any window, stride and padding.
 pub fn pool_fast_fits(p: &Pool2d) -> bool {
-    p.kernel_h as u64 * p.kernel_w as u64 <= MAX_SUM_LEN as u64
+    p.kernel_h as u64 * p.kernel_w as u64 <= MAX_SUM_LEN as u64 && p.channels.is_multiple_of(4)
 }
 
 /// The part of a window inside the input, for output position `o` along one axis: input indices `first..end`
@@ -276,8 +277,11 @@ fn for_each_word(run: &[i8], c: usize, mut f: impl FnMut(u32)) {
             f(u32::from_le_bytes([b0 as u8, b1 as u8, b2 as u8, b3 as u8]));
         }
     };
+    if c < 4 {
+        return; // (the fast pools' channels come in groups of 4; this tells the compiler each tap holds a word)
+    }
     let (taps, last) = run.split_at(run.len().saturating_sub(4));
-    for tap in taps.chunks_exact(c.max(1)) {
+    for tap in taps.chunks_exact(c) {
         word(tap);
     }
     word(last);
@@ -360,32 +364,20 @@ const LANE_TAPS: usize = 256;
 ///
 /// 4 channels per word: each word of maxima starts at `0x80808080` (4 x `-128`, the reference's fold start) and
 /// takes the lane-wise max with each tap's word (one load, `SSUB8`, `SEL`). Max is associative and commutative,
-/// so the lane-wise fold over the same taps equals the reference's per-channel fold. The last `channels % 4`
-/// channels fold one byte per tap.
+/// so the lane-wise fold over the same taps equals the reference's per-channel fold.
 pub fn max_pool_s8_fast(p: &Pool2d, input: &[i8], output: &mut [i8]) {
     if !pool_fast_fits(p) {
         return;
     }
     let c = p.channels as usize;
     let row = p.in_w as usize * c;
-    let quads = c / 4;
     for_each_window(p, output, |w, y| {
-        let (y4, tail) = y.split_at_mut(quads * 4);
-        for (g, o) in y4.chunks_exact_mut(4).enumerate() {
+        for (g, o) in y.chunks_exact_mut(4).enumerate() {
             let mut m = 0x8080_8080u32;
             for_each_run(input, w, (row, c, 4 * g, 4), |run, _| {
                 for_each_word(run, c, |x| m = max_s8x4(m, x))
             });
             o.copy_from_slice(&m.to_le_bytes().map(|v| v as i8));
-        }
-        for (ch, o) in tail.iter_mut().enumerate() {
-            let mut m = i8::MIN;
-            for_each_run(input, w, (row, c, quads * 4 + ch, 1), |run, _| {
-                for &x in run.iter().step_by(c) {
-                    m = m.max(x);
-                }
-            });
-            *o = m;
         }
     });
 }
@@ -399,14 +391,12 @@ pub fn max_pool_s8_fast(p: &Pool2d, input: &[i8], output: &mut [i8]) {
 /// constant per window), and the reference's division, rounding and clamp. Exact: every `i32` sum has at most
 /// [`MAX_SUM_LEN`] terms within `-128..=127`, and `|s| + n / 2 <= 255 * MAX_SUM_LEN + MAX_SUM_LEN / 2 < 2^31`,
 /// so the integers are the reference's (wrapping operations only spare the overflow checks; no value wraps).
-/// The last `channels % 4` channels sum one byte per tap.
 pub fn avg_pool_s8_fast(p: &Pool2d, input: &[i8], output: &mut [i8]) {
     if !pool_fast_fits(p) {
         return;
     }
     let c = p.channels as usize;
     let row = p.in_w as usize * c;
-    let quads = c / 4;
     let zp = p.zero_point;
     let window_taps = p.kernel_h as usize * p.kernel_w as usize;
     for_each_window(p, output, |w, y| {
@@ -420,8 +410,7 @@ pub fn avg_pool_s8_fast(p: &Pool2d, input: &[i8], output: &mut [i8]) {
         // s + n / 2 = sum x + (n / 2 - inside * zp)
         let bias = (n / 2).wrapping_sub((inside as i32).wrapping_mul(zp));
         let avg = |sum: i32| clamp_s8(zp + sum.wrapping_add(bias).div_euclid(n), -128, 127);
-        let (y4, tail) = y.split_at_mut(quads * 4);
-        for (g, o) in y4.chunks_exact_mut(4).enumerate() {
+        for (g, o) in y.chunks_exact_mut(4).enumerate() {
             let mut s = [0i32; 4];
             for_each_run(input, w, (row, c, 4 * g, 4), |run, taps| {
                 // Blocks of at most LANE_TAPS taps: `block` taps take `(block - 1) * c + 4` bytes.
@@ -446,15 +435,6 @@ pub fn avg_pool_s8_fast(p: &Pool2d, input: &[i8], output: &mut [i8]) {
             for (o, &sum) in o.iter_mut().zip(&s) {
                 *o = avg(sum);
             }
-        }
-        for (ch, o) in tail.iter_mut().enumerate() {
-            let mut s = 0i32;
-            for_each_run(input, w, (row, c, quads * 4 + ch, 1), |run, _| {
-                for &x in run.iter().step_by(c) {
-                    s = s.wrapping_add(x as i32);
-                }
-            });
-            *o = avg(s);
         }
     });
 }
