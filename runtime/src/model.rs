@@ -577,6 +577,37 @@ pub(crate) mod de {
         Ok((t, de.rest))
     }
 
+    /// Whether `b` is well-formed UTF-8 (RFC 3629: shortest forms only, no surrogates, at most U+10FFFF): what
+    /// `core::str::from_utf8` decides, in a tenth of its code (names are checked once, at load; its speed-ups and
+    /// its 256-byte table would be the firmware's largest constant).
+    pub fn utf8(b: &[u8]) -> bool {
+        let mut i = 0;
+        while let Some(&lead) = b.get(i) {
+            // Continuation bytes, and the range of the first one (which rules out overlong forms, surrogates
+            // and code points above U+10FFFF).
+            let (more, lo, hi) = match lead {
+                0x00..=0x7F => (0, 0x80, 0xBF),
+                0xC2..=0xDF => (1, 0x80, 0xBF),
+                0xE0 => (2, 0xA0, 0xBF),
+                0xED => (2, 0x80, 0x9F),
+                0xE1..=0xEF => (2, 0x80, 0xBF),
+                0xF0 => (3, 0x90, 0xBF),
+                0xF4 => (3, 0x80, 0x8F),
+                0xF1..=0xF3 => (3, 0x80, 0xBF),
+                _ => return false,
+            };
+            for k in 1..=more {
+                let range = if k == 1 { lo..=hi } else { 0x80..=0xBF };
+                match b.get(i + k) {
+                    Some(c) if range.contains(c) => {}
+                    _ => return false,
+                }
+            }
+            i += 1 + more;
+        }
+        true
+    }
+
     /// A cursor over postcard bytes.
     pub struct De<'de> {
         pub rest: &'de [u8],
@@ -814,8 +845,12 @@ pub(crate) mod de {
 
         fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
             let n = self.len()?;
-            let s = core::str::from_utf8(self.take(n)?).map_err(|_| Error)?;
-            visitor.visit_borrowed_str(s)
+            let b = self.take(n)?;
+            if !utf8(b) {
+                return Err(Error);
+            }
+            // SAFETY: `utf8` accepted the bytes: they are well-formed UTF-8 (tested against `core::str::from_utf8`).
+            visitor.visit_borrowed_str(unsafe { core::str::from_utf8_unchecked(b) })
         }
 
         fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -930,6 +965,47 @@ mod tests {
     use super::*;
     use crate::format::{DType, KernelS8, OpKind, Quant};
     use crate::ops::{KernelSet, Registration};
+
+    /// The loader's UTF-8 check decides exactly as `core::str::from_utf8`: on every 1- and 2-byte string, on
+    /// every 3-byte string with a 3- or 4-byte lead (the boundaries of each range: overlong forms, surrogates,
+    /// past U+10FFFF, truncations), and on random strings biased towards non-ASCII bytes.
+    #[test]
+    fn utf8_check_is_core_s() {
+        let same = |b: &[u8]| assert_eq!(de::utf8(b), core::str::from_utf8(b).is_ok(), "{b:02x?}");
+        for a in 0..=255u8 {
+            same(&[a]);
+            for b in 0..=255u8 {
+                same(&[a, b]);
+            }
+        }
+        for a in 0xE0..=0xFFu8 {
+            for b in 0x70..=0xC4u8 {
+                for c in [0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xFF] {
+                    same(&[a, b, c]);
+                    same(&[a, b, c, 0x80]);
+                    same(&[a, b, c, 0xC0]);
+                    same(&[b'x', a, b, c, 0xBF, b'y']);
+                }
+            }
+        }
+        let mut s: u32 = 7;
+        for _ in 0..200_000 {
+            let len = (s >> 28) as usize;
+            let b: Vec<u8> = (0..len)
+                .map(|_| {
+                    s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    let x = (s >> 24) as u8;
+                    if s & 0x100 != 0 {
+                        0x80 | (x & 0x7F)
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            same(&b);
+        }
+        assert!(de::utf8("Conv__95 → ok · ünïcødé 🔥".as_bytes()));
+    }
 
     /// `de::take` and postcard agree on `bytes`: both refuse them, or both read the same value and leave the same
     /// rest.

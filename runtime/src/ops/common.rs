@@ -24,6 +24,15 @@ pub fn prod(items: impl IntoIterator<Item = u64>) -> Option<u64> {
         .try_fold(1u64, |acc, x| acc.checked_mul(x))
 }
 
+/// `a * b * ...`, `None` if it overflows `u32`. The loader's size arithmetic: every size it computes is compared
+/// with a `u32` operand length, so a product overflowing `u32` is already a mismatch (and 64-bit arithmetic
+/// would double this once-run code on a 32-bit core).
+pub fn prod32(items: impl IntoIterator<Item = u32>) -> Option<u32> {
+    items
+        .into_iter()
+        .try_fold(1u32, |acc, x| acc.checked_mul(x))
+}
+
 /// A value for [`Error::BadParam`] (saturated to `i32`).
 pub fn val(v: impl TryInto<i64>) -> i32 {
     let v: i64 = v.try_into().unwrap_or(i64::MAX);

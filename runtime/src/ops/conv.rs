@@ -1,6 +1,8 @@
 //! `Conv2dS8`, `Conv2dF32`, `FullyConnectedS8`, `FullyConnectedF32`.
 
-use super::common::{cast, cast_mut, divides, input, opt_span, prod, span, Ck, EVAL_OP, MAX_COORD};
+use super::common::{
+    cast, cast_mut, divides, input, opt_span, prod32, span, Ck, EVAL_OP, MAX_COORD,
+};
 use super::OpIo;
 use super::{linked, mode_linked};
 use crate::error::{Error, Field};
@@ -10,14 +12,17 @@ use crate::format::{
 use crate::kernels::{self, fast, QuantS8, Requant, MAX_DOT_LEN};
 
 /// Geometry, input/output/weights/bias sizes. Returns the dot product length (taps per output).
+///
+/// In 32-bit checked arithmetic: every size is compared with a `u32` operand length, so a product that overflows
+/// `u32` is already a mismatch (and 64-bit arithmetic would double this once-run code on a 32-bit core).
 fn check_geom(
     ck: &Ck,
     g: &ConvGeom,
-    elem: u64,
+    elem: u32,
     weights: crate::format::Span,
     bias: Option<crate::format::Span>,
-    packed: Option<u64>,
-) -> Result<u64, Error> {
+    packed: Option<Option<u32>>,
+) -> Result<u32, Error> {
     let p = Field::Params;
     let nonzero = [
         g.batch,
@@ -43,53 +48,43 @@ fn check_geom(
         p,
         g.groups,
     )?;
-    // Largest padded coordinate a tap reaches, and the padded extent: both far from overflowing usize.
+    // One past the largest padded coordinate a tap reaches, and the padded extent: both far from overflowing
+    // usize (at most MAX_COORD).
+    let coord_ok = |v: Option<u32>| v.is_some_and(|v| u64::from(v) <= MAX_COORD);
     let reach = |out: u32, stride: u32, k: u32, dil: u32| {
-        let last_start = (out as u64 - 1).saturating_mul(stride as u64);
-        last_start
-            .saturating_add((k as u64 - 1).saturating_mul(dil as u64))
-            .saturating_add(1)
+        (out - 1)
+            .checked_mul(stride)
+            .and_then(|s| s.checked_add((k - 1).checked_mul(dil)?))
+            .and_then(|s| s.checked_add(1))
     };
     ck.ensure(
-        reach(g.out_h, g.stride_h, g.kernel_h, g.dilation_h) <= MAX_COORD,
+        coord_ok(reach(g.out_h, g.stride_h, g.kernel_h, g.dilation_h)),
         p,
         g.out_h,
     )?;
     ck.ensure(
-        reach(g.out_w, g.stride_w, g.kernel_w, g.dilation_w) <= MAX_COORD,
+        coord_ok(reach(g.out_w, g.stride_w, g.kernel_w, g.dilation_w)),
         p,
         g.out_w,
     )?;
-    ck.ensure(g.pad_top as u64 + g.in_h as u64 <= MAX_COORD, p, g.pad_top)?;
-    ck.ensure(
-        g.pad_left as u64 + g.in_w as u64 <= MAX_COORD,
-        p,
-        g.pad_left,
-    )?;
-    let dot = prod([
-        g.kernel_h as u64,
-        g.kernel_w as u64,
-        (g.in_c / g.groups) as u64,
-    ]);
-    let x =
-        prod([g.batch, g.in_h, g.in_w, g.in_c].map(u64::from)).and_then(|n| n.checked_mul(elem));
-    let y =
-        prod([g.batch, g.out_h, g.out_w, g.out_c].map(u64::from)).and_then(|n| n.checked_mul(elem));
-    let w = dot
-        .and_then(|d| d.checked_mul(g.out_c as u64))
-        .and_then(|n| n.checked_mul(elem));
-    ck.input_size(0, x, elem as u32)?;
-    ck.output_size(y, elem as u32)?;
+    ck.ensure(coord_ok(g.pad_top.checked_add(g.in_h)), p, g.pad_top)?;
+    ck.ensure(coord_ok(g.pad_left.checked_add(g.in_w)), p, g.pad_left)?;
+    let dot = prod32([g.kernel_h, g.kernel_w, g.in_c / g.groups]);
+    let x = prod32([g.batch, g.in_h, g.in_w, g.in_c, elem]);
+    let y = prod32([g.batch, g.out_h, g.out_w, g.out_c, elem]);
+    let w = dot.and_then(|d| prod32([d, g.out_c, elem]));
+    ck.input_size(0, x.map(u64::from), elem)?;
+    ck.output_size(y.map(u64::from), elem)?;
     match packed {
         // Packed weights carry bias and requantisation: a separate bias would be ignored, so it is refused.
         Some(len) => {
-            ck.span(Field::Weights, weights, Some(len), 4)?;
+            ck.span(Field::Weights, weights, len.map(u64::from), 4)?;
             ck.ensure(bias.is_none(), Field::Bias, 1)?;
         }
         None => {
-            ck.span(Field::Weights, weights, w, elem as u32)?;
+            ck.span(Field::Weights, weights, w.map(u64::from), elem)?;
             if let Some(b) = bias {
-                ck.span(Field::Bias, b, Some(g.out_c as u64 * 4), 4)?;
+                ck.span(Field::Bias, b, Some(u64::from(g.out_c) * 4), 4)?;
             }
         }
     }
@@ -107,17 +102,17 @@ pub fn check_conv_s8(ck: &Ck, p: &ConvS8) -> Result<(), Error> {
     };
     ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;
     // The fits predicates bound the window (at most MAX_PATCH elements, MAX_TAPS taps, MAX_DW_CHANNELS
-    // channels), so the per-row sizes are small; the channel count is a u32, so the totals fit a u64.
-    let taps = (g.kernel_h as u64).saturating_mul(g.kernel_w as u64);
-    let (k, n) = (taps.saturating_mul(g.in_c as u64), g.out_c as u64);
-    // (`fast::dot_packed_len` and `fast::depthwise_packed_len`, in u64.)
+    // channels), so the per-row sizes are small; a total overflowing u32 (`None`) is a length mismatch.
+    let taps = g.kernel_h.saturating_mul(g.kernel_w);
+    let (k, n) = (taps.saturating_mul(g.in_c), g.out_c);
+    // (`fast::dot_packed_len` and `fast::depthwise_packed_len`, in checked u32.)
     let packed = match p.kernel {
-        KernelS8::Dot => Some(n.div_ceil(2) * (2 * k.div_ceil(4) + 4) * 4),
-        KernelS8::Depthwise => Some(n / 4 * (2 * taps + 8) * 4),
+        KernelS8::Dot => Some(prod32([n.div_ceil(2), 2 * k.div_ceil(4) + 4, 4])),
+        KernelS8::Depthwise => Some(prod32([n / 4, 2 * taps + 8, 4])),
         _ => None,
     };
     let dot = check_geom(ck, g, 1, p.weights, p.bias, packed)?;
-    ck.ensure(dot <= MAX_DOT_LEN as u64, Field::Weights, dot)?;
+    ck.ensure(dot <= MAX_DOT_LEN, Field::Weights, dot)?;
     if packed.is_some() {
         // Packed: the per-channel requantisation is inside the weights; the spans stay empty.
         ck.per_channel(&p.requant, 0)?;
@@ -214,26 +209,31 @@ pub fn eval_conv_f32(p: &ConvF32, io: OpIo<'_>) -> Result<(), Error> {
 fn check_fc_geom(
     ck: &Ck,
     g: &FcGeom,
-    elem: u64,
+    elem: u32,
     weights: crate::format::Span,
     bias: Option<crate::format::Span>,
-    packed: Option<u64>,
+    packed: Option<Option<u32>>,
 ) -> Result<(), Error> {
     for v in [g.rows, g.in_features, g.out_features] {
         ck.ensure(v > 0, Field::Params, v)?;
     }
-    let (rows, k, n) = (g.rows as u64, g.in_features as u64, g.out_features as u64);
-    ck.input_size(0, prod([rows, k, elem]), elem as u32)?;
-    ck.output_size(prod([rows, n, elem]), elem as u32)?;
+    let (rows, k, n) = (g.rows, g.in_features, g.out_features);
+    ck.input_size(0, prod32([rows, k, elem]).map(u64::from), elem)?;
+    ck.output_size(prod32([rows, n, elem]).map(u64::from), elem)?;
     match packed {
         Some(len) => {
-            ck.span(Field::Weights, weights, Some(len), 4)?;
+            ck.span(Field::Weights, weights, len.map(u64::from), 4)?;
             ck.ensure(bias.is_none(), Field::Bias, 1)?;
         }
         None => {
-            ck.span(Field::Weights, weights, prod([n, k, elem]), elem as u32)?;
+            ck.span(
+                Field::Weights,
+                weights,
+                prod32([n, k, elem]).map(u64::from),
+                elem,
+            )?;
             if let Some(b) = bias {
-                ck.span(Field::Bias, b, Some(n * 4), 4)?;
+                ck.span(Field::Bias, b, Some(u64::from(n) * 4), 4)?;
             }
         }
     }
@@ -248,10 +248,11 @@ pub fn check_fc_s8(ck: &Ck, p: &FullyConnectedS8) -> Result<(), Error> {
         KernelS8::Depthwise | KernelS8::Table | KernelS8::Fast => false,
     };
     ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;
-    // `dot_fc_fits` bounds `in_features`; `out_features` is a u32, so the length fits a u64 (the layout of
+    // `dot_fc_fits` bounds `in_features`; a length overflowing u32 (`None`) is a mismatch (the layout of
     // `fast::dot_packed_len`).
-    let (k, n) = (p.geom.in_features as u64, p.geom.out_features as u64);
-    let packed = (p.kernel == KernelS8::Dot).then(|| n.div_ceil(2) * (2 * k.div_ceil(4) + 4) * 4);
+    let (k, n) = (p.geom.in_features, p.geom.out_features);
+    let packed =
+        (p.kernel == KernelS8::Dot).then(|| prod32([n.div_ceil(2), 2 * k.div_ceil(4) + 4, 4]));
     check_fc_geom(ck, &p.geom, 1, p.weights, p.bias, packed)?;
     ck.ensure(
         p.geom.in_features <= MAX_DOT_LEN,

@@ -1,6 +1,6 @@
 //! `BinaryS8`, `BinaryF32`, `LookupS8`, `UnaryF32`, `SoftmaxS8`, `SoftmaxF32`.
 
-use super::common::{bytes_of, cast, cast_mut, input, prod, span, Ck, EVAL_OP};
+use super::common::{cast, cast_mut, divides, input, prod32, span, Ck, EVAL_OP};
 use super::OpIo;
 use crate::error::{Error, Field};
 use crate::format::{BinaryF32, BinaryS8, Broadcast, KernelS8, LookupS8, SoftmaxF32, SoftmaxS8};
@@ -9,7 +9,7 @@ use crate::kernels::{
 };
 
 /// Broadcast lists consistent, output size, and both inputs large enough for the largest strided index.
-fn check_broadcast(ck: &Ck, bc: &Broadcast, elem: u64) -> Result<(), Error> {
+fn check_broadcast(ck: &Ck, bc: &Broadcast, elem: u32) -> Result<(), Error> {
     ck.arity(2)?;
     let rank = ck.rank(&bc.out)?;
     ck.ensure(
@@ -22,32 +22,30 @@ fn check_broadcast(ck: &Ck, bc: &Broadcast, elem: u64) -> Result<(), Error> {
         Field::Input(1),
         bc.b_strides.len(),
     )?;
-    let out_elems = bytes_of(&bc.out, 1);
-    ck.output_size(out_elems.and_then(|n| n.checked_mul(elem)), elem as u32)?;
+    let out_elems = prod32(bc.out.iter().copied());
+    let out_bytes = out_elems.and_then(|n| n.checked_mul(elem));
+    ck.output_size(out_bytes.map(u64::from), elem)?;
     for (i, strides) in [&bc.a_strides, &bc.b_strides].into_iter().enumerate() {
         let o = ck.input(i)?;
         // Elements the input must hold: 1 + the largest index, or (empty output) whatever it has, whole elements.
         let need = if out_elems == Some(0) {
-            Some(o.len as u64 / elem)
+            Some(o.len / elem)
         } else {
+            // (Every axis is at least 1 here: a 0 makes the output empty.)
             bc.out
                 .iter()
                 .zip(strides.iter())
-                .try_fold(1u64, |acc, (&d, &s)| {
-                    (d as u64 - 1)
-                        .checked_mul(s as u64)
-                        .and_then(|x| x.checked_add(acc))
+                .try_fold(1u32, |acc, (&d, &s)| {
+                    (d - 1).checked_mul(s).and_then(|x| x.checked_add(acc))
                 })
         };
         let need_bytes = need.and_then(|n| n.checked_mul(elem));
         // Larger is fine (a stride may skip a tail); smaller or a partial element is not.
         let expected = match need_bytes {
-            Some(n) if o.len as u64 >= n && (o.len as u64).checked_rem(elem) == Some(0) => {
-                Some(o.len as u64)
-            }
+            Some(n) if o.len >= n && divides(elem, o.len) => Some(o.len),
             other => other,
         };
-        ck.input_size(i, expected, elem as u32)?;
+        ck.input_size(i, expected.map(u64::from), elem)?;
     }
     Ok(())
 }
@@ -139,11 +137,11 @@ pub fn eval_unary_f32(p: crate::format::UnaryF32, io: OpIo<'_>) -> Result<(), Er
     Ok(())
 }
 
-fn check_softmax_shape(ck: &Ck, outer: u32, len: u32, inner: u32, elem: u64) -> Result<(), Error> {
+fn check_softmax_shape(ck: &Ck, outer: u32, len: u32, inner: u32, elem: u32) -> Result<(), Error> {
     ck.arity(1)?;
-    let bytes = prod([outer as u64, len as u64, inner as u64, elem]);
-    ck.input_size(0, bytes, elem as u32)?;
-    ck.output_size(bytes, elem as u32)
+    let bytes = prod32([outer, len, inner, elem]).map(u64::from);
+    ck.input_size(0, bytes, elem)?;
+    ck.output_size(bytes, elem)
 }
 
 /// The kernel mode `params` encode: `[]` for softmax, `[diff_mult, log_mult]` (both `>= 0`) for LogSoftmax.

@@ -1,6 +1,6 @@
 //! `MaxPoolS8`, `MaxPoolF32`, `AvgPoolS8`, `AvgPoolF32`, `ReduceMeanS8`, `ReduceMeanF32`.
 
-use super::common::{bytes_of, cast, cast_mut, input, prod, Ck, MAX_COORD};
+use super::common::{bytes_of, cast, cast_mut, input, prod, prod32, Ck, MAX_COORD};
 use super::OpIo;
 use crate::error::{Error, Field};
 use crate::format::{Dims, KernelS8, Pool2d, ReduceMeanF32, ReduceMeanS8};
@@ -31,13 +31,12 @@ pub fn check_pool(ck: &Ck, p: &Pool2d, kind: PoolKind) -> Result<(), Error> {
         (p.in_h, p.out_h, p.kernel_h, p.stride_h, p.pad_top),
         (p.in_w, p.out_w, p.kernel_w, p.stride_w, p.pad_left),
     ] {
-        let (in_, out, k, s, pad) = (in_ as u64, out as u64, k as u64, s as u64, pad as u64);
-        // The first window ends inside the input, the last starts inside it.
+        // The first window ends inside the input, the last starts inside it; all of it within MAX_COORD.
         ck.ensure(pad < k, f, pad)?;
-        let last_start = (out - 1).saturating_mul(s);
-        ck.ensure(last_start < pad + in_, f, out)?;
+        let (last_start, extent) = ((out - 1).checked_mul(s), pad.checked_add(in_));
         ck.ensure(
-            last_start.saturating_add(k) <= MAX_COORD && pad + in_ <= MAX_COORD,
+            matches!((last_start, extent), (Some(l), Some(e)) if l < e
+                && u64::from(l) + u64::from(k) <= MAX_COORD && u64::from(e) <= MAX_COORD),
             f,
             out,
         )?;
@@ -58,12 +57,10 @@ pub fn check_pool(ck: &Ck, p: &Pool2d, kind: PoolKind) -> Result<(), Error> {
     };
     ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;
     let elem = if int8 { 1 } else { 4 };
-    let x = prod([p.batch, p.in_h, p.in_w, p.channels].map(u64::from))
-        .and_then(|n| n.checked_mul(elem));
-    let y = prod([p.batch, p.out_h, p.out_w, p.channels].map(u64::from))
-        .and_then(|n| n.checked_mul(elem));
-    ck.input_size(0, x, elem as u32)?;
-    ck.output_size(y, elem as u32)
+    let x = prod32([p.batch, p.in_h, p.in_w, p.channels, elem]).map(u64::from);
+    let y = prod32([p.batch, p.out_h, p.out_w, p.channels, elem]).map(u64::from);
+    ck.input_size(0, x, elem)?;
+    ck.output_size(y, elem)
 }
 
 /// Runs the pool; `SET` (a registration's kernel bits) names the kernels this build links: with only one of
