@@ -1047,24 +1047,35 @@ fn depthwise(geom: &ConvGeom, q: &QuantS8, packed: &[u32], io: &mut dyn Pixels) 
                 let base = (((b * in_h).wrapping_add(y0)).wrapping_mul(in_w))
                     .wrapping_add(x0)
                     .wrapping_mul(c);
-                for t in 0..taps {
-                    let at = if interior {
-                        Some(base + offs[t])
-                    } else {
+                // Interior pixels (nearly all) in a loop of their own: no per-tap bounds tests.
+                if interior {
+                    for (l, &off) in list[..taps].iter_mut().zip(&offs[..taps]) {
+                        #[cfg(kiln_dsp)]
+                        {
+                            *l = in_base.wrapping_add(base + off) as u32;
+                        }
+                        #[cfg(not(kiln_dsp))]
+                        {
+                            *l = base + off;
+                        }
+                    }
+                } else {
+                    for (t, l) in list[..taps].iter_mut().enumerate() {
                         let iy = y0.wrapping_add((t / kw) * dh);
                         let ix = x0.wrapping_add((t % kw) * dw);
-                        (iy < in_h && ix < in_w).then(|| ((b * in_h + iy) * in_w + ix) * c)
-                    };
-                    #[cfg(kiln_dsp)]
-                    {
-                        list[t] = match at {
-                            Some(at) => in_base.wrapping_add(at) as u32,
-                            None => zps.as_ptr() as u32,
-                        };
-                    }
-                    #[cfg(not(kiln_dsp))]
-                    {
-                        list[t] = at.unwrap_or(PAD);
+                        let at =
+                            (iy < in_h && ix < in_w).then(|| ((b * in_h + iy) * in_w + ix) * c);
+                        #[cfg(kiln_dsp)]
+                        {
+                            *l = match at {
+                                Some(at) => in_base.wrapping_add(at) as u32,
+                                None => zps.as_ptr() as u32,
+                            };
+                        }
+                        #[cfg(not(kiln_dsp))]
+                        {
+                            *l = at.unwrap_or(PAD);
+                        }
                     }
                 }
                 #[cfg(kiln_dsp)]
