@@ -4,7 +4,7 @@
 //! Inputs (environment): `KILN_BOARD` (board name or board file), `KILN_MODEL` (path of a `.kiln` file),
 //! `KILN_STACK_BYTES` (stack reserve, default 12 KiB, as `kiln`'s), `KILN_MEMORY` (`board`, the default, or `measure`: regions
 //! enlarged so that any size links and `kiln` can read the real needs off the ELF before checking them),
-//! `KILN_BENCH` (`1`: run the benchmark inferences at boot, see `main.rs`).
+//! `KILN_BENCH` (`1`: the benchmark image: the benchmark inferences at boot, then exit; see `main.rs`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

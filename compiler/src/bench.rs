@@ -33,8 +33,13 @@ pub struct Bench {
     pub arena_bytes: u64,
     /// Peak stack during the benchmark (painted stack).
     pub stack_bytes: u64,
-    /// Flash of the firmware without the model: vector table, code, constants, initial values of statics.
+    /// Flash of the benchmark image without the model: vector table, code, constants, initial values of
+    /// statics. The benchmark image is the firmware built to measure (what TFLM's benchmark application is to
+    /// TFLM): the same loader, checks, interpreter and kernels, no logs, no UART command loop.
     pub code_bytes: u64,
+    /// The same for the firmware `kiln flash` and `kiln run --board` build (command loop, telemetry, `defmt`
+    /// logs): what `kiln compile --board` fits.
+    pub firmware_code_bytes: u64,
     pub model_bytes: u64,
     /// SysTick ticks and instructions per tick, from which `instructions` comes.
     pub ticks: u64,
@@ -60,9 +65,10 @@ pub fn bench(
     let buf = ModelBuf::new(model);
     let m = buf.model()?;
     let info = crate::inspect::inspect(&m);
+    // No logs in the benchmark image: the host reads the counts from its telemetry frames.
     let options = Options {
         stack_bytes,
-        log_level: "info",
+        log_level: "off",
         bench: true,
     };
     let built = flash::build_checked(board_arg, model, options, None, say)?;
@@ -81,7 +87,6 @@ pub fn bench(
             _ => {}
         }
     }
-    dev.hello()?;
     dev.finish()?;
     // Each run repeats exactly from reset; within a run the second inference starts at another phase of the
     // tick, so its readings may differ by a tick each, never more.
@@ -94,6 +99,14 @@ pub fn bench(
             b.cycles
         )));
     }
+    // The interactive firmware for the same model, for its size beside the benchmark image's.
+    let interactive = flash::build_checked(
+        board_arg,
+        model,
+        Options::with_stack(stack_bytes),
+        None,
+        |_| {},
+    )?;
     let per_tick = board.qemu_instructions_per_tick();
     let instr = |ticks: u64| (ticks as f64 * per_tick).round() as u64;
     let ops: Vec<OpBench> = info
@@ -125,6 +138,7 @@ pub fn bench(
         arena_bytes: info.arena_bytes as u64,
         stack_bytes: u64::from(a.stack_high_water.max(b.stack_high_water)),
         code_bytes: fp.code_bytes,
+        firmware_code_bytes: interactive.firmware.footprint.code_bytes,
         model_bytes: fp.model_bytes,
         ticks: a.cycles,
         instructions_per_tick: per_tick,
@@ -177,6 +191,11 @@ pub fn render(b: &Bench) -> String {
         n(b.stack_bytes),
         n(b.code_bytes),
         n(b.model_bytes)
+    );
+    let _ = writeln!(
+        t,
+        "(code: the benchmark image; the firmware `kiln flash` builds, with its UART command loop and logs: {} B)",
+        n(b.firmware_code_bytes)
     );
     t
 }
