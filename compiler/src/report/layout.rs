@@ -388,6 +388,113 @@ mod tests {
         }
     }
 
+    /// x -> conv a -> relu -> conv b -> Add(., x) -> relu -> conv c: a skip edge, a residual Add that may run in
+    /// place, packed and unpacked kernels.
+    fn residual_model() -> (tempfile::TempDir, std::path::PathBuf) {
+        use kiln_tests::onnx::{attr::ints, OnnxBuilder};
+        let w = |n: usize, seed: u32| -> Vec<f32> {
+            let mut next = lcg(seed);
+            (0..n)
+                .map(|_| (next() % 200) as f32 / 400.0 - 0.25)
+                .collect()
+        };
+        OnnxBuilder::new(13)
+            .input("x", &[1, 8, 6, 6])
+            .initializer("wa", &[8, 8, 3, 3], &w(8 * 8 * 9, 1))
+            .initializer("wb", &[8, 8, 1, 1], &w(64, 2))
+            .initializer("wc", &[4, 8, 3, 3], &w(4 * 8 * 9, 3))
+            .node(
+                "Conv",
+                &["x", "wa"],
+                &["a"],
+                vec![ints("pads", &[1, 1, 1, 1])],
+            )
+            .node("Relu", &["a"], &["ar"], vec![])
+            .node("Conv", &["ar", "wb"], &["b"], vec![])
+            .node("Add", &["b", "x"], &["s"], vec![])
+            .node("Relu", &["s"], &["sr"], vec![])
+            .node("Conv", &["sr", "wc"], &["y"], vec![])
+            .output("y", &[1, 4, 4, 4])
+            .write_temp()
+            .expect("write model")
+    }
+
+    /// Checks the layout against the compiler's own plan: the same lower bound, disjoint bytes for tensors live
+    /// together, every arena input resolved, and lifetimes inside the op sequence.
+    fn check_against_plan(bytes: &[u8], lower_bound: usize) -> Layout {
+        let buf = crate::runner::ModelBuf::new(bytes);
+        let m = buf.model().expect("model");
+        let l = layout(&m);
+        assert_eq!(l.lower_bound() as usize, lower_bound, "lower bound");
+        assert!(l.lower_bound() <= l.arena_bytes);
+        for (op, def) in l.ops.iter().zip(m.ops()) {
+            assert_eq!(
+                op.inputs.len(),
+                def.inputs.len(),
+                "op {} inputs resolved",
+                op.index
+            );
+        }
+        for (i, a) in l.lives.iter().enumerate() {
+            assert!(a.start < a.end && a.end <= 2 * l.slots, "{a:?}");
+            assert!(a.offset + a.bytes <= l.arena_bytes, "{a:?}");
+            for b in &l.lives[i + 1..] {
+                let together = a.start < b.end && b.start < a.end;
+                let share_bytes = a.offset < b.offset + b.bytes && b.offset < a.offset + a.bytes;
+                assert!(!(together && share_bytes), "{a:?} and {b:?}");
+            }
+        }
+        l
+    }
+
+    #[test]
+    fn layout_agrees_with_the_compilers_plan() {
+        use crate::emit::{emit, Precision};
+        let (_dir, path) = residual_model();
+        let program = crate::compile::lower_onnx(&path).expect("lower");
+        let float = emit(&program, Precision::F32, None, "residual").expect("f32");
+        let l = check_against_plan(&float.bytes, float.arena_lower_bound);
+        // The Add reads the graph input (a skip edge from the top) and conv b's output.
+        let add = l
+            .ops
+            .iter()
+            .find(|o| o.kind.starts_with("binary"))
+            .expect("the Add");
+        let producers: Vec<Option<usize>> = add.inputs.iter().map(|s| l.producer(s)).collect();
+        assert!(producers.contains(&None), "{producers:?}");
+        assert!(
+            crate::report::svg::graph(&l).contains("<path d=\"M"),
+            "a skip edge is an arc"
+        );
+
+        let samples: Vec<Vec<ndarray::ArrayD<f32>>> = (0..8u32)
+            .map(|s| {
+                let mut next = lcg(100 + s);
+                let v: Vec<f32> = (0..8 * 36)
+                    .map(|_| (next() % 256) as f32 / 128.0 - 1.0)
+                    .collect();
+                vec![
+                    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 8, 6, 6]), v)
+                        .expect("sample"),
+                ]
+            })
+            .collect();
+        let ranges = crate::compile::calibrate(
+            &program,
+            &float,
+            &samples,
+            crate::compile::CalibMethod::MinMax,
+        )
+        .expect("calibrate");
+        let int8 = emit(&program, Precision::Int8, Some(&ranges), "residual").expect("int8");
+        let l = check_against_plan(&int8.bytes, int8.arena_lower_bound);
+        assert!(
+            l.ops.iter().any(|o| o.in_place),
+            "some int8 op runs in place here"
+        );
+        assert_eq!(l.weights.len(), 3, "three convolutions' weights");
+    }
+
     #[test]
     fn unpacking_inverts_the_packers() {
         let mut next = lcg(7);
