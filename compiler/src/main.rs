@@ -299,6 +299,9 @@ network, nothing else to copy. Sections:
                    from a firmware build (needs a Cortex-M toolchain; without one the page
                    says so)
 
+Exit codes: 0 success; 2 bad input (unreadable model or data, unknown board); 1 internal
+error. The page is written only when complete.
+
 Example:
   kiln report model.onnx --calib samples.npy --eval labelled.npz -o report.html
   kiln report model.kiln --board lm3s6965evb -o report.html";

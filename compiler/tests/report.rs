@@ -325,6 +325,58 @@ fn report_renders_in_chromium_without_console_errors_and_draws_its_charts() {
     }
 }
 
+/// A `.kiln` file has no float model: the quality section says so. Without a Cortex-M toolchain (here: Debian's
+/// forced and unreachable) the page is still written and says why the fit is missing.
+#[test]
+fn report_on_a_kiln_file_without_a_toolchain_says_what_is_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = repo();
+    let model = dir.path().join("mnist.kiln");
+    let o = kiln(&[
+        "compile",
+        s(&r.join("models/mnist_cnn.onnx")),
+        "--calib",
+        s(&r.join("data/mnist_calib.npy")),
+        "-o",
+        s(&model),
+    ]);
+    assert_exit(&o, 0, "kiln compile");
+    let out = dir.path().join("r.html");
+    let empty = dir.path().join("no-tools");
+    std::fs::create_dir(&empty).expect("empty dir");
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["report", s(&model), "--eval"])
+        .arg(r.join("data/mnist_test.npz"))
+        .arg("-o")
+        .arg(&out)
+        .env("KILN_TOOLCHAIN", "debian")
+        .env("PATH", &empty)
+        .output()
+        .expect("run kiln");
+    assert_exit(&o, 0, "kiln report on a .kiln file");
+    assert!(
+        text(&o.stderr).contains("no fit section"),
+        "{}",
+        text(&o.stderr)
+    );
+    let html = std::fs::read_to_string(&out).expect("read the report");
+    let quality = section(&html, "quality");
+    assert!(
+        quality.contains("class=\"note\"") && quality.contains(".kiln file"),
+        "{quality}"
+    );
+    let fit = section(&html, "fit");
+    assert!(
+        fit.contains("class=\"note\"") && fit.contains("toolchain"),
+        "{fit}"
+    );
+    // The rest is measured from the file alone.
+    assert!(section(&html, "arena").contains("lower bound 7,840 B"));
+    assert_eq!(section(&html, "weights").matches("<svg ").count(), 3);
+    assert!(section(&html, "accuracy").contains("compiled (Kiln runtime)"));
+    assert!(!section(&html, "accuracy").contains("float (ONNX, tract)"));
+}
+
 #[test]
 fn bad_input_exits_2_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
