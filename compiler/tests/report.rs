@@ -339,8 +339,33 @@ fn report_on_a_kiln_file_without_a_toolchain_says_what_is_missing() {
         s(&r.join("data/mnist_calib.npy")),
         "-o",
         s(&model),
+        "--layers",
+        "--report",
+        s(&dir.path().join("report.json")),
     ]);
     assert_exit(&o, 0, "kiln compile");
+    // `--layers`: the per-layer debugger table, one line per int8 layer, the lowest SQNR marked; the JSON
+    // report carries the same figures.
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("SQNR dB") && stdout.contains("cosine") && stdout.contains("max |err|")
+    );
+    assert_eq!(stdout.matches("<- lowest").count(), 1, "{stdout}");
+    for layer in ["conv1", "pool1", "conv2", "pool2", "fc"] {
+        assert!(stdout.contains(layer), "{layer} in {stdout}");
+    }
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report.json")).expect("report json"),
+    )
+    .expect("json");
+    for l in json["agreement"]["per_layer"]
+        .as_array()
+        .expect("per_layer")
+    {
+        let cos = l["cosine"].as_f64().expect("cosine");
+        assert!(cos > 0.99 && cos <= 1.0 + 1e-9, "{l}");
+        assert!(l["sqnr_db"].is_number() && l["max_abs_error"].is_number());
+    }
     let out = dir.path().join("r.html");
     let empty = dir.path().join("no-tools");
     std::fs::create_dir(&empty).expect("empty dir");
