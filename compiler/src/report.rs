@@ -5,6 +5,10 @@
 //! float-vs-int8 agreement ([`crate::compile::Agreement`]), labelled data and a firmware build;
 //! [`html::render`] draws it with [`svg`]'s charts. The page has no scripts and loads nothing: its
 //! Content-Security-Policy forbids every fetch, so a browser would report any reference that slipped in.
+//!
+//! Accuracy against pruning: [`gather`] measures the unpruned model (fraction 0). A pruned compilation adds its
+//! point with [`top1_on`] and [`Accuracy::add_point`] before [`html::render`], which plots whatever points
+//! there are ([`svg::accuracy_curve`]).
 
 pub mod html;
 pub mod layout;
@@ -284,7 +288,8 @@ fn top1(
     Ok(correct as f64 / labels.len().max(1) as f64)
 }
 
-fn evaluate(model_path: &Path, onnx: bool, buf: &ModelBuf, data: &Path) -> Result<Accuracy> {
+/// Labelled data: the samples `x` and their labels `y`.
+fn read_labelled(data: &Path) -> Result<(ArrayD<f32>, Vec<f32>)> {
     let what = data.display().to_string();
     let mut arrays = npy::read_npz(data)?;
     let mut take = |k: &str| {
@@ -299,7 +304,10 @@ fn evaluate(model_path: &Path, onnx: bool, buf: &ModelBuf, data: &Path) -> Resul
             })
     };
     let (x, y) = (take("x")?, take("y")?);
-    let labels: Vec<f32> = y.iter().copied().collect();
+    Ok((x, y.iter().copied().collect()))
+}
+
+fn kiln_top1(buf: &ModelBuf, x: &ArrayD<f32>, labels: &[f32], what: &str) -> Result<f64> {
     let model = buf.model()?;
     let mut runner = Runner::new(&model);
     let shape = runner
@@ -307,7 +315,25 @@ fn evaluate(model_path: &Path, onnx: bool, buf: &ModelBuf, data: &Path) -> Resul
         .into_iter()
         .next()
         .ok_or_else(|| input("the model has no input"))?;
-    let model_top1 = top1(&x, &labels, &shape, &what, |s| runner.run(s, |_| {}))?;
+    top1(x, labels, &shape, what, |s| runner.run(s, |_| {}))
+}
+
+/// Top-1 accuracy of a compiled model (`.kiln` bytes) on Kiln's runtime over labelled data (`x`, `y`): what a
+/// pruned compilation measures to add its point to [`Accuracy::curve`].
+pub fn top1_on(model: &[u8], data: &Path) -> Result<f64> {
+    let (x, labels) = read_labelled(data)?;
+    kiln_top1(
+        &ModelBuf::new(model),
+        &x,
+        &labels,
+        &data.display().to_string(),
+    )
+}
+
+fn evaluate(model_path: &Path, onnx: bool, buf: &ModelBuf, data: &Path) -> Result<Accuracy> {
+    let what = data.display().to_string();
+    let (x, labels) = read_labelled(data)?;
+    let model_top1 = kiln_top1(buf, &x, &labels, &what)?;
     let float_top1 = if onnx {
         let r = Reference::load(model_path)?;
         let shape = r.input_shapes[0].clone();

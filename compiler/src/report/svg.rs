@@ -973,6 +973,25 @@ mod tests {
     }
 
     #[test]
+    fn accuracy_curve_draws_every_point() {
+        let one = accuracy_curve(&[(0.0, 0.98)], Some(0.97));
+        assert_eq!(one.matches("<circle").count(), 1);
+        assert!(!one.contains("<polyline"), "one point, no line");
+        let many = accuracy_curve(&[(0.5, 0.9), (0.0, 0.98), (0.25, 0.97)], None);
+        assert_eq!(many.matches("<circle").count(), 3);
+        // The line runs left to right (sorted by fraction), from the top-left point.
+        let line = many.split("points=\"").nth(1).expect("polyline");
+        let xs: Vec<f64> = line
+            .split('"')
+            .next()
+            .expect("points")
+            .split(' ')
+            .map(|p| p.split(',').next().expect("x").parse().expect("number"))
+            .collect();
+        assert!(xs.windows(2).all(|w| w[0] < w[1]), "{xs:?}");
+    }
+
+    #[test]
     fn ticks_are_round() {
         assert_eq!(ticks(10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
         assert_eq!(ticks(7840.0, 6), vec![0.0, 2000.0, 4000.0, 6000.0]);
