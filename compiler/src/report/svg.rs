@@ -390,21 +390,9 @@ pub fn memory_timeline(layout: &Layout) -> String {
         d.trim_end(),
         colour::INK
     ));
-    let yl = g.y(f64::from(lower));
-    svg.line(
-        (g.left, yl),
-        (g.left + g.plot_w, yl),
-        colour::LOWER_BOUND,
-        r#"stroke-width="1.5" stroke-dasharray="6 4""#,
-    );
-    svg.text(
-        g.left + g.plot_w + 6.0,
-        yl + 4.0,
-        "start",
-        "lb",
-        &format!("lower bound {} B", thousands(u64::from(lower))),
-    );
-    let ya = g.y(f64::from(layout.arena_bytes));
+    // The arena's end, then the lower bound over it (dashed, so both show when they coincide).
+    let (ya, yl) = (g.y(f64::from(layout.arena_bytes)), g.y(f64::from(lower)));
+    let close = (ya - yl).abs() < 14.0;
     svg.line(
         (g.left, ya),
         (g.left + g.plot_w, ya),
@@ -413,10 +401,23 @@ pub fn memory_timeline(layout: &Layout) -> String {
     );
     svg.text(
         g.left + g.plot_w + 6.0,
-        ya + (if (ya - yl).abs() < 14.0 { 14.0 } else { 4.0 }),
+        if close { ya + 14.0 } else { ya + 4.0 },
         "start",
         "axis",
         &format!("arena {} B", thousands(u64::from(layout.arena_bytes))),
+    );
+    svg.line(
+        (g.left, yl),
+        (g.left + g.plot_w, yl),
+        colour::LOWER_BOUND,
+        r#"stroke-width="2" stroke-dasharray="6 4""#,
+    );
+    svg.text(
+        g.left + g.plot_w + 6.0,
+        if close { yl - 2.0 } else { yl + 4.0 },
+        "start",
+        "lb",
+        &format!("lower bound {} B", thousands(u64::from(lower))),
     );
     svg.finish("Arena occupancy over the op sequence")
 }
