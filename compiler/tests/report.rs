@@ -314,7 +314,11 @@ fn report_renders_in_chromium_without_console_errors_and_draws_its_charts() {
         ("cosine bars", colour::COSINE, 300),
         ("error bars", colour::ERROR, 300),
         ("weight histograms", colour::HISTOGRAM, 300),
-        ("arena lower bound", colour::LOWER_BOUND, 100),
+        (
+            "arena lower bound (a dashed line across the timeline)",
+            colour::LOWER_BOUND,
+            500,
+        ),
         ("timeline tensors", colour::TENSORS[1], 300),
     ] {
         let n = count_colour(&img, c);
