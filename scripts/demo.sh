@@ -2,7 +2,7 @@
 # Quick start, first command: compile the bundled default model (a small MNIST CNN Kiln trains itself, see
 # scripts/train_mnist_cnn.py) to int8, calibrated on bundled data, print the report, inspect the file, and compare
 # int8 accuracy with float on 1,000 held-out digits; then run it on the default board (a Cortex-M4F under QEMU) and
-# check the board's outputs are bit-identical to the host's.
+# check the board's outputs are bit-identical to the host's; finally write the HTML report (kiln report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "demo.sh: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
@@ -36,3 +36,7 @@ echo "firmware log ($out/firmware.log):"
 head -3 "$out/firmware.log"
 echo "first inference report ($out/telemetry.jsonl):"
 grep -m1 '"type":"inference"' "$out/telemetry.jsonl"
+echo
+echo "== kiln report: the whole picture on one page (graph, per-layer cost and quality, arena, accuracy, fit)"
+"$kiln" report models/mnist_cnn.onnx --calib data/mnist_calib.npy --eval data/mnist_test.npz -o "$out/report.html"
+echo "open $out/report.html in a browser"

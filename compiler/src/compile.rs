@@ -54,6 +54,8 @@ pub struct LayerAgreement {
     pub tensor: String,
     pub sqnr_db: f64,
     pub max_abs_error: f64,
+    /// Cosine similarity of the float and dequantised int8 values over every sample (1 = same direction).
+    pub cosine: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -413,6 +415,9 @@ struct ErrAcc {
     signal: f64,
     noise: f64,
     max_abs: f64,
+    /// Sum of float * int8 and of int8 squared, for the cosine similarity.
+    dot: f64,
+    quantised: f64,
 }
 
 impl ErrAcc {
@@ -420,6 +425,17 @@ impl ErrAcc {
         self.signal += (f as f64).powi(2);
         self.noise += (f as f64 - q as f64).powi(2);
         self.max_abs = self.max_abs.max((f as f64 - q as f64).abs());
+        self.dot += f as f64 * q as f64;
+        self.quantised += (q as f64).powi(2);
+    }
+
+    fn cosine(&self) -> f64 {
+        let norms = (self.signal * self.quantised).sqrt();
+        match (self.signal == 0.0, self.quantised == 0.0) {
+            (true, true) => 1.0,
+            _ if norms == 0.0 => 0.0,
+            _ => self.dot / norms,
+        }
     }
 
     fn sqnr_db(&self) -> f64 {
@@ -520,6 +536,7 @@ pub fn agreement(
                     tensor: program.tensors[*p].name.clone(),
                     sqnr_db: acc.sqnr_db(),
                     max_abs_error: acc.max_abs,
+                    cosine: acc.cosine(),
                 },
             ))
         })

@@ -21,4 +21,5 @@ pub mod npy;
 pub mod passes;
 pub mod plan;
 pub mod reference;
+pub mod report;
 pub mod runner;

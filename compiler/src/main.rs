@@ -38,6 +38,7 @@ Example:
   kiln run model.kiln --input x.npy --output y.npy
   kiln reference model.onnx --input x.npy --output y_ref.npy
   kiln inspect model.kiln
+  kiln report model.onnx --calib samples.npy --eval labelled.npz -o report.html
 On a board (boards/*.toml; mps2-an386 and the other QEMU boards need qemu-system-arm):
   kiln compile model.onnx -o model.kiln --calib samples.npy --board lm3s6965evb
   kiln run model.kiln --board mps2-an386 --input x.npy --output y.npy --telemetry t.jsonl
@@ -89,6 +90,34 @@ Example:
         #[arg(long)]
         board: Option<String>,
         /// Stack bytes the firmware reserves (with --board).
+        #[arg(long, default_value_t = DEFAULT_STACK_BYTES)]
+        stack: u32,
+        /// Print every int8 layer's float-vs-int8 SQNR, cosine similarity and max abs error.
+        #[arg(long)]
+        layers: bool,
+    },
+    /// One self-contained HTML page on a model: operator graph, per-layer MACs and bytes, arena over time,
+    /// per-layer quantisation quality, weight histograms, accuracy, and the fit on a board.
+    #[command(after_help = REPORT_HELP)]
+    Report {
+        /// An ONNX model (compiled first: int8 with --calib, else f32) or a .kiln file.
+        model: PathBuf,
+        /// Where to write the HTML page.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Calibration data for an ONNX model (.npy or .npz): compiles int8 and measures each layer against float.
+        #[arg(long)]
+        calib: Option<PathBuf>,
+        /// How activation ranges are chosen: minmax, mse, percentile (99.99) or percentile:P.
+        #[arg(long, default_value = "minmax")]
+        calib_method: CalibMethod,
+        /// Labelled data (.npz with `x` and `y`): top-1 accuracy of the float and the compiled model.
+        #[arg(long)]
+        eval: Option<PathBuf>,
+        /// Board (name or board file) whose flash and RAM the model is checked against.
+        #[arg(long, default_value = kiln_boards::DEFAULT_BOARD)]
+        board: String,
+        /// Stack bytes the firmware reserves.
         #[arg(long, default_value_t = DEFAULT_STACK_BYTES)]
         stack: u32,
     },
@@ -255,6 +284,28 @@ Example:
     },
 }
 
+const REPORT_HELP: &str = "\
+The page is one HTML file with its charts (inline SVG) and styles inside: no scripts, no
+network, nothing else to copy. Sections:
+  operator graph   ops in execution order, kernels chosen, the tensors between them
+  per-layer cost   MACs, weight bytes and output bytes of every op
+  arena            where each activation lives in the arena over the op sequence, and the
+                   lower bound no plan can beat
+  quantisation     per-layer float-vs-int8 SQNR, cosine similarity and max abs error on the
+                   --calib data (ONNX with --calib only: a .kiln file has no float model)
+  weights          histograms of each layer's stored weights
+  accuracy         top-1 on --eval data, float (tract) and compiled (Kiln's runtime)
+  fit              flash (code + model) and RAM (arena + statics + stack) against --board,
+                   from a firmware build (needs a Cortex-M toolchain; without one the page
+                   says so)
+
+Exit codes: 0 success; 2 bad input (unreadable model or data, unknown board); 1 internal
+error. The page is written only when complete.
+
+Example:
+  kiln report model.onnx --calib samples.npy --eval labelled.npz -o report.html
+  kiln report model.kiln --board lm3s6965evb -o report.html";
+
 const BOARD_HELP: &str = "\
 Boards are files in boards/ (or give a path): mps2-an386 (Cortex-M4F, the default),
 mps2-an500 (Cortex-M7) and lm3s6965evb (Cortex-M3, 256 KB / 64 KB) run under QEMU
@@ -318,6 +369,7 @@ fn run(cli: Cli) -> Result<()> {
             report,
             board,
             stack,
+            layers,
         } => {
             let opts = compile::Options {
                 precision,
@@ -342,6 +394,35 @@ fn run(cli: Cli) -> Result<()> {
                 npy::write_atomic(r, report_json.as_bytes())?;
             }
             print_summary(&compiled.report, &output);
+            if let (true, Some(a)) = (layers, &compiled.report.agreement) {
+                say!("{}", kiln_compiler::report::layer_table(a).trim_end());
+            }
+            Ok(())
+        }
+        Command::Report {
+            model,
+            output,
+            calib,
+            calib_method,
+            eval,
+            board,
+            stack,
+        } => {
+            let opts = kiln_compiler::report::Options {
+                model,
+                calib,
+                method: calib_method,
+                eval,
+                board,
+                stack,
+            };
+            let report = kiln_compiler::report::gather(&opts, |m| eprintln!("{m}"))?;
+            let page = kiln_compiler::report::html::render(&report);
+            npy::write_atomic(&output, page.as_bytes())?;
+            if let kiln_compiler::report::Fit::Unavailable { why, .. } = &report.fit {
+                eprintln!("kiln: warning: no fit section: {why}");
+            }
+            say!("wrote {} ({} bytes)", output.display(), page.len());
             Ok(())
         }
         Command::Firmware {

@@ -1,0 +1,381 @@
+//! `kiln report`: one self-contained HTML page on a compiled model — the operator graph, per-layer cost, the
+//! arena over time, float-vs-int8 quality per layer, weight histograms, accuracy, and the fit on a board.
+//!
+//! [`gather`] collects everything from the model file as the runtime reads it ([`layout`]), the compiler's
+//! float-vs-int8 agreement ([`crate::compile::Agreement`]), labelled data and a firmware build;
+//! [`html::render`] draws it with [`svg`]'s charts. The page has no scripts and loads nothing: its
+//! Content-Security-Policy forbids every fetch, so a browser would report any reference that slipped in.
+//!
+//! Accuracy against pruning: [`gather`] measures the unpruned model (fraction 0). A pruned compilation adds its
+//! point with [`top1_on`] and [`Accuracy::add_point`] before [`html::render`], which plots whatever points
+//! there are ([`svg::accuracy_curve`]).
+
+pub mod html;
+pub mod layout;
+pub mod svg;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use kiln_boards::Board;
+use kiln_runtime::format::DType;
+use ndarray::ArrayD;
+
+use crate::compile::{self, Agreement, CalibMethod};
+use crate::emit::Precision;
+use crate::error::{input, Result};
+use crate::firmware::{self, BuildRequest, Footprint};
+use crate::npy;
+use crate::reference::Reference;
+use crate::runner::{ModelBuf, Runner};
+use layout::Layout;
+
+/// What to report on.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// An ONNX model (compiled here: int8 with `calib`, else f32) or a `.kiln` file.
+    pub model: PathBuf,
+    pub calib: Option<PathBuf>,
+    pub method: CalibMethod,
+    /// Labelled data (`x`, `y`) for the accuracy section.
+    pub eval: Option<PathBuf>,
+    /// Board name or file for the fit.
+    pub board: String,
+    pub stack: u32,
+}
+
+/// Per-layer float-vs-int8 quality, or why the page has none.
+#[derive(Clone, Debug)]
+pub enum Quality {
+    Measured {
+        agreement: Agreement,
+        calibration: String,
+    },
+    Unavailable(String),
+}
+
+/// Top-1 accuracy on labelled data.
+#[derive(Clone, Debug)]
+pub struct Accuracy {
+    pub data: String,
+    pub samples: usize,
+    /// The float ONNX model through tract (the yardstick); `None` for a `.kiln` file.
+    pub float_top1: Option<f64>,
+    /// The compiled model on Kiln's runtime.
+    pub model_top1: f64,
+    /// Accuracy against prune fraction, sorted by fraction. Only the unpruned model (0.0) is measured here;
+    /// structured pruning adds a point per fraction it compiles ([`Accuracy::add_point`]).
+    pub curve: Vec<(f64, f64)>,
+}
+
+impl Accuracy {
+    /// Adds (or replaces) the accuracy measured at a prune fraction.
+    pub fn add_point(&mut self, fraction: f64, top1: f64) {
+        self.curve.retain(|p| p.0 != fraction);
+        self.curve.push((fraction, top1));
+        self.curve.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+}
+
+/// The model against a board, or why it could not be measured.
+#[derive(Clone, Debug)]
+pub enum Fit {
+    Measured {
+        board: Box<Board>,
+        footprint: Footprint,
+    },
+    Unavailable {
+        board: Box<Board>,
+        why: String,
+    },
+}
+
+/// Everything the page shows.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub source: String,
+    pub model_name: String,
+    pub precision: &'static str,
+    pub checksum: String,
+    pub format_version: u16,
+    pub file_bytes: usize,
+    pub macs: u64,
+    pub layout: Layout,
+    pub quality: Quality,
+    pub accuracy: Option<Accuracy>,
+    pub fit: Fit,
+}
+
+fn is_onnx(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Compiles or reads the model, measures what the options ask for, and builds the firmware for the fit.
+///
+/// # Errors
+/// Bad input (exit 2) for unreadable or invalid models and data and an unknown board; a firmware that cannot
+/// be built (no Cortex-M toolchain, say) is not an error: the page says why the fit is missing.
+pub fn gather(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report> {
+    let board = crate::flash::board(&opts.board)?;
+    let onnx = is_onnx(&opts.model);
+    let (buf, quality) = if onnx {
+        let precision = if opts.calib.is_some() {
+            Precision::Int8
+        } else {
+            Precision::F32
+        };
+        progress(&format!(
+            "compiling {} ({})",
+            opts.model.display(),
+            if opts.calib.is_some() { "int8" } else { "f32" }
+        ));
+        let compiled = compile::compile(
+            &opts.model,
+            &compile::Options {
+                precision,
+                calib: opts.calib.clone(),
+                method: opts.method,
+            },
+        )?;
+        let quality = match (compiled.report.agreement, compiled.report.calibration) {
+            (Some(agreement), Some(calibration)) => Quality::Measured {
+                agreement,
+                calibration,
+            },
+            _ => Quality::Unavailable(
+                "f32 model: nothing is quantised. Pass --calib DATA to compile int8 and see each layer's \
+                 float-vs-int8 agreement."
+                    .into(),
+            ),
+        };
+        (ModelBuf::new(&compiled.bytes), quality)
+    } else {
+        if opts.calib.is_some() {
+            return Err(input(format!(
+                "{}: --calib compiles an ONNX model; a .kiln file is already compiled (give the .onnx to see \
+                 per-layer quality)",
+                opts.model.display()
+            )));
+        }
+        let quality = Quality::Unavailable(
+            "A .kiln file holds no float model to compare with: run `kiln report MODEL.onnx --calib DATA` for \
+             per-layer SQNR, cosine similarity and error."
+                .into(),
+        );
+        (ModelBuf::read(&opts.model)?, quality)
+    };
+    let model = buf.model()?;
+    let layout = layout::layout(&model);
+
+    let accuracy = match &opts.eval {
+        Some(data) => {
+            progress(&format!("evaluating on {}", data.display()));
+            Some(evaluate(&opts.model, onnx, &buf, data)?)
+        }
+        None => None,
+    };
+
+    progress(&format!("building firmware for {}", board.name));
+    let fit = match measure_fit(&board, &opts.board, buf.bytes(), opts.stack) {
+        Ok(footprint) => Fit::Measured {
+            board: Box::new(board),
+            footprint,
+        },
+        Err(why) => Fit::Unavailable {
+            board: Box::new(board),
+            why,
+        },
+    };
+
+    Ok(Report {
+        source: opts.model.display().to_string(),
+        model_name: model.name().to_string(),
+        precision: if layout.tensors.iter().any(|t| t.dtype == DType::I8.name()) {
+            "int8"
+        } else {
+            "f32"
+        },
+        checksum: format!("{:08x}", model.checksum()),
+        format_version: model.format_version(),
+        file_bytes: model.file_len(),
+        macs: model.macs(),
+        layout,
+        quality,
+        accuracy,
+        fit,
+    })
+}
+
+/// Builds the firmware around the model and reads its footprint; `Err` says why it could not.
+fn measure_fit(
+    board: &Board,
+    board_arg: &str,
+    model: &[u8],
+    stack: u32,
+) -> std::result::Result<Footprint, String> {
+    let why = |e: crate::error::Error| e.to_string();
+    if let Err(e) = firmware::toolchain(&board.target) {
+        return Err(format!(
+            "no Cortex-M toolchain to build the firmware, so code bytes are unknown: {}",
+            why(e)
+        ));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let model_path = dir.path().join("model.kiln");
+    std::fs::write(&model_path, model).map_err(|e| e.to_string())?;
+    let fw = firmware::build(
+        &BuildRequest {
+            board,
+            board_arg,
+            model: &model_path,
+            options: firmware::Options::with_stack(stack),
+        },
+        &dir.path().join("firmware.elf"),
+    )
+    .map_err(|e| format!("building the firmware failed: {}", why(e)))?;
+    Ok(fw.footprint)
+}
+
+/// Argmax of each row (last axis) of `y`.
+fn argmax_rows(y: &ArrayD<f32>) -> Vec<usize> {
+    let y = y.as_standard_layout();
+    let last = y.shape().last().copied().unwrap_or(1).max(1);
+    y.as_slice()
+        .unwrap_or(&[])
+        .chunks(last)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0
+        })
+        .collect()
+}
+
+/// Fraction of labels `infer`'s first output gets right, one inference per sample of `x`.
+fn top1(
+    x: &ArrayD<f32>,
+    labels: &[f32],
+    shape: &[usize],
+    what: &str,
+    mut infer: impl FnMut(&[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>>,
+) -> Result<f64> {
+    let b = npy::batching(x.shape(), shape, &format!("{what}[x]"))?;
+    let mut predicted = Vec::new();
+    for s in npy::split(x, b, shape) {
+        let y = infer(&[s])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| input("the model has no output"))?;
+        predicted.extend(argmax_rows(&y));
+    }
+    if predicted.len() != labels.len() {
+        return Err(input(format!(
+            "{what}: {} predictions but {} labels",
+            predicted.len(),
+            labels.len()
+        )));
+    }
+    let correct = predicted
+        .iter()
+        .zip(labels)
+        .filter(|(&p, &l)| p as f32 == l)
+        .count();
+    Ok(correct as f64 / labels.len().max(1) as f64)
+}
+
+/// Labelled data: the samples `x` and their labels `y`.
+fn read_labelled(data: &Path) -> Result<(ArrayD<f32>, Vec<f32>)> {
+    let what = data.display().to_string();
+    let mut arrays = npy::read_npz(data)?;
+    let mut take = |k: &str| {
+        arrays
+            .iter()
+            .position(|(n, _)| n == k)
+            .map(|i| arrays.swap_remove(i).1)
+            .ok_or_else(|| {
+                input(format!(
+                    "{what}: no array '{k}' (labelled data needs `x` and `y`)"
+                ))
+            })
+    };
+    let (x, y) = (take("x")?, take("y")?);
+    Ok((x, y.iter().copied().collect()))
+}
+
+fn kiln_top1(buf: &ModelBuf, x: &ArrayD<f32>, labels: &[f32], what: &str) -> Result<f64> {
+    let model = buf.model()?;
+    let mut runner = Runner::new(&model);
+    let shape = runner
+        .input_shapes()?
+        .into_iter()
+        .next()
+        .ok_or_else(|| input("the model has no input"))?;
+    top1(x, labels, &shape, what, |s| runner.run(s, |_| {}))
+}
+
+/// Top-1 accuracy of a compiled model (`.kiln` bytes) on Kiln's runtime over labelled data (`x`, `y`): what a
+/// pruned compilation measures to add its point to [`Accuracy::curve`].
+pub fn top1_on(model: &[u8], data: &Path) -> Result<f64> {
+    let (x, labels) = read_labelled(data)?;
+    kiln_top1(
+        &ModelBuf::new(model),
+        &x,
+        &labels,
+        &data.display().to_string(),
+    )
+}
+
+fn evaluate(model_path: &Path, onnx: bool, buf: &ModelBuf, data: &Path) -> Result<Accuracy> {
+    let what = data.display().to_string();
+    let (x, labels) = read_labelled(data)?;
+    let model_top1 = kiln_top1(buf, &x, &labels, &what)?;
+    let float_top1 = if onnx {
+        let r = Reference::load(model_path)?;
+        let shape = r.input_shapes[0].clone();
+        Some(top1(&x, &labels, &shape, &what, |s| r.run(s))?)
+    } else {
+        None
+    };
+    Ok(Accuracy {
+        data: what,
+        samples: labels.len(),
+        float_top1,
+        model_top1,
+        curve: vec![(0.0, model_top1)],
+    })
+}
+
+/// The per-layer float-vs-int8 table `kiln compile --layers` prints: SQNR, cosine similarity and max abs error
+/// of every int8 layer, lowest SQNR marked.
+pub fn layer_table(a: &Agreement) -> String {
+    let worst = a
+        .per_layer
+        .iter()
+        .enumerate()
+        .min_by(|x, y| x.1.sqnr_db.total_cmp(&y.1.sqnr_db))
+        .map(|(i, _)| i);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  {:>3}  {:<32} {:>9} {:>9} {:>11}",
+        "#", "layer", "SQNR dB", "cosine", "max |err|"
+    );
+    for (i, l) in a.per_layer.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "  {:>3}  {:<32} {:>9.1} {:>9.5} {:>11.4}{}",
+            i,
+            l.op,
+            l.sqnr_db,
+            l.cosine,
+            l.max_abs_error,
+            if Some(i) == worst { "  <- lowest" } else { "" }
+        );
+    }
+    s
+}
