@@ -14,6 +14,7 @@ use kiln_compiler::monitor;
 use kiln_compiler::npy;
 use kiln_compiler::reference::Reference;
 use kiln_compiler::runner::{ModelBuf, Runner};
+use kiln_runtime::format::IoType;
 use ndarray::ArrayD;
 
 /// Prints a line to stdout; a closed pipe (`kiln inspect m.kiln | head`) ends the program quietly instead of
@@ -474,7 +475,7 @@ fn run(cli: Cli) -> Result<()> {
             let outs = run_batched(&model, &inputs, &outputs, m.output_count(), &shapes, |x| {
                 runner.run(x, |_| {})
             })?;
-            write_outputs(&outputs, &outs)
+            write_outputs(&outputs, &outs, &output_types(&m))
         }
         Command::Reference {
             model,
@@ -491,7 +492,7 @@ fn run(cli: Cli) -> Result<()> {
                 &r.input_shapes.clone(),
                 |x| r.run(x),
             )?;
-            write_outputs(&outputs, &outs)
+            write_outputs(&outputs, &outs, &[])
         }
         Command::Eval { model, data } => {
             let arrays = npy::read_npz(&data)?;
@@ -642,7 +643,7 @@ fn run_on_board(
     })?;
     let (good, bad) = dev.frame_counts();
     let logs = dev.finish()?;
-    write_outputs(outputs, &outs)?;
+    write_outputs(outputs, &outs, &output_types(&m))?;
     if let Some(path) = telemetry {
         let mut text = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
         text.push('\n');
@@ -755,11 +756,17 @@ fn top1(
     Ok(out)
 }
 
-fn write_outputs(paths: &[PathBuf], outs: &[ArrayD<f32>]) -> Result<()> {
-    for (p, y) in paths.iter().zip(outs) {
-        npy::write_npy(p, y)?;
+/// Writes each output as `.npy` of its type (`types[i]`, float32 where absent).
+fn write_outputs(paths: &[PathBuf], outs: &[ArrayD<f32>], types: &[IoType]) -> Result<()> {
+    for (i, (p, y)) in paths.iter().zip(outs).enumerate() {
+        npy::write_npy_as(p, y, types.get(i).copied().unwrap_or_default())?;
     }
     Ok(())
+}
+
+/// The element type the source model gives each output (int8 for a quantised model's int8 outputs).
+fn output_types(m: &kiln_runtime::Model<'_>) -> Vec<IoType> {
+    (0..m.output_count()).map(|i| m.output_type(i)).collect()
 }
 
 fn print_summary(r: &compile::Report, out: &Path) {
