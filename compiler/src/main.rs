@@ -62,6 +62,8 @@ on the --calib data:
   --calib X.npy   one array: samples stacked on a leading axis, each shaped like the model
                   input (or the input shape with its batch dimension multiplied by N)
   --calib X.npz   one such array per model input, keyed by input name (or `x`)
+A quantised ONNX model (QuantizeLinear/DequantizeLinear, QDQ) keeps its own scales and zero
+points; it needs no --calib when they cover every tensor (the error names those they miss).
 The report (--report) holds sizes, arena bytes, MACs per op, and float-vs-int8 agreement on
 the calibration data (top-1, SQNR, max abs error), overall and per layer.
 
@@ -76,7 +78,7 @@ Example:
         /// int8 (needs --calib) or f32.
         #[arg(long, default_value = "int8")]
         precision: Precision,
-        /// Calibration data (.npy or .npz), required for int8.
+        /// Calibration data (.npy or .npz), required for int8 unless the model is quantised (QDQ).
         #[arg(long)]
         calib: Option<PathBuf>,
         /// How activation ranges are chosen: minmax, mse, percentile (99.99) or percentile:P.
@@ -191,7 +193,8 @@ Example:
 Inputs are float32 .npy in the ONNX model's own layout, each either the model input's shape
 (one inference), that shape with N prepended, or that shape with its leading (batch) dimension
 multiplied by N (N inferences; outputs are stacked the same way). Outputs are float32 .npy
-(int8 models are dequantised at the boundary).
+(int8 models are dequantised at the boundary). A quantised ONNX model whose graph input or
+output is int8 (or uint8) takes or gives .npy of that type instead.
 
 With --board the inferences run on that board instead: its firmware is built around the
 model (fit checked), started under QEMU or flashed with probe-rs, fed every input over its
