@@ -346,3 +346,81 @@ fn qdq_asymmetric_weights_are_refused() {
         ),
     }
 }
+
+#[test]
+fn qdq_mnist_gives_every_weight_scale_and_tensor_quantisation() {
+    let p = kiln_compiler::compile::lower_onnx(&repo().join("models/mnist_cnn_qdq.onnx"))
+        .expect("lower");
+    let weighted: Vec<&str> = p
+        .steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.kind,
+                kiln_compiler::lower::StepKind::Conv { .. }
+                    | kiln_compiler::lower::StepKind::Fc { .. }
+            )
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(weighted, ["conv1", "conv2", "fc"]);
+    for name in weighted {
+        let scales = p
+            .weight_scales
+            .get(name)
+            .unwrap_or_else(|| panic!("no weight scales for {name}"));
+        assert!(scales.iter().all(|&s| s > 0.0), "{name}: {scales:?}");
+    }
+    assert_eq!(kiln_compiler::qdq::unquantised(&p), Vec::<String>::new());
+    assert_eq!(
+        p.steps.len(),
+        5,
+        "no op left for the QDQ nodes: {:?}",
+        p.steps
+    );
+}
+
+#[test]
+fn qdq_uint8_io_is_uint8_with_the_zero_point_moved_to_int8() {
+    let b = OnnxBuilder::new(13)
+        .input("xq", &[1, 2])
+        .initializer("s", &[], &[0.5])
+        .initializer_u8("z", &[], &[128])
+        .initializer("w", &[2, 2], &[1.0, 0.5, -1.0, 2.0])
+        .node("DequantizeLinear", &["xq", "s", "z"], &["x"], vec![])
+        .node("MatMul", &["x", "w"], &["m"], vec![])
+        .node("QuantizeLinear", &["m", "s", "z"], &["yq"], vec![])
+        .output("yq", &[1, 2])
+        .io_type("xq", DataType::Uint8)
+        .io_type("yq", DataType::Uint8);
+    let (dir, path) = b.write_temp().unwrap();
+    let g = import_onnx(&path).expect("import");
+    assert_eq!(g.io_types, vec![IoType::U8, IoType::U8]);
+    assert_eq!(
+        g.tensors[g.inputs[0]].quant,
+        Some(Quant {
+            scale: 0.5,
+            zero_point: 0
+        })
+    );
+
+    let kiln_file = dir.path().join("m.kiln");
+    assert_exit(
+        &kiln(&["compile", s(&path), "-o", s(&kiln_file)]),
+        0,
+        "compile",
+    );
+    let (xp, yp) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    ndarray::arr2(&[[134u8, 125]])
+        .into_dyn()
+        .write_npy(std::fs::File::create(&xp).unwrap())
+        .unwrap();
+    assert_exit(
+        &kiln(&["run", s(&kiln_file), "--input", s(&xp), "--output", s(&yp)]),
+        0,
+        "run",
+    );
+    let y = ArrayD::<u8>::read_npy(std::fs::File::open(&yp).unwrap()).expect("uint8 output");
+    // x = [3, -1.5]; y = [3 + 1.5, 1.5 - 3] = [4.5, -1.5]; yq = [9 + 128, -3 + 128].
+    assert_eq!(y.iter().copied().collect::<Vec<u8>>(), vec![137, 125]);
+}

@@ -117,6 +117,19 @@ impl OnnxBuilder {
         self
     }
 
+    /// A uint8 initializer (zero points of uint8 quantisation).
+    pub fn initializer_u8(mut self, name: &str, shape: &[usize], data: &[u8]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor {name}");
+        self.graph.initializer.push(pb::TensorProto {
+            name: name.to_string(),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Uint8 as i32,
+            raw_data: data.to_vec(),
+            ..Default::default()
+        });
+        self
+    }
+
     /// Makes graph input or output `name` (already declared) of element type `ty` instead of float32.
     pub fn io_type(mut self, name: &str, ty: DataType) -> Self {
         let graph = &mut self.graph;
