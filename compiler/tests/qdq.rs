@@ -424,3 +424,42 @@ fn qdq_uint8_io_is_uint8_with_the_zero_point_moved_to_int8() {
     // x = [3, -1.5]; y = [3 + 1.5, 1.5 - 3] = [4.5, -1.5]; yq = [9 + 128, -3 + 128].
     assert_eq!(y.iter().copied().collect::<Vec<u8>>(), vec![137, 125]);
 }
+
+#[test]
+fn qdq_patterns_kiln_cannot_honour_are_refused_by_node() {
+    let err = |b: OnnxBuilder| {
+        let (_dir, path) = b.write_temp().unwrap();
+        match import_onnx(&path) {
+            Err(Error::Input(m)) => m,
+            other => panic!(
+                "expected an input error, got {:?}",
+                other.map(|g| g.to_string())
+            ),
+        }
+    };
+    // A QuantizeLinear read by something other than DequantizeLinear.
+    let m = err(OnnxBuilder::new(13)
+        .input("x", &[1, 2])
+        .initializer("s", &[], &[0.5])
+        .initializer_i8("z", &[], &[0])
+        .node("QuantizeLinear", &["x", "s", "z"], &["xq"], vec![])
+        .node("Identity", &["xq"], &["xi"], vec![])
+        .node("DequantizeLinear", &["xi", "s", "z"], &["y"], vec![])
+        .output("y", &[1, 2]));
+    assert!(
+        m.contains("node 'xq' (QuantizeLinear)") && m.contains("feeds node 'xi' (Identity)"),
+        "{m}"
+    );
+    // Per-channel quantisation of an activation.
+    let m = err(OnnxBuilder::new(13)
+        .input("x", &[1, 2])
+        .initializer("s", &[2], &[0.5, 0.25])
+        .initializer_i8("z", &[2], &[0, 0])
+        .node("QuantizeLinear", &["x", "s", "z"], &["xq"], vec![])
+        .node("DequantizeLinear", &["xq", "s", "z"], &["y"], vec![])
+        .output("y", &[1, 2]));
+    assert!(
+        m.contains("node 'xq' (QuantizeLinear)") && m.contains("per-axis"),
+        "{m}"
+    );
+}

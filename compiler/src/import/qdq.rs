@@ -1,15 +1,18 @@
 //! Quantised ONNX models in the QDQ form (`QuantizeLinear` / `DequantizeLinear` around float ops, as
 //! onnxruntime's `quantize_static` and quantisation-aware training export them).
 //!
-//! Before tract sees the model, the graph is rewritten into a float one, and what the QDQ nodes said is kept:
+//! Before tract sees the model, the graph is rewritten into a float one, and what the QDQ nodes said is kept.
+//! (tract 0.23 would make them its own `QuantizeLinearI8` / `DequantizeLinearF32` ops, fold a
+//! DequantizeLinear -> reshape -> QuantizeLinear chain into an int8 lookup table, and fold weight
+//! DequantizeLinears into float constants, losing their scales.)
 //!
 //! | QDQ pattern                                        | rewritten to                  | kept                          |
 //! |----------------------------------------------------|-------------------------------|-------------------------------|
 //! | `DequantizeLinear(int8 constant)` (weights, bias)  | its float value, a constant   | the scales, per output channel, for the Conv / Gemm / MatMul reading it as weights |
 //! | `QuantizeLinear(float constant)` -> `Dequantize`   | the same                      | the same                      |
 //! | `x` -> `QuantizeLinear` -> `DequantizeLinear`       | `x` (or `Clip(x)`, see below) | `x`'s (scale, zero point)     |
-//! | int8 graph input -> `DequantizeLinear`             | a float32 graph input         | its (scale, zero point), I/O type int8 |
-//! | `QuantizeLinear` -> graph output                   | a float32 graph output        | its (scale, zero point), I/O type int8 |
+//! | int8 / uint8 graph input -> `DequantizeLinear`     | a float32 graph input         | its (scale, zero point), its I/O type |
+//! | `QuantizeLinear` -> graph output                   | a float32 graph output        | its (scale, zero point), its I/O type |
 //!
 //! A QDQ pair both rounds and saturates; where the tensor comes from an op Kiln fuses activations into (Conv,
 //! Gemm, MatMul, Add, Sub, Mul) the saturation becomes a `Clip` to the int8 range, so the float model computes
@@ -38,7 +41,7 @@ pub(super) struct Given {
     pub weight_scales: HashMap<String, Vec<f32>>,
     /// Graph input name -> its type in the model, where not float32.
     pub inputs: HashMap<String, IoType>,
-    /// Graph outputs now computed as float tensor `.0`: the model's own output name, and its type there.
+    /// Float tensor now computing a graph output -> the model's own name for that output, and its type there.
     pub outputs: HashMap<String, (String, IoType)>,
 }
 
