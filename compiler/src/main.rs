@@ -75,7 +75,7 @@ Example:
         /// Where to write the .kiln file.
         #[arg(short, long)]
         output: PathBuf,
-        /// int8 (needs --calib) or f32.
+        /// int8 (needs --calib, unless the model is quantised: QDQ) or f32.
         #[arg(long, default_value = "int8")]
         precision: Precision,
         /// Calibration data (.npy or .npz), required for int8 unless the model is quantised (QDQ).
@@ -274,7 +274,7 @@ Example:
 /// How to compile an ONNX model given to a board command.
 #[derive(clap::Args)]
 struct CompileArgs {
-    /// int8 (needs --calib) or f32 (ONNX models only).
+    /// int8 (needs --calib, unless the model is quantised: QDQ) or f32 (ONNX models only).
     #[arg(long, default_value = "int8")]
     precision: Precision,
     /// Calibration data for ONNX models (.npy or .npz).
