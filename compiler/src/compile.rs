@@ -133,6 +133,11 @@ fn compile_program(path: &Path, opts: &Options) -> Result<Compiled> {
     let float = emit::emit(&program, Precision::F32, None, &name)?;
     let (emitted, calibration, agreement) = match opts.precision {
         Precision::F32 => (float, None, None),
+        // A quantised (QDQ) model: its own scales and zero points, no calibration data.
+        Precision::Int8 if opts.calib.is_none() && !program.quant.is_empty() => {
+            let int8 = crate::qdq::emit_given(&program, &name)?;
+            (int8, Some("the model's own (QDQ)".to_string()), None)
+        }
         Precision::Int8 => {
             let Some(calib) = &opts.calib else {
                 return Err(input(format!(

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use kiln_runtime::format::{
     self, BinaryF32, ConcatParams, ConvF32, ConvS8, DType, Dims, FullyConnectedF32,
-    FullyConnectedS8, KernelS8, LookupS8, ModelDef, OpDef, OpKind, Operand, PadParams, PerChannel,
-    Pool2d, Quant, ReduceMeanF32, ReduceMeanS8, SliceParams, Space, Span, TensorDef,
+    FullyConnectedS8, IoType, KernelS8, LookupS8, ModelDef, OpDef, OpKind, Operand, PadParams,
+    PerChannel, Pool2d, Quant, ReduceMeanF32, ReduceMeanS8, SliceParams, Space, Span, TensorDef,
     TransposeParams, UnaryF32, BLOB_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC,
 };
 use kiln_runtime::host;
@@ -207,6 +207,19 @@ pub fn emit(
             e.tensors[i].quant = e.range_quant(i)?;
         }
     }
+    let io = p.inputs.iter().chain(&p.outputs);
+    for (&t, &ty) in io.zip(&p.io_types) {
+        // A float model exchanging int8 values: the host converts them with the model's quantisation.
+        if precision == Precision::F32 && ty != IoType::F32 {
+            let q = e.given_quant(t).copied().ok_or_else(|| {
+                input(format!(
+                    "graph input or output '{}' is int8 but has no quantisation",
+                    p.tensors[t].name
+                ))
+            })?;
+            e.tensors[t].quant = q;
+        }
+    }
     for step in &p.steps {
         e.step(step).map_err(|err| match err {
             crate::error::Error::Input(m) => input(format!("node '{}': {m}", step.name)),
@@ -218,6 +231,9 @@ pub fn emit(
 
 impl<'p> Emitter<'p> {
     fn range_quant(&self, t: PId) -> Result<Quant> {
+        if let Some(&q) = self.given_quant(t) {
+            return Ok(q);
+        }
         let ranges = self
             .ranges
             .ok_or_else(|| input("int8 needs calibration ranges"))?;
@@ -233,6 +249,14 @@ impl<'p> Emitter<'p> {
                 ))
             })?;
         Ok(choose_quant(lo, hi))
+    }
+
+    /// The quantisation a quantised (QDQ) model gives `t` (or the tensor whose bytes it shares).
+    fn given_quant(&self, t: PId) -> Option<&Quant> {
+        self.p
+            .quant
+            .get(&t)
+            .or_else(|| self.p.quant.get(&self.p.root(t)))
     }
 
     /// Quantisation of an existing tensor (aliases share their root's).
@@ -376,6 +400,7 @@ impl<'p> Emitter<'p> {
                 let kernel = conv_kernel(geom);
                 let (params, w) = self.weighted(
                     weights,
+                    self.p.weight_scales.get(&s.name).map(Vec::as_slice),
                     bias.as_deref(),
                     channels,
                     *act,
@@ -424,6 +449,7 @@ impl<'p> Emitter<'p> {
                 let kernel = fc_kernel(geom);
                 let (params, w) = self.weighted(
                     weights,
+                    self.p.weight_scales.get(&s.name).map(Vec::as_slice),
                     bias.as_deref(),
                     channels,
                     *act,
@@ -675,6 +701,7 @@ impl<'p> Emitter<'p> {
     fn weighted(
         &mut self,
         weights: &[f32],
+        given_scales: Option<&[f32]>,
         bias: Option<&[f32]>,
         channels: usize,
         act: Activation,
@@ -704,7 +731,7 @@ impl<'p> Emitter<'p> {
             bias_bytes: channels * 4,
         };
         let (act_min, act_max) = act_range_s8(act, out_q);
-        let pc = self.per_channel(weights, bias, channels, in_q, out_q, kernel)?;
+        let pc = self.per_channel(weights, given_scales, bias, channels, in_q, out_q, kernel)?;
         Ok((
             Params::S8(PerChannelOut {
                 act_min,
@@ -716,10 +743,14 @@ impl<'p> Emitter<'p> {
     }
 
     /// Symmetric per-output-channel int8 weights, int32 bias at `in_scale * w_scale[c]`, and the requantisation
-    /// multipliers to the output scale (15-bit, from `host::per_channel_multipliers`).
+    /// multipliers to the output scale (15-bit, from `host::per_channel_multipliers`). The weight scales are
+    /// `given_scales` where a quantised model states them (its int8 weights come back exactly), else
+    /// `absmax / 127` per channel.
+    #[allow(clippy::too_many_arguments)]
     fn per_channel(
         &mut self,
         weights: &[f32],
+        given_scales: Option<&[f32]>,
         bias: Option<&[f32]>,
         channels: usize,
         in_q: Quant,
@@ -741,15 +772,16 @@ impl<'p> Emitter<'p> {
             let block = &weights[c * per..(c + 1) * per];
             let absmax = block.iter().fold(0f32, |m, &w| m.max(w.abs()));
             // An all-zero channel gets scale 1: its weights quantise to 0, its bias to round(b / in_scale).
-            let w_scale = if absmax > 0.0 {
-                absmax as f64 / 127.0
-            } else {
-                1.0
+            let (w_scale, lowest) = match given_scales.and_then(|s| s.get(c)) {
+                Some(&s) if s.is_finite() && s > 0.0 => (s as f64, -128.0),
+                Some(&s) => return Err(input(format!("weight scale {s} of channel {c}"))),
+                None if absmax > 0.0 => (absmax as f64 / 127.0, -127.0),
+                None => (1.0, -127.0),
             };
             qw.extend(
                 block
                     .iter()
-                    .map(|&w| (w as f64 / w_scale).round().clamp(-127.0, 127.0) as i8),
+                    .map(|&w| (w as f64 / w_scale).round().clamp(lowest, 127.0) as i8),
             );
             let acc_scale = in_q.scale as f64 * w_scale;
             let b = bias.map_or(0.0, |b| b[c] as f64);
@@ -1017,6 +1049,8 @@ impl<'p> Emitter<'p> {
             ops: &op_records,
             inputs: io(&self.p.inputs)?,
             outputs: io(&self.p.outputs)?,
+            io_types: heapless::Vec::from_slice(&self.p.io_types)
+                .map_err(|_| input("too many graph inputs and outputs"))?,
         };
         let meta = postcard::to_stdvec(&def).map_err(anyhow::Error::from)?;
         let bytes = write_file(&meta, &self.blob.bytes);

@@ -50,6 +50,9 @@ pub struct Info {
     pub macs: u64,
     pub inputs: Vec<usize>,
     pub outputs: Vec<usize>,
+    /// What `kiln run` exchanges for each input, then each output: `f32`, or the quantised model's own `int8` /
+    /// `uint8`.
+    pub io_types: Vec<&'static str>,
     pub ops: Vec<OpInfo>,
     pub tensors: Vec<TensorInfo>,
 }
@@ -122,6 +125,15 @@ pub fn inspect(m: &Model<'_>) -> Info {
         macs: m.macs(),
         inputs: ins.iter().map(|&i| i as usize).collect(),
         outputs: outs.iter().map(|&i| i as usize).collect(),
+        io_types: (0..ins.len())
+            .map(|i| m.input_type(i))
+            .chain((0..outs.len()).map(|o| m.output_type(o)))
+            .map(|t| match t {
+                kiln_runtime::format::IoType::F32 => "f32",
+                kiln_runtime::format::IoType::I8 => "int8",
+                kiln_runtime::format::IoType::U8 => "uint8",
+            })
+            .collect(),
         ops,
         tensors,
     }
@@ -140,20 +152,25 @@ pub fn render(i: &Info, path: &Path) -> String {
         "  arena {} B, blob {} B (weights {} B, biases {} B), {} MACs",
         i.arena_bytes, i.blob_bytes, i.weight_bytes, i.bias_bytes, i.macs
     );
-    let io = |list: &[usize]| {
+    let io = |list: &[usize], first: usize| {
         list.iter()
-            .map(|&t| {
+            .enumerate()
+            .map(|(k, &t)| {
                 let t = &i.tensors[t];
+                let given = match i.io_types.get(first + k) {
+                    Some(&ty) if ty != "f32" => format!(", exchanged as {ty}"),
+                    _ => String::new(),
+                };
                 format!(
-                    "'{}' {} {:?} (scale {}, zero point {})",
+                    "'{}' {} {:?} (scale {}, zero point {}{given})",
                     t.name, t.dtype, t.shape, t.scale, t.zero_point
                 )
             })
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let _ = writeln!(s, "  inputs:  {}", io(&i.inputs));
-    let _ = writeln!(s, "  outputs: {}", io(&i.outputs));
+    let _ = writeln!(s, "  inputs:  {}", io(&i.inputs, 0));
+    let _ = writeln!(s, "  outputs: {}", io(&i.outputs, i.inputs.len()));
     let _ = writeln!(
         s,
         "\n  {:>3}  {:<34} {:<28} {:>10} {:>8}  output",

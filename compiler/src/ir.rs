@@ -4,7 +4,10 @@
 //! order. Physical layout (channels-last for convolutions and pools) is chosen later by [`crate::layout`], and
 //! precision by [`crate::emit`]. Constants (weights, biases, broadcast operands) are tensors with a `value`.
 
+use std::collections::HashMap;
 use std::fmt;
+
+pub use kiln_runtime::format::{IoType, Quant};
 
 /// Index of a tensor in [`Graph::tensors`].
 pub type TensorId = usize;
@@ -16,6 +19,11 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     pub inputs: Vec<TensorId>,
     pub outputs: Vec<TensorId>,
+    /// The element type of each graph input, then each graph output, in the ONNX model (empty: all float32).
+    pub io_types: Vec<IoType>,
+    /// Per-output-channel weight scales a quantised (QDQ) model gives the Conv or Dense node of that name; its
+    /// int8 weights are `round(weight / scale)`, symmetric.
+    pub weight_scales: HashMap<String, Vec<f32>>,
 }
 
 #[derive(Clone, Debug)]
@@ -24,6 +32,8 @@ pub struct Tensor {
     pub shape: Vec<usize>,
     /// `Some` for constants, row-major in `shape`.
     pub value: Option<Vec<f32>>,
+    /// The int8 quantisation a quantised (QDQ) model gives this tensor; used instead of a calibrated range.
+    pub quant: Option<Quant>,
 }
 
 #[derive(Clone, Debug)]
@@ -260,6 +270,7 @@ impl Graph {
             name: name.into(),
             shape,
             value,
+            quant: None,
         });
         self.tensors.len() - 1
     }

@@ -128,6 +128,12 @@ pub struct Program {
     pub outputs: Vec<PId>,
     /// The IR tensor each program tensor stands for, where there is one (for per-layer comparisons).
     pub ir_of: HashMap<PId, TensorId>,
+    /// The int8 quantisation a quantised (QDQ) model gives these tensors (see [`crate::ir::Tensor::quant`]).
+    pub quant: HashMap<PId, crate::ir::Quant>,
+    /// As [`Graph::weight_scales`], by step name.
+    pub weight_scales: HashMap<String, Vec<f32>>,
+    /// As [`Graph::io_types`].
+    pub io_types: Vec<crate::ir::IoType>,
 }
 
 impl Program {
@@ -232,6 +238,13 @@ pub fn lower(g: &Graph) -> Result<Program> {
         let out = l.relayout(id, &identity(rank), &g.tensors[t].name)?;
         l.p.outputs.push(out);
     }
+    l.p.quant =
+        l.p.ir_of
+            .iter()
+            .filter_map(|(&p, &t)| Some((p, g.tensors[t].quant?)))
+            .collect();
+    l.p.weight_scales = g.weight_scales.clone();
+    l.p.io_types = g.io_types.clone();
     Ok(l.p)
 }
 

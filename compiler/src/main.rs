@@ -14,6 +14,7 @@ use kiln_compiler::monitor;
 use kiln_compiler::npy;
 use kiln_compiler::reference::Reference;
 use kiln_compiler::runner::{ModelBuf, Runner};
+use kiln_runtime::format::IoType;
 use ndarray::ArrayD;
 
 /// Prints a line to stdout; a closed pipe (`kiln inspect m.kiln | head`) ends the program quietly instead of
@@ -62,6 +63,8 @@ on the --calib data:
   --calib X.npy   one array: samples stacked on a leading axis, each shaped like the model
                   input (or the input shape with its batch dimension multiplied by N)
   --calib X.npz   one such array per model input, keyed by input name (or `x`)
+A quantised ONNX model (QuantizeLinear/DequantizeLinear, QDQ) keeps its own scales and zero
+points; it needs no --calib when they cover every tensor (the error names those they miss).
 The report (--report) holds sizes, arena bytes, MACs per op, and float-vs-int8 agreement on
 the calibration data (top-1, SQNR, max abs error), overall and per layer.
 
@@ -73,10 +76,10 @@ Example:
         /// Where to write the .kiln file.
         #[arg(short, long)]
         output: PathBuf,
-        /// int8 (needs --calib) or f32.
+        /// int8 (needs --calib, unless the model is quantised: QDQ) or f32.
         #[arg(long, default_value = "int8")]
         precision: Precision,
-        /// Calibration data (.npy or .npz), required for int8.
+        /// Calibration data (.npy or .npz), required for int8 unless the model is quantised (QDQ).
         #[arg(long)]
         calib: Option<PathBuf>,
         /// How activation ranges are chosen: minmax, mse, percentile (99.99) or percentile:P.
@@ -219,7 +222,8 @@ Example:
 Inputs are float32 .npy in the ONNX model's own layout, each either the model input's shape
 (one inference), that shape with N prepended, or that shape with its leading (batch) dimension
 multiplied by N (N inferences; outputs are stacked the same way). Outputs are float32 .npy
-(int8 models are dequantised at the boundary).
+(int8 models are dequantised at the boundary). A quantised ONNX model whose graph input or
+output is int8 (or uint8) takes or gives .npy of that type instead.
 
 With --board the inferences run on that board instead: its firmware is built around the
 model (fit checked), started under QEMU or flashed with probe-rs, fed every input over its
@@ -321,7 +325,7 @@ Example:
 /// How to compile an ONNX model given to a board command.
 #[derive(clap::Args)]
 struct CompileArgs {
-    /// int8 (needs --calib) or f32 (ONNX models only).
+    /// int8 (needs --calib, unless the model is quantised: QDQ) or f32 (ONNX models only).
     #[arg(long, default_value = "int8")]
     precision: Precision,
     /// Calibration data for ONNX models (.npy or .npz).
@@ -555,7 +559,7 @@ fn run(cli: Cli) -> Result<()> {
             let outs = run_batched(&model, &inputs, &outputs, m.output_count(), &shapes, |x| {
                 runner.run(x, |_| {})
             })?;
-            write_outputs(&outputs, &outs)
+            write_outputs(&outputs, &outs, &output_types(&m))
         }
         Command::Reference {
             model,
@@ -572,7 +576,7 @@ fn run(cli: Cli) -> Result<()> {
                 &r.input_shapes.clone(),
                 |x| r.run(x),
             )?;
-            write_outputs(&outputs, &outs)
+            write_outputs(&outputs, &outs, &[])
         }
         Command::Eval { model, data } => {
             let arrays = npy::read_npz(&data)?;
@@ -723,7 +727,7 @@ fn run_on_board(
     })?;
     let (good, bad) = dev.frame_counts();
     let logs = dev.finish()?;
-    write_outputs(outputs, &outs)?;
+    write_outputs(outputs, &outs, &output_types(&m))?;
     if let Some(path) = telemetry {
         let mut text = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
         text.push('\n');
@@ -836,11 +840,17 @@ fn top1(
     Ok(out)
 }
 
-fn write_outputs(paths: &[PathBuf], outs: &[ArrayD<f32>]) -> Result<()> {
-    for (p, y) in paths.iter().zip(outs) {
-        npy::write_npy(p, y)?;
+/// Writes each output as `.npy` of its type (`types[i]`, float32 where absent).
+fn write_outputs(paths: &[PathBuf], outs: &[ArrayD<f32>], types: &[IoType]) -> Result<()> {
+    for (i, (p, y)) in paths.iter().zip(outs).enumerate() {
+        npy::write_npy_as(p, y, types.get(i).copied().unwrap_or_default())?;
     }
     Ok(())
+}
+
+/// The element type the source model gives each output (int8 for a quantised model's int8 outputs).
+fn output_types(m: &kiln_runtime::Model<'_>) -> Vec<IoType> {
+    (0..m.output_count()).map(|i| m.output_type(i)).collect()
 }
 
 fn print_summary(r: &compile::Report, out: &Path) {

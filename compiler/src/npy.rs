@@ -98,6 +98,20 @@ pub fn write_npy(path: &Path, a: &ArrayD<f32>) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
+/// Writes `a` as `.npy` of the element type a model gives that output (float32, or int8 / uint8 values held in
+/// `a` as floats), atomically.
+pub fn write_npy_as(path: &Path, a: &ArrayD<f32>, ty: kiln_runtime::format::IoType) -> Result<()> {
+    use kiln_runtime::format::IoType;
+    let mut bytes = Vec::new();
+    let written = match ty {
+        IoType::F32 => a.write_npy(&mut bytes),
+        IoType::I8 => a.mapv(|v| v as i8).write_npy(&mut bytes),
+        IoType::U8 => a.mapv(|v| v as u8).write_npy(&mut bytes),
+    };
+    written.map_err(|e| Error::Internal(e.into()))?;
+    write_atomic(path, &bytes)
+}
+
 /// How a user's array maps onto inferences of a model input shaped `shape`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Batching {

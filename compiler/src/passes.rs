@@ -120,6 +120,12 @@ fn fold_once(g: &mut Graph) -> bool {
                     continue;
                 };
                 apply_affine(&mut g.nodes[i].op, kind, &c);
+                if kind == BinaryKind::Mul {
+                    // Given int8 weights stay exact: `q * s` scaled by `c` is `(q * sign(c)) * (s * |c|)`.
+                    if let Some(scales) = g.weight_scales.get_mut(&g.nodes[i].name) {
+                        scales.iter_mut().zip(&c).for_each(|(s, c)| *s *= c.abs());
+                    }
+                }
                 true
             }
             (Op::Unary(u @ (UnaryKind::Relu | UnaryKind::Clip { .. })), _) => {
@@ -131,16 +137,18 @@ fn fold_once(g: &mut Graph) -> bool {
                 let mut op = g.nodes[i].op.clone();
                 match act_of(&mut op) {
                     Some(a) if *a == Activation::None => *a = new,
-                    Some(a) if *a == Activation::Relu => {
-                        // Relu then Clip (or Relu again): the intersection of both ranges.
-                        let (lo, hi) = new.range();
-                        *a = if hi.is_infinite() {
+                    Some(a) => {
+                        // Two clamps in a row (Relu then Clip, or the Clip a quantised model's QDQ pair
+                        // stands for then Relu): the intersection of both ranges, when they overlap.
+                        let ((lo1, hi1), (lo2, hi2)) = (a.range(), new.range());
+                        let (lo, hi) = (lo1.max(lo2), hi1.min(hi2));
+                        if lo > hi {
+                            continue;
+                        }
+                        *a = if lo == 0.0 && hi.is_infinite() {
                             Activation::Relu
                         } else {
-                            Activation::Clip {
-                                min: lo.max(0.0),
-                                max: hi,
-                            }
+                            Activation::Clip { min: lo, max: hi }
                         };
                     }
                     _ => continue,

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use kiln_runtime::format::{DType, Quant, TensorDef};
+use kiln_runtime::format::{DType, IoType, Quant, TensorDef};
 use kiln_runtime::{Interpreter, Model, TensorView};
 use ndarray::{ArrayD, IxDyn};
 
@@ -139,7 +139,8 @@ impl<'m> Runner<'m> {
     }
 }
 
-/// The bytes each graph input takes for these float inputs (quantised for int8 models), checking their shapes.
+/// The bytes each graph input takes for these inputs, checking their shapes: float values (quantised for int8
+/// models), or int8 / uint8 values for inputs the source model takes in those types.
 pub fn input_bytes(model: &Model<'_>, inputs: &[ArrayD<f32>]) -> Result<Vec<Vec<u8>>> {
     let internal = |e: kiln_runtime::Error| Error::Internal(anyhow::anyhow!("runtime: {e}"));
     if inputs.len() != model.input_count() {
@@ -160,18 +161,78 @@ pub fn input_bytes(model: &Model<'_>, inputs: &[ArrayD<f32>]) -> Result<Vec<Vec<
                 x.shape()
             )));
         }
-        all.push(quantize(x.iter().copied(), t.dtype, t.quant));
+        let bytes = match model.input_type(i) {
+            IoType::F32 => quantize(x.iter().copied(), t.dtype, t.quant),
+            ty => {
+                let what = format!("input {i} ('{}')", t.name);
+                let ints = from_user_ints(x.iter().copied(), ty, &what)?;
+                match t.dtype {
+                    DType::I8 => ints.iter().map(|&v| v as u8).collect(),
+                    _ => quantize(
+                        ints.iter()
+                            .map(|&v| kiln_runtime::host::dequantize(t.quant, v)),
+                        t.dtype,
+                        t.quant,
+                    ),
+                }
+            }
+        };
+        all.push(bytes);
     }
     Ok(all)
 }
 
-/// Float outputs in the model's logical layout from the raw bytes of each graph output (dequantised for int8).
+/// The int8 values of a model input of type `ty` (int8, or uint8 shifted by -128) from the user's values.
+///
+/// # Errors
+/// [`Error::Input`] for a value that is not an integer of the input's type.
+fn from_user_ints(values: impl Iterator<Item = f32>, ty: IoType, what: &str) -> Result<Vec<i8>> {
+    let (lo, hi, shift, name) = match ty {
+        IoType::U8 => (0.0, 255.0, 128, "uint8"),
+        _ => (-128.0, 127.0, 0, "int8"),
+    };
+    values
+        .map(|v| {
+            if v.fract() != 0.0 || !(lo..=hi).contains(&v) {
+                return Err(input(format!(
+                    "{what}: value {v} is not {name} (the model takes {name} values: give an {name} .npy)"
+                )));
+            }
+            Ok((v as i32 - shift) as i8)
+        })
+        .collect()
+}
+
+/// A model output's values as the user receives them: float, or int8 / uint8 values (as f32) for outputs the
+/// model gives in those types.
+fn to_user(bytes: &[u8], t: &TensorDef<'_>, ty: IoType) -> Vec<f32> {
+    let ints: Vec<i8> = match (ty, t.dtype) {
+        (IoType::F32, _) => return dequantize(bytes, t.dtype, t.quant),
+        (_, DType::I8) => bytes.iter().map(|&b| b as i8).collect(),
+        (_, dtype) => dequantize(
+            bytes,
+            dtype,
+            Quant {
+                scale: 1.0,
+                zero_point: 0,
+            },
+        )
+        .into_iter()
+        .map(|v| kiln_runtime::host::quantize(t.quant, v))
+        .collect(),
+    };
+    let shift = if ty == IoType::U8 { 128.0 } else { 0.0 };
+    ints.into_iter().map(|v| v as f32 + shift).collect()
+}
+
+/// Outputs in the model's logical layout from the raw bytes of each graph output: float (dequantised for int8
+/// models), or the int8 / uint8 values of outputs the source model gives in those types.
 pub fn output_arrays(model: &Model<'_>, raw: &[&[u8]]) -> Result<Vec<ArrayD<f32>>> {
     let internal = |e: kiln_runtime::Error| Error::Internal(anyhow::anyhow!("runtime: {e}"));
     let mut outs = Vec::new();
     for (i, bytes) in raw.iter().enumerate() {
         let t = model.output(i).map_err(internal)?;
-        outs.push(to_logical(dequantize(bytes, t.dtype, t.quant), &t));
+        outs.push(to_logical(to_user(bytes, &t, model.output_type(i)), &t));
     }
     Ok(outs)
 }

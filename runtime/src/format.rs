@@ -121,6 +121,23 @@ pub struct ModelDef<'a> {
     /// Tensor indices of the graph inputs and outputs.
     pub inputs: Vec<u16, MAX_IO>,
     pub outputs: Vec<u16, MAX_IO>,
+    /// The element type each graph input, then each graph output, has in the source model: what the host
+    /// exchanges with users. Empty: all [`IoType::F32`]. The device reads and writes the tensors' own bytes
+    /// whatever this says; it is never read by the runtime.
+    pub io_types: Vec<IoType, { 2 * MAX_IO }>,
+}
+
+/// The element type a graph input or output has in the source model (an int8 model's float inputs are
+/// quantised by the host; a quantised ONNX model's int8 or uint8 ones are passed as they are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum IoType {
+    /// float32 values, (de)quantised with the tensor's [`Quant`] when the tensor is int8.
+    #[default]
+    F32,
+    /// int8 values in the tensor's [`Quant`].
+    I8,
+    /// uint8 values `v`: the int8 value `v - 128` in the tensor's [`Quant`] (its zero point moved by -128 too).
+    U8,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

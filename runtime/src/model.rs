@@ -374,6 +374,18 @@ impl<'a> Model<'a> {
         self.tensor(t)
     }
 
+    /// The element type the source model gives graph input `index` (`F32` when the file does not say): how the
+    /// host exchanges it with users. Inference does not depend on it.
+    pub fn input_type(&self, index: usize) -> crate::format::IoType {
+        self.def.io_types.get(index).copied().unwrap_or_default()
+    }
+
+    /// As [`Model::input_type`], for graph output `index`.
+    pub fn output_type(&self, index: usize) -> crate::format::IoType {
+        let at = self.def.inputs.len() + index;
+        self.def.io_types.get(at).copied().unwrap_or_default()
+    }
+
     /// Tensor indices of the graph inputs and outputs.
     pub fn io_indices(&self) -> (&[u16], &[u16]) {
         (&self.def.inputs, &self.def.outputs)
@@ -1214,6 +1226,7 @@ mod tests {
             ops: &ops,
             inputs: heapless::Vec::from_slice(&[0]).unwrap(),
             outputs: heapless::Vec::from_slice(&[1]).unwrap(),
+            io_types: heapless::Vec::new(),
         };
         let meta = to_vec(&def);
         let blob_offset = (HEADER_LEN + meta.len()).next_multiple_of(BLOB_ALIGN);

@@ -104,6 +104,47 @@ impl OnnxBuilder {
         self
     }
 
+    /// An int8 initializer (quantised weights, zero points).
+    pub fn initializer_i8(mut self, name: &str, shape: &[usize], data: &[i8]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor {name}");
+        self.graph.initializer.push(pb::TensorProto {
+            name: name.to_string(),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Int8 as i32,
+            raw_data: data.iter().map(|&v| v as u8).collect(),
+            ..Default::default()
+        });
+        self
+    }
+
+    /// A uint8 initializer (zero points of uint8 quantisation).
+    pub fn initializer_u8(mut self, name: &str, shape: &[usize], data: &[u8]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor {name}");
+        self.graph.initializer.push(pb::TensorProto {
+            name: name.to_string(),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Uint8 as i32,
+            raw_data: data.to_vec(),
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Makes graph input or output `name` (already declared) of element type `ty` instead of float32.
+    pub fn io_type(mut self, name: &str, ty: DataType) -> Self {
+        let graph = &mut self.graph;
+        for v in graph.input.iter_mut().chain(graph.output.iter_mut()) {
+            if v.name == name {
+                if let Some(pb::type_proto::Value::TensorType(t)) =
+                    v.r#type.as_mut().and_then(|t| t.value.as_mut())
+                {
+                    t.elem_type = ty as i32;
+                }
+            }
+        }
+        self
+    }
+
     /// A node named after its first output.
     pub fn node(
         self,

@@ -90,10 +90,17 @@ pub(super) struct Lowerer<'a> {
     pub(super) downsampled: HashSet<OutletId>,
     model_outputs: HashSet<OutletId>,
     used_names: HashSet<String>,
+    /// ONNX node name -> the weight scales a quantised model gives it (see [`super::qdq`]).
+    weight_scales: &'a HashMap<String, Vec<f32>>,
 }
 
 /// Lowers the decluttered `model` (from the ONNX `graph` in `file`) to Kiln's IR.
-pub(super) fn lower(file: &str, graph: &pb::GraphProto, model: &TypedModel) -> Result<ir::Graph> {
+pub(super) fn lower(
+    file: &str,
+    graph: &pb::GraphProto,
+    model: &TypedModel,
+    weight_scales: &HashMap<String, Vec<f32>>,
+) -> Result<ir::Graph> {
     let mut l = Lowerer {
         model,
         onnx_ops: graph
@@ -109,6 +116,7 @@ pub(super) fn lower(file: &str, graph: &pb::GraphProto, model: &TypedModel) -> R
         downsampled: HashSet::new(),
         model_outputs: model.output_outlets()?.iter().copied().collect(),
         used_names: HashSet::new(),
+        weight_scales,
     };
 
     for &outlet in model.input_outlets()? {
@@ -373,6 +381,8 @@ impl<'a> Lowerer<'a> {
             &node.name
         };
         let name = self.unique_name(base);
+        let origin = node.name.clone();
+        self.given_weight_scales(&[&origin, last], &name, &op)?;
         self.g.nodes.push(ir::Node {
             name,
             op,
@@ -381,6 +391,33 @@ impl<'a> Lowerer<'a> {
         });
         self.values.insert(out, t);
         Ok(t)
+    }
+
+    /// Records the weight scales a quantised model gives the Conv or Dense `op` (from the ONNX node one of the
+    /// tract nodes `tract_names` comes from) as those of IR node `name`.
+    fn given_weight_scales(&mut self, tract_names: &[&str], name: &str, op: &Op) -> LResult<()> {
+        let channels = match op {
+            Op::Conv(c) => c.out_channels,
+            Op::Dense { out_features, .. } => *out_features,
+            _ => return Ok(()),
+        };
+        let found = tract_names.iter().find_map(|n| {
+            let (onnx, _) = self.origin(n)?;
+            self.weight_scales.get(onnx).map(|s| (onnx, s))
+        });
+        let Some((onnx, scales)) = found else {
+            return Ok(());
+        };
+        if scales.len() != channels {
+            unsupported!(
+                "the weight scales of ONNX node '{onnx}' are {} for {channels} output channels",
+                scales.len()
+            );
+        }
+        self.g
+            .weight_scales
+            .insert(name.to_string(), scales.clone());
+        Ok(())
     }
 
     /// Emits an IR node with a fresh intermediate output tensor (no tract outlet holds its value).
@@ -392,7 +429,9 @@ impl<'a> Lowerer<'a> {
         shape: Vec<usize>,
     ) -> LResult<TensorId> {
         self.check_reshape(&op, &inputs, &shape)?;
+        let base = name;
         let name = self.unique_name(name);
+        self.given_weight_scales(&[base], &name, &op)?;
         let t = self.g.add_tensor(name.clone(), shape, None);
         self.g.nodes.push(ir::Node {
             name,

@@ -10,6 +10,7 @@
 
 mod conv;
 mod lower;
+mod qdq;
 
 use std::path::Path;
 
@@ -32,6 +33,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Constant",
     "ConstantOfShape",
     "Conv",
+    "DequantizeLinear",
     "Dropout",
     "Elu",
     "Flatten",
@@ -47,6 +49,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Mul",
     "PRelu",
     "Pad",
+    "QuantizeLinear",
     "ReduceMean",
     "Relu",
     "Reshape",
@@ -67,7 +70,7 @@ pub fn import_onnx(path: &Path) -> Result<ir::Graph> {
     let file = path.display().to_string();
     let bytes =
         std::fs::read(path).map_err(|e| input(format!("{file}: cannot read the model: {e}")))?;
-    let proto = pb::ModelProto::decode(&*bytes).map_err(|e| {
+    let mut proto = pb::ModelProto::decode(&*bytes).map_err(|e| {
         input(format!(
             "{file}: not an ONNX model (protobuf decoding failed: {e})"
         ))
@@ -81,8 +84,20 @@ pub fn import_onnx(path: &Path) -> Result<ir::Graph> {
         }
     };
     check_supported(&file, graph)?;
-    let model = load_decluttered(&file, &proto, graph, path.parent())?;
-    lower::lower(&file, graph, &model)
+    let opset = proto
+        .opset_import
+        .iter()
+        .filter(|o| is_default_domain(&o.domain))
+        .map(|o| o.version)
+        .max()
+        .unwrap_or(1);
+    let mut graph = graph.clone();
+    let given = qdq::rewrite(&file, &mut graph, opset, path.parent())?;
+    proto.graph = Some(graph.clone());
+    let model = load_decluttered(&file, &proto, &graph, path.parent())?;
+    let mut g = lower::lower(&file, &graph, &model, &given.weight_scales)?;
+    qdq::attach(&mut g, &given);
+    Ok(g)
 }
 
 /// One [`Error::Input`] listing every node whose operator Kiln does not support.
