@@ -16,14 +16,16 @@
 //!
 //! `ModelDef` holds two sections of concatenated postcard records, [`TensorDef`]s and [`OpDef`]s. Ops carry
 //! their operands resolved (arena or blob offsets and byte lengths) plus physical shapes, so inference reads
-//! them in order and never searches. Everything is validated once at load. Fields are only ever appended
-//! (enum variants too); anything else bumps [`FORMAT_VERSION`].
+//! them in order and never searches. Everything is validated once at load. Fields and enum variants are
+//! only ever appended, and every change bumps [`FORMAT_VERSION`] (a reader refuses other versions by name rather
+//! than misreading them). v3: packed weights and kernel choices; v4: `ModelDef::io_types` (the source model's
+//! own I/O element types).
 
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"KILN";
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 pub const HEADER_LEN: usize = 24;
 /// Alignment of the blob inside the file; every typed item inside the blob is 4-byte aligned.
 pub const BLOB_ALIGN: usize = 16;
