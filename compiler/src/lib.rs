@@ -20,5 +20,6 @@ pub mod monitor;
 pub mod npy;
 pub mod passes;
 pub mod plan;
+pub mod prune;
 pub mod reference;
 pub mod runner;
