@@ -1,0 +1,303 @@
+//! Structured pruning: the least-squares solver, real shrinkage of the bundled MNIST CNN (read back from the
+//! `.kiln` file), its accuracy on held-out digits, `--prune-budget`, and refused arguments.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln_compiler::prune::{ridge, solve_spd};
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn ok(o: &Output, what: &str) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{what}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).expect("read json")).expect("parse json")
+}
+
+/// `kiln eval` top-1 in percent.
+fn accuracy(model: &Path) -> f64 {
+    let data = repo().join("data/mnist_test.npz");
+    let out = ok(&kiln(&["eval", s(model), "--data", s(&data)]), "eval");
+    let pct = out
+        .split("accuracy ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .expect("accuracy in eval output");
+    pct.parse().expect("a number")
+}
+
+/// Compiles the bundled MNIST CNN to int8 with `extra` arguments; returns the model path and its report.
+fn compile(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, serde_json::Value) {
+    let out = dir.join(format!("{name}.kiln"));
+    let report = dir.join(format!("{name}.json"));
+    let model = repo().join("models/mnist_cnn.onnx");
+    let calib = repo().join("data/mnist_calib.npy");
+    let mut args = vec![
+        "compile",
+        s(&model),
+        "-o",
+        s(&out),
+        "--calib",
+        s(&calib),
+        "--report",
+        s(&report),
+    ];
+    args.extend_from_slice(extra);
+    ok(&kiln(&args), name);
+    (out, json(&report))
+}
+
+#[test]
+fn cholesky_solves_a_known_system() {
+    // A = M^T M + I (symmetric positive definite), X known, B = A X.
+    let n = 6;
+    let m = 2;
+    let mut seed = 3u32;
+    let mut rnd = || {
+        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+        (seed >> 8) as f64 / (1u32 << 24) as f64 - 0.5
+    };
+    let mm: Vec<f64> = (0..n * n).map(|_| rnd()).collect();
+    let mut a = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            a[i * n + j] = (0..n).map(|k| mm[k * n + i] * mm[k * n + j]).sum::<f64>();
+        }
+        a[i * n + i] += 1.0;
+    }
+    let x: Vec<f64> = (0..n * m).map(|_| rnd() * 10.0).collect();
+    let b: Vec<f64> = (0..n)
+        .flat_map(|i| (0..m).map(move |c| (i, c)))
+        .map(|(i, c)| (0..n).map(|k| a[i * n + k] * x[k * m + c]).sum())
+        .collect();
+    let mut got = b.clone();
+    solve_spd(&mut a.clone(), n, &mut got, m).expect("positive definite");
+    for (g, e) in got.iter().zip(&x) {
+        assert!((g - e).abs() < 1e-9, "solve: {g} vs {e}");
+    }
+    // A ridge with lambda 0 is the plain solve; a huge lambda returns the prior.
+    let plain = ridge(a.clone(), b.clone(), n, m, 0.0, &vec![0.0; n * m]).expect("solve");
+    assert!(plain.iter().zip(&x).all(|(g, e)| (g - e).abs() < 1e-9));
+    let prior: Vec<f64> = (0..n * m).map(|i| i as f64).collect();
+    let shrunk = ridge(a.clone(), b, n, m, 1e12, &prior).expect("solve");
+    assert!(shrunk.iter().zip(&prior).all(|(g, e)| (g - e).abs() < 1e-6));
+    // Not positive definite: refused, not a wrong answer.
+    let mut singular = vec![1.0, 2.0, 2.0, 4.0];
+    assert!(solve_spd(&mut singular, 2, &mut [1.0, 1.0], 1).is_none());
+}
+
+#[test]
+fn pruning_mnist_removes_a_quarter_of_macs_and_weights_and_keeps_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, base_r) = compile(dir.path(), "base", &[]);
+    let (pruned, r) = compile(dir.path(), "pruned", &["--prune", "0.3"]);
+    let macs = |r: &serde_json::Value| r["macs"].as_u64().expect("macs") as f64;
+    let weights = |r: &serde_json::Value| r["weight_bytes"].as_u64().expect("weight_bytes") as f64;
+    assert!(
+        macs(&r) <= 0.75 * macs(&base_r),
+        "MACs {} vs {}",
+        macs(&r),
+        macs(&base_r)
+    );
+    assert!(
+        weights(&r) <= 0.75 * weights(&base_r),
+        "weights {} vs {}",
+        weights(&r),
+        weights(&base_r)
+    );
+    let p = &r["pruning"];
+    assert_eq!(p["before"]["macs"].as_u64(), base_r["macs"].as_u64());
+    assert_eq!(
+        p["before"]["weight_bytes"].as_u64(),
+        base_r["weight_bytes"].as_u64()
+    );
+    assert_eq!(p["after"]["macs"].as_u64(), r["macs"].as_u64());
+    // conv1 (8 filters) loses round(0.3 * 8) = 2, conv2 (16) loses 5; fc is the output and keeps its 10.
+    let layer = |name: &str| {
+        p["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("layer {name}"))
+            .clone()
+    };
+    assert_eq!(layer("conv1")["out_channels"], serde_json::json!([8, 6]));
+    assert_eq!(layer("conv2")["in_channels"], serde_json::json!([8, 6]));
+    assert_eq!(layer("conv2")["out_channels"], serde_json::json!([16, 11]));
+    assert_eq!(layer("fc")["in_channels"], serde_json::json!([784, 539]));
+    assert_eq!(
+        layer("conv1")["removed_outputs"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // The file itself: the tensors between the layers are narrower.
+    let inspect = |m: &Path| -> serde_json::Value {
+        serde_json::from_str(&ok(&kiln(&["inspect", s(m), "--json"]), "inspect"))
+            .expect("inspect json")
+    };
+    // Intermediate tensors carry no names in the file: compare the set of shapes.
+    let shapes = |info: &serde_json::Value| -> Vec<serde_json::Value> {
+        info["tensors"]
+            .as_array()
+            .expect("tensors")
+            .iter()
+            .map(|t| t["shape"].clone())
+            .collect()
+    };
+    let (bi, pi) = (inspect(&base), inspect(&pruned));
+    let (bs, ps) = (shapes(&bi), shapes(&pi));
+    assert!(bs.contains(&serde_json::json!([1, 8, 14, 14])), "{bs:?}");
+    assert!(bs.contains(&serde_json::json!([1, 16, 7, 7])), "{bs:?}");
+    assert!(ps.contains(&serde_json::json!([1, 6, 14, 14])), "{ps:?}");
+    assert!(ps.contains(&serde_json::json!([1, 11, 7, 7])), "{ps:?}");
+    assert!(!ps.contains(&serde_json::json!([1, 8, 14, 14])), "{ps:?}");
+    assert!(pi["arena_bytes"].as_u64() < bi["arena_bytes"].as_u64());
+    assert_eq!(pi["macs"].as_u64(), r["macs"].as_u64());
+
+    // Held-out digits (not the calibration ones): measured 98.10% before, see docs/BENCHMARKS.md.
+    let (a0, a1) = (accuracy(&base), accuracy(&pruned));
+    assert!(a1 >= a0 - 1.5, "pruned top-1 {a1}% vs {a0}%");
+}
+
+#[test]
+fn prune_budget_finds_a_fraction_within_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo().join("data/mnist_test.npz");
+    let (model, r) = compile(
+        dir.path(),
+        "budget",
+        &["--prune-budget", "1.0", "--eval", s(&data)],
+    );
+    let p = &r["pruning"];
+    let probes = p["search"].as_array().expect("probes");
+    assert!(probes.len() >= 2, "{probes:?}");
+    let base = probes[0]["accuracy"].as_f64().expect("accuracy");
+    assert_eq!(probes[0]["fraction"].as_f64(), Some(0.0));
+    let chosen = p["fraction"].as_f64().expect("fraction");
+    let probe = probes
+        .iter()
+        .find(|q| q["fraction"].as_f64() == Some(chosen))
+        .expect("the chosen fraction was probed");
+    assert_eq!(probe["within_budget"], true);
+    assert!(chosen > 0.0, "no pruning within 1 point: {probes:?}");
+    // No probe within budget was passed over for a smaller one.
+    for q in probes {
+        if q["within_budget"] == true {
+            assert!(q["fraction"].as_f64().unwrap_or(0.0) <= chosen);
+        }
+    }
+    let a = accuracy(&model);
+    assert!(
+        a >= base * 100.0 - 1.0 - 1e-9,
+        "{a}% vs unpruned {}%",
+        base * 100.0
+    );
+}
+
+#[test]
+fn bad_prune_arguments_exit_2_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.kiln");
+    let model = repo().join("models/mnist_cnn.onnx");
+    let calib = repo().join("data/mnist_calib.npy");
+    let o = kiln(&[
+        "compile",
+        s(&model),
+        "-o",
+        s(&out),
+        "--calib",
+        s(&calib),
+        "--prune",
+        "1.5",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--prune 1.5") && e.contains("between 0 and 0.75"),
+        "{e}"
+    );
+    assert!(!out.exists());
+
+    let o = kiln(&[
+        "compile",
+        s(&model),
+        "-o",
+        s(&out),
+        "--precision",
+        "f32",
+        "--prune",
+        "0.3",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--prune needs calibration data"));
+
+    // --prune-budget needs --eval; the two pruning flags exclude each other.
+    let o = kiln(&[
+        "compile",
+        s(&model),
+        "-o",
+        s(&out),
+        "--calib",
+        s(&calib),
+        "--prune-budget",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--eval"));
+    let data = repo().join("data/mnist_test.npz");
+    let o = kiln(&[
+        "compile",
+        s(&model),
+        "-o",
+        s(&out),
+        "--calib",
+        s(&calib),
+        "--prune",
+        "0.3",
+        "--prune-budget",
+        "1",
+        "--eval",
+        s(&data),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = kiln(&[
+        "compile",
+        s(&model),
+        "-o",
+        s(&out),
+        "--calib",
+        s(&calib),
+        "--prune-budget=-1",
+        "--eval",
+        s(&data),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--prune-budget -1"));
+    assert!(!out.exists());
+}
