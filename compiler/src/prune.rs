@@ -1,8 +1,8 @@
 //! Structured pruning: whole channels (convolution filters, dense units) leave the float IR, every layer they pass
 //! through shrinks with them, and the layers that read them are refitted on calibration data — no retraining.
 //!
-//! 1. **Channel groups.** A group is a set of tensors that share one channel axis: the outputs of the Conv (groups
-//!    1) and Dense nodes that write the channels (its *producers*), everything the channels flow through unchanged
+//! 1. **Channel groups.** A group is a set of tensors that share one channel axis: the outputs of the Conv (one
+//!    group) and Dense nodes that write the channels (its *producers*), everything the channels flow through unchanged
 //!    (activations, pools, constant pads, depthwise convolutions, element-wise ops with a per-channel or scalar
 //!    constant, Add/Sub/Mul of two such tensors, a flatten into a Dense) and the Conv / Dense nodes that read them
 //!    as input features (its *consumers*). A residual Add couples its operands' producers into one group, pruned
@@ -581,8 +581,11 @@ impl Patches {
     }
 }
 
+/// Weights `[out][k]`, bias and output count of a layer.
+type Layer<'a> = (&'a [f32], Option<&'a [f32]>, usize);
+
 /// Weights of a Conv (groups 1) or Dense as `[out][k]` rows, and the bias.
-fn weights_of(op: &Op) -> Option<(&[f32], Option<&[f32]>, usize)> {
+fn weights_of(op: &Op) -> Option<Layer<'_>> {
     match op {
         Op::Conv(c) => Some((&c.weights, c.bias.as_deref(), c.out_channels)),
         Op::Dense {
