@@ -12,7 +12,10 @@
 //!    features carry into the next layers (`x` from the calibration data, `W` the consumer's weights on the
 //!    channel, over every kernel tap or flattened position).
 //! 3. **Selection.** The same fraction of every group, lowest scores first: `round(F * C)` channels, but every
-//!    group keeps at least a quarter of its channels (and one), so `F` is at most [`MAX_FRACTION`].
+//!    group keeps at least a quarter of its channels (and one), so `F` is at most [`MAX_FRACTION`]. A group that
+//!    passes through a depthwise convolution, or has 32 channels or more, keeps a multiple of 4 (the nearest):
+//!    the fast depthwise int8 kernel needs one, and equal channel counts on both sides of a pointwise convolution
+//!    keep it in place in the arena.
 //! 4. **Reconstruction.** Every consumer is refitted, in graph order, by ridge-regularised least squares: its new
 //!    weights and bias on the kept inputs, as the pruned network computes them, reproduce its original
 //!    pre-activation output on the calibration data. The ridge pulls towards the original weights with the removed
@@ -384,10 +387,17 @@ pub fn check_fraction(f: f64) -> Result<()> {
     Ok(())
 }
 
-/// How many of `channels` a fraction `f` removes.
-fn removed_count(channels: usize, f: f64) -> usize {
+/// How many of `channels` a fraction `f` removes. `unit` > 1: the kept count stays a multiple of it (the nearest
+/// one), as the fast depthwise int8 kernel needs a multiple of 4 channels.
+fn removed_count(channels: usize, f: f64, unit: usize) -> usize {
     let keep_min = channels.div_ceil(4).max(1);
-    ((f * channels as f64).round() as usize).min(channels - keep_min)
+    let drop = ((f * channels as f64).round() as usize).min(channels - keep_min);
+    if unit <= 1 || !channels.is_multiple_of(unit) || channels < 2 * unit {
+        return drop;
+    }
+    let kept = channels - drop;
+    let rounded = ((kept + unit / 2) / unit * unit).max(keep_min.next_multiple_of(unit));
+    channels - rounded.min(channels)
 }
 
 /// Runs `g` in float on the host and returns, for each tensor of `want`, its logical values per sample.
@@ -1006,7 +1016,16 @@ pub fn prune(g: &mut Graph, f: f64, samples: &[Vec<ArrayD<f32>>]) -> Result<Prun
                     score[(i / m.inner) % group.channels] += ms[i] / per * wn[i];
                 }
             }
-            let drop = removed_count(group.channels, f);
+            let depthwise = group
+                .passes
+                .iter()
+                .any(|&n| matches!(&g.nodes[n].op, Op::Conv(c) if is_depthwise(c)));
+            let unit = if depthwise || group.channels >= 32 {
+                4
+            } else {
+                1
+            };
+            let drop = removed_count(group.channels, f, unit);
             let mut order: Vec<usize> = (0..group.channels).collect();
             order.sort_by(|&a, &b| score[a].total_cmp(&score[b]).then(a.cmp(&b)));
             let mut keep: Vec<usize> = order[drop..].to_vec();
