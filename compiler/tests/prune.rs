@@ -301,3 +301,115 @@ fn bad_prune_arguments_exit_2_with_the_reason() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--prune-budget -1"));
     assert!(!out.exists());
 }
+
+/// Deterministic values in [-0.5, 0.5).
+fn noise(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+#[test]
+fn residual_and_depthwise_channels_are_pruned_jointly() {
+    use kiln_compiler::compile::{compile_graph, CalibMethod, Options};
+    use kiln_compiler::emit::Precision;
+    use kiln_tests::onnx::{attr, OnnxBuilder};
+    use ndarray_npy::WriteNpyExt;
+
+    // a: Conv 3->8, Relu; b: Conv 8->8 on a's output; Add(a, b), Relu; depthwise 3x3 on the sum; c: Conv 8->4 1x1;
+    // global average pool, flatten, Gemm 4->3 (the output).
+    let pad = || vec![attr::ints("pads", &[1, 1, 1, 1])];
+    let b = OnnxBuilder::new(13)
+        .input("x", &[1, 3, 8, 8])
+        .initializer("wa", &[8, 3, 3, 3], &noise(8 * 27, 1))
+        .initializer("ba", &[8], &noise(8, 2))
+        .initializer("wb", &[8, 8, 3, 3], &noise(8 * 72, 3))
+        .initializer("wd", &[8, 1, 3, 3], &noise(72, 4))
+        .initializer("wc", &[4, 8, 1, 1], &noise(32, 5))
+        .initializer("wg", &[4, 3], &noise(12, 6))
+        .initializer("bg", &[3], &noise(3, 7))
+        .node("Conv", &["x", "wa", "ba"], &["a"], pad())
+        .node("Relu", &["a"], &["ar"], vec![])
+        .node("Conv", &["ar", "wb"], &["b"], pad())
+        .node("Add", &["ar", "b"], &["s"], vec![])
+        .node("Relu", &["s"], &["sr"], vec![])
+        .node("Conv", &["sr", "wd"], &["d"], {
+            let mut a = pad();
+            a.push(attr::int("group", 8));
+            a
+        })
+        .node("Conv", &["d", "wc"], &["c"], vec![])
+        .node("GlobalAveragePool", &["c"], &["p"], vec![])
+        .node("Flatten", &["p"], &["f"], vec![attr::int("axis", 1)])
+        .node("Gemm", &["f", "wg", "bg"], &["y"], vec![])
+        .output_unshaped("y");
+    let (dir, path) = b.write_temp().expect("write model");
+    let calib = dir.path().join("calib.npy");
+    let x =
+        ndarray::ArrayD::from_shape_vec(vec![16, 1, 3, 8, 8], noise(16 * 192, 8)).expect("shape");
+    x.write_npy(std::fs::File::create(&calib).expect("create"))
+        .expect("write npy");
+
+    let mut g = kiln_compiler::import::import_onnx(&path).expect("import");
+    kiln_compiler::passes::optimize(&mut g);
+    let opts = Options {
+        precision: Precision::F32,
+        calib: Some(calib),
+        method: CalibMethod::MinMax,
+    };
+    let c = compile_graph(&path, g, &opts, Some(0.5)).expect("compile pruned");
+    let p = c.report.pruning.as_ref().expect("pruning report");
+    // The 8 channels of a, b, the Add and the depthwise conv are one group; c's 4 reach the Gemm (the output's
+    // writer, kept) through the pool and flatten.
+    let coupled: Vec<_> = p.groups.iter().filter(|g| g.coupled).collect();
+    assert_eq!(coupled.len(), 1, "{:?}", p.groups);
+    assert_eq!(coupled[0].channels, 8);
+    assert_eq!(coupled[0].removed.len(), 4);
+    assert_eq!(coupled[0].producers.len(), 2);
+    assert_eq!(p.groups.len(), 2, "{:?}", p.groups);
+    let layer = |i: usize| &p.layers[i];
+    assert_eq!(
+        (
+            layer(0).out_channels,
+            layer(1).in_channels,
+            layer(1).out_channels
+        ),
+        ([8, 4], [8, 4], [8, 4])
+    );
+    assert_eq!(
+        (layer(2).in_channels, layer(2).out_channels),
+        ([8, 4], [8, 4]),
+        "depthwise"
+    );
+    assert_eq!(
+        (layer(3).in_channels, layer(3).out_channels),
+        ([8, 4], [4, 2])
+    );
+    assert_eq!(
+        (layer(4).in_channels, layer(4).out_channels),
+        ([4, 2], [3, 3])
+    );
+    assert!(
+        p.after.macs < p.before.macs / 2,
+        "{} vs {}",
+        p.after.macs,
+        p.before.macs
+    );
+    assert!(p.after.weight_bytes < p.before.weight_bytes / 2);
+    // The pruned model loads and runs.
+    let buf = kiln_compiler::runner::ModelBuf::new(&c.bytes);
+    let m = buf.model().expect("model");
+    let mut r = kiln_compiler::runner::Runner::new(&m);
+    let y = r
+        .run(
+            &[ndarray::ArrayD::from_shape_vec(vec![1, 3, 8, 8], noise(192, 9)).expect("shape")],
+            |_| {},
+        )
+        .expect("run");
+    assert_eq!(y[0].shape(), &[1, 3]);
+    assert!(y[0].iter().all(|v| v.is_finite()));
+}
