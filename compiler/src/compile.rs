@@ -94,6 +94,9 @@ pub struct Report {
     pub ops: Vec<OpReport>,
     pub calibration: Option<String>,
     pub agreement: Option<Agreement>,
+    /// `--prune` / `--prune-budget`: channels removed per layer, sizes before and after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<crate::prune::PruneReport>,
 }
 
 pub struct Compiled {
@@ -122,11 +125,41 @@ fn naming(path: &Path) -> impl Fn(crate::error::Error) -> crate::error::Error + 
 }
 
 pub fn compile(path: &Path, opts: &Options) -> Result<Compiled> {
-    compile_program(path, opts).map_err(naming(path))
+    compile_program(path, opts, None).map_err(naming(path))
 }
 
-fn compile_program(path: &Path, opts: &Options) -> Result<Compiled> {
-    let program = lower_onnx(path)?;
+/// [`compile`], first removing fraction `prune` of the prunable channels ([`crate::prune`]) when given.
+pub fn compile_with(path: &Path, opts: &Options, prune: Option<f64>) -> Result<Compiled> {
+    compile_program(path, opts, prune).map_err(naming(path))
+}
+
+/// The pipeline from an imported, optimised graph (what `--prune-budget` compiles again and again).
+pub fn compile_graph(
+    path: &Path,
+    g: crate::ir::Graph,
+    opts: &Options,
+    prune: Option<f64>,
+) -> Result<Compiled> {
+    compile_ir(path, g, opts, prune).map_err(naming(path))
+}
+
+fn compile_program(path: &Path, opts: &Options, prune: Option<f64>) -> Result<Compiled> {
+    let mut g = crate::import::import_onnx(path)?;
+    crate::passes::optimize(&mut g);
+    compile_ir(path, g, opts, prune)
+}
+
+fn compile_ir(
+    path: &Path,
+    mut g: crate::ir::Graph,
+    opts: &Options,
+    prune: Option<f64>,
+) -> Result<Compiled> {
+    let pruning = match prune {
+        Some(f) => Some(crate::prune::prune_for_compile(path, &mut g, f, opts)?),
+        None => None,
+    };
+    let program = crate::lower::lower(&g)?;
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -191,6 +224,10 @@ fn compile_program(path: &Path, opts: &Options) -> Result<Compiled> {
             .collect(),
         calibration,
         agreement,
+        pruning: pruning.map(|mut p| {
+            p.after = crate::prune::Sizes::of(&g, &emitted);
+            p
+        }),
     };
     Ok(Compiled {
         bytes: emitted.bytes,

@@ -20,6 +20,7 @@ pub mod monitor;
 pub mod npy;
 pub mod passes;
 pub mod plan;
+pub mod prune;
 pub mod qdq;
 pub mod reference;
 pub mod report;

@@ -6,9 +6,10 @@
 //! [`html::render`] draws it with [`svg`]'s charts. The page has no scripts and loads nothing: its
 //! Content-Security-Policy forbids every fetch, so a browser would report any reference that slipped in.
 //!
-//! Accuracy against pruning: [`gather`] measures the unpruned model (fraction 0). A pruned compilation adds its
-//! point with [`top1_on`] and [`Accuracy::add_point`] before [`html::render`], which plots whatever points
-//! there are ([`svg::accuracy_curve`]).
+//! Accuracy against pruning: for an ONNX model with `--calib` and `--eval`, [`gather`] measures the unpruned
+//! model and each of `CURVE_FRACTIONS` compiled with structured pruning ([`crate::prune::accuracy_curve`]);
+//! [`html::render`] plots whatever points there are ([`svg::accuracy_curve`]). Another measured compilation can
+//! add its point with [`top1_on`] and [`Accuracy::add_point`].
 
 pub mod html;
 pub mod layout;
@@ -111,6 +112,9 @@ fn is_onnx(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
+/// The prune fractions the accuracy curve measures (besides the unpruned model).
+const CURVE_FRACTIONS: [f64; 5] = [0.1, 0.2, 0.3, 0.4, 0.5];
+
 /// Compiles or reads the model, measures what the options ask for, and builds the firmware for the fit.
 ///
 /// # Errors
@@ -171,7 +175,23 @@ pub fn gather(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report> 
     let accuracy = match &opts.eval {
         Some(data) => {
             progress(&format!("evaluating on {}", data.display()));
-            Some(evaluate(&opts.model, onnx, &buf, data)?)
+            let mut acc = evaluate(&opts.model, onnx, &buf, data)?;
+            if onnx && opts.calib.is_some() {
+                progress("accuracy against structured pruning (compiling each fraction)");
+                let int8 = compile::Options {
+                    precision: Precision::Int8,
+                    calib: opts.calib.clone(),
+                    method: opts.method,
+                };
+                match crate::prune::accuracy_curve(&opts.model, &int8, data, &CURVE_FRACTIONS) {
+                    Ok(points) => points
+                        .into_iter()
+                        .for_each(|(f, top1, _)| acc.add_point(f, top1)),
+                    // (A quantised model cannot be pruned: the page plots the unpruned point only.)
+                    Err(e) => progress(&format!("no pruning curve: {e}")),
+                }
+            }
+            Some(acc)
         }
         None => None,
     };

@@ -126,6 +126,12 @@ fn report_is_self_contained_with_every_section_measured() {
         "one histogram per weighted layer (conv1, conv2, fc)"
     );
     assert!(svgs("accuracy") >= 1, "accuracy curve");
+    // The unpruned model and the five pruned fractions the report compiles (0.1 .. 0.5).
+    assert_eq!(
+        section(html, "accuracy").matches("<circle").count(),
+        6,
+        "one point per prune fraction"
+    );
     assert!(svgs("fit") >= 1, "fit bars");
     for sec in ["quality", "accuracy", "fit"] {
         assert!(
