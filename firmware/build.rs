@@ -234,6 +234,12 @@ fn run() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
+    // With defmt's level at `off` (the benchmark image) no log call is compiled in: no global logger is linked
+    // either (its acquire/release and transport writes, ~0.4 KB).
+    println!("cargo::rustc-check-cfg=cfg(kiln_no_logs)");
+    if var("DEFMT_LOG").as_deref() == Some("off") {
+        println!("cargo:rustc-cfg=kiln_no_logs");
+    }
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rustc-link-arg=-Tlink.x");
     println!("cargo:rustc-link-arg=-Tdefmt.x");

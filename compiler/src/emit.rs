@@ -576,13 +576,19 @@ impl<'p> Emitter<'p> {
             (StepKind::Pool { kind, pool }, _) => {
                 let op = match (kind, int8) {
                     (PoolKind::Max, false) => OpKind::MaxPoolF32(pool.clone()),
-                    (PoolKind::Max, true) => OpKind::MaxPoolS8(pool_kernel(pool.clone())),
+                    (PoolKind::Max, true) => OpKind::MaxPoolS8(pool_kernel(
+                        pool.clone(),
+                        fast_elementwise::max_pool_fast_fits,
+                    )),
                     (PoolKind::Avg { .. }, false) => OpKind::AvgPoolF32(pool.clone()),
                     // Padded taps of an int8 average count as the real value 0, i.e. the zero point.
-                    (PoolKind::Avg { .. }, true) => OpKind::AvgPoolS8(pool_kernel(Pool2d {
-                        zero_point: in_q.zero_point,
-                        ..pool.clone()
-                    })),
+                    (PoolKind::Avg { .. }, true) => OpKind::AvgPoolS8(pool_kernel(
+                        Pool2d {
+                            zero_point: in_q.zero_point,
+                            ..pool.clone()
+                        },
+                        fast_elementwise::avg_pool_fast_fits,
+                    )),
                 };
                 self.push(&s.name, op, vec![x], out);
             }
@@ -1141,9 +1147,9 @@ fn conv_kernel(geom: &kiln_runtime::format::ConvGeom) -> KernelS8 {
     }
 }
 
-/// An int8 pool on the fast kernel where it takes the geometry.
-fn pool_kernel(p: Pool2d) -> Pool2d {
-    let kernel = if fast_elementwise::pool_fast_fits(&p) {
+/// An int8 pool on the fast kernel where it takes the geometry (`fits`, the kernel's predicate).
+fn pool_kernel(p: Pool2d, fits: fn(&Pool2d) -> bool) -> Pool2d {
+    let kernel = if fits(&p) {
         KernelS8::Fast
     } else {
         KernelS8::Reference

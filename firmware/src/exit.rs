@@ -16,7 +16,8 @@ pub fn exit(_code: i32) -> ! {
     cortex_m::peripheral::SCB::sys_reset()
 }
 
-#[cfg(feature = "logs-rtt")]
+// The global logger of the board's transport, unless no log is compiled in (`DEFMT_LOG=off`, see build.rs).
+#[cfg(all(feature = "logs-rtt", not(kiln_no_logs)))]
 use defmt_rtt as _;
-#[cfg(feature = "logs-semihosting")]
+#[cfg(all(feature = "logs-semihosting", not(kiln_no_logs)))]
 use defmt_semihosting as _;

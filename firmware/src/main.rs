@@ -388,10 +388,10 @@ fn fill_lcg(interp: &mut Interpreter<'_, '_>) -> Result<(), kiln_runtime::Error>
         for x in interp.input_mut(i)?.chunks_exact_mut(width) {
             s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let v = (s >> 24) as u8 as i8;
-            if f32_input {
-                x.copy_from_slice(&f32::from(v).to_le_bytes());
-            } else {
-                x[0] = v as u8;
+            match x {
+                [b] => *b = v as u8,
+                [b0, b1, b2, b3] => [*b0, *b1, *b2, *b3] = f32::from(v).to_le_bytes(),
+                _ => {}
             }
         }
     }

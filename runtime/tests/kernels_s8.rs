@@ -1574,13 +1574,14 @@ fn full_strides(out: &[u32]) -> Dims {
 }
 
 /// [`binary_case`]'s ops made ones the table kernel takes: Add or Sub, no broadcasting (both operands take the
-/// output's shape). Sometimes every multiplier is a power of two (`2^30`, shift `0` for the operands, any for the
-/// output), so that `acc * m / 2^t` ties often and a rounding off by one shows.
+/// output's shape), the output shift brought into `-31..=-2` and a Sub's second-operand shift to at most 0.
+/// Sometimes every multiplier is a power of two (`2^30`, shift `0` for the operands, any allowed for the output),
+/// so that `acc * m / 2^t` ties often and a rounding off by one shows.
 fn table_binary_case() -> impl Strategy<Value = (BinaryS8, Vec<i8>, Vec<i8>)> {
     (
         binary_case(),
         any::<bool>(),
-        prop_oneof![2 => Just(None), 1 => (-31i8..=0).prop_map(Some)],
+        prop_oneof![2 => Just(None), 1 => (-31i8..=-2).prop_map(Some)],
     )
         .prop_flat_map(|((p, _, _), sub, pow2)| {
             let out: Vec<u32> = p.bcast.out.to_vec();
@@ -1599,6 +1600,10 @@ fn table_binary_case() -> impl Strategy<Value = (BinaryS8, Vec<i8>, Vec<i8>)> {
                 kernel: KernelS8::Table,
                 ..p
             };
+            p.out_shift = p.out_shift.clamp(-31, -2);
+            if sub {
+                p.b_shift = p.b_shift.min(0);
+            }
             if let Some(out_shift) = pow2 {
                 (p.a_multiplier, p.a_shift, p.b_multiplier, p.b_shift) = (1 << 30, 0, 1 << 30, 0);
                 (p.out_multiplier, p.out_shift) = (1 << 30, out_shift);
@@ -1628,13 +1633,13 @@ fn host_add_case() -> impl Strategy<Value = (BinaryS8, Vec<i8>, Vec<i8>)> {
                 b_strides: dims(&[1]),
             };
             let p = host::add_sub_s8(qa, qb, qo).ok()?.into_op(kind, bc, lo, hi);
-            Some((
-                BinaryS8 {
-                    kernel: KernelS8::Table,
-                    ..p
-                },
-                n,
-            ))
+            let p = BinaryS8 {
+                kernel: KernelS8::Table,
+                ..p
+            };
+            // (An output scale within 4x of the inputs' gives an output shift the table kernel leaves to the
+            // reference.)
+            fast_elementwise::add_table_fits(&p).then_some((p, n))
         })
         .prop_flat_map(|(p, n)| (Just(p), vec(any::<i8>(), n), vec(any::<i8>(), n)))
 }
@@ -1667,10 +1672,10 @@ conformance!(binary_s8_table_with_host_params_matches_reference, host_add_case()
     run_binary_with(fast_elementwise::binary_s8_table, &c)
 });
 
-/// Pool geometries the fast kernels take (all valid ones with channels in groups of 4): [`pool_geom`]'s with 4 to
-/// 16 channels; global pools up to 24 x 24 (one run of whole rows), some of more than 256 taps (the average's
-/// 16-bit lanes are widened every 256 taps); the MLPerf Tiny KWS (25 x 5 x 64) and IC (8 x 8 x 64) global pools.
-fn fast_pool_geom() -> impl Strategy<Value = Pool2d> {
+/// Global pools (what the fast average pool takes): up to 24 x 24 (one run of whole rows), some of more than 256
+/// taps (the average's 16-bit lanes are widened every 256 taps); the MLPerf Tiny KWS (25 x 5 x 64) and IC
+/// (8 x 8 x 64) pools; 4 to 20 channels in groups of 4.
+fn global_pool_geom() -> impl Strategy<Value = Pool2d> {
     let global = |(batch, h, w, c): (u32, u32, u32, u32), include: bool, zp: i32| Pool2d {
         batch,
         in_h: h,
@@ -1689,7 +1694,6 @@ fn fast_pool_geom() -> impl Strategy<Value = Pool2d> {
         kernel: KernelS8::Fast,
     };
     prop_oneof![
-        3 => (pool_geom(), 1u32..=4).prop_map(|(p, q)| Pool2d { channels: 4 * q, kernel: KernelS8::Fast, ..p }),
         2 => ((1u32..=2, 1u32..=24, 1u32..=24, 1u32..=5), any::<bool>(), zero_point())
             .prop_map(move |((b, h, w, q), include, zp)| global((b, h, w, 4 * q), include, zp)),
         1 => ((Just(1u32), 16u32..=24, 17u32..=25, 1u32..=2), any::<bool>(), zero_point())
@@ -1699,10 +1703,19 @@ fn fast_pool_geom() -> impl Strategy<Value = Pool2d> {
     ]
 }
 
-/// A fast pool geometry and its input: random bytes, or all one value (often -128 or 127: sums at the edges of
-/// the 16-bit lanes), or a mix of the extremes.
-fn fast_pool_case() -> impl Strategy<Value = (Pool2d, Vec<i8>)> {
-    fast_pool_geom().prop_flat_map(|p| {
+/// Pool geometries the fast max pool takes (all valid ones with channels in groups of 4): [`pool_geom`]'s with 4
+/// to 16 channels, and [`global_pool_geom`]'s.
+fn fast_pool_geom() -> impl Strategy<Value = Pool2d> {
+    prop_oneof![
+        3 => (pool_geom(), 1u32..=4).prop_map(|(p, q)| Pool2d { channels: 4 * q, kernel: KernelS8::Fast, ..p }),
+        4 => global_pool_geom(),
+    ]
+}
+
+/// A pool geometry from `geom` and its input: random bytes, or all one value (often -128 or 127: sums at the
+/// edges of the 16-bit lanes), or a mix of the extremes.
+fn fast_pool_case(geom: impl Strategy<Value = Pool2d>) -> impl Strategy<Value = (Pool2d, Vec<i8>)> {
+    geom.prop_flat_map(|p| {
         let n = (p.batch * p.in_h * p.in_w * p.channels) as usize;
         let input = prop_oneof![
             3 => vec(any::<i8>(), n),
@@ -1720,18 +1733,19 @@ fn run_pool_with(kernel: fn(&Pool2d, &[i8], &mut [i8]), c: &(Pool2d, Vec<i8>)) -
     y
 }
 
-conformance!(max_pool_s8_fast_matches_reference, fast_pool_case(),
+conformance!(max_pool_s8_fast_matches_reference, fast_pool_case(fast_pool_geom()),
 |c| reference: run_pool_with(kernels::max_pool_s8, &c), optimised: {
-    assert!(fast_elementwise::pool_fast_fits(&c.0), "{:?}", c.0);
+    assert!(fast_elementwise::max_pool_fast_fits(&c.0), "{:?}", c.0);
     run_pool_with(fast_elementwise::max_pool_s8_fast, &c)
 });
-conformance!(avg_pool_s8_fast_matches_reference, fast_pool_case(),
+conformance!(avg_pool_s8_fast_matches_reference, fast_pool_case(global_pool_geom()),
 |c| reference: run_pool_with(kernels::avg_pool_s8, &c), optimised: {
-    assert!(fast_elementwise::pool_fast_fits(&c.0), "{:?}", c.0);
+    assert!(fast_elementwise::avg_pool_fast_fits(&c.0), "{:?}", c.0);
     run_pool_with(fast_elementwise::avg_pool_s8_fast, &c)
 });
 
-/// The table kernel takes Add/Sub without broadcasting only; the fast pools take windows up to `MAX_SUM_LEN`.
+/// The table kernel takes Add/Sub without broadcasting only; the fast pools take windows up to `MAX_SUM_LEN`, the
+/// average global ones only.
 #[test]
 fn fast_elementwise_kernels_say_what_they_take() {
     let p = |kind, a: &[u32], b: &[u32]| BinaryS8 {
@@ -1756,6 +1770,24 @@ fn fast_elementwise_kernels_say_what_they_take() {
         kernel: KernelS8::Table,
     };
     let fits = |kind, a: &[u32], b: &[u32]| fast_elementwise::add_table_fits(&p(kind, a, b));
+    // The SMMLA requantisation's shifts only; a Sub's second operand scaled down (or kept), so it negates exactly.
+    let full = p(BinaryKind::Sub, &[3, 0, 1], &[3, 0, 1]);
+    assert!(fast_elementwise::add_table_fits(&full));
+    for out_shift in [-1, 0, 5] {
+        assert!(!fast_elementwise::add_table_fits(&BinaryS8 {
+            out_shift,
+            ..full.clone()
+        }));
+    }
+    assert!(!fast_elementwise::add_table_fits(&BinaryS8 {
+        b_shift: 1,
+        ..full.clone()
+    }));
+    assert!(fast_elementwise::add_table_fits(&BinaryS8 {
+        b_shift: 1,
+        kind: BinaryKind::Add,
+        ..full.clone()
+    }));
     // A unit axis may carry any stride.
     assert!(
         fits(BinaryKind::Add, &[3, 0, 1], &[3, 3, 1])
@@ -1791,16 +1823,31 @@ fn fast_elementwise_kernels_say_what_they_take() {
         zero_point: 0,
         kernel: KernelS8::Fast,
     };
-    assert!(fast_elementwise::pool_fast_fits(&pool(1 << 12, 1 << 11)));
+    let (max_fits, avg_fits) = (
+        fast_elementwise::max_pool_fast_fits,
+        fast_elementwise::avg_pool_fast_fits,
+    );
+    // `pool(kh, kw)` is a global pool.
+    assert!(max_fits(&pool(1 << 12, 1 << 11)) && avg_fits(&pool(1 << 12, 1 << 11)));
+    assert!(!max_fits(&pool(1 << 12, (1 << 11) + 1)) && !avg_fits(&pool(1 << 12, (1 << 11) + 1)));
     // Channels in groups of 4 only.
     for channels in [1, 3, 6, 65] {
-        assert!(!fast_elementwise::pool_fast_fits(&Pool2d {
+        let p = Pool2d {
             channels,
             ..pool(3, 3)
-        }));
+        };
+        assert!(!max_fits(&p) && !avg_fits(&p));
     }
-    assert!(!fast_elementwise::pool_fast_fits(&pool(
-        1 << 12,
-        (1 << 11) + 1
-    )));
+    // The average takes global pools only: one window, the whole input, no padding.
+    let windowed = Pool2d {
+        in_h: 4,
+        out_h: 2,
+        ..pool(2, 2)
+    };
+    let padded = Pool2d {
+        pad_top: 1,
+        ..pool(2, 2)
+    };
+    assert!(max_fits(&windowed) && max_fits(&padded));
+    assert!(!avg_fits(&windowed) && !avg_fits(&padded));
 }

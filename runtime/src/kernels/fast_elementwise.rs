@@ -24,7 +24,7 @@
 use super::dsp::{sadd16, sxtb16, sxtb16_ror8};
 use super::{clamp_s8, MAX_SUM_LEN};
 use crate::format::{BinaryKind, BinaryS8, Pool2d};
-use crate::quant::requantize;
+use crate::quant::{requantize, SHIFT_MIN};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Add / Sub
@@ -47,9 +47,18 @@ fn row_major(out: &[u32], strides: &[u32]) -> bool {
 }
 
 /// Whether [`binary_s8_table`] takes this op: `Add` or `Sub` with no broadcasting (both operands have the
-/// output's shape, contiguous).
+/// output's shape, contiguous), an output shift in `SHIFT_MIN..=-2` (the `SMMLA` requantisation; the host's
+/// Add/Sub puts it near -20), and for `Sub` a second-operand shift of at most 0 (its rescaled values are then
+/// within `±2^31 - 2^23`, so negating them is exact; the host's are at most 0). Other ops run on the reference:
+/// one requantisation and one operation per kernel keep it small in flash.
 pub fn add_table_fits(p: &BinaryS8) -> bool {
-    matches!(p.kind, BinaryKind::Add | BinaryKind::Sub)
+    let operands_ok = match p.kind {
+        BinaryKind::Add => true,
+        BinaryKind::Sub => p.b_shift <= 0,
+        _ => false,
+    };
+    operands_ok
+        && (SHIFT_MIN..=-2).contains(&p.out_shift)
         && row_major(&p.bcast.out, &p.bcast.a_strides)
         && row_major(&p.bcast.out, &p.bcast.b_strides)
 }
@@ -79,9 +88,9 @@ fn output_table(zero_point: i32, lo: i8, hi: i8) -> [i8; 512] {
     table
 }
 
-/// `out[i] = ot[clamp(rq(ta[a[i]] ± tb[b[i]]), -256, 255) + 256]` (saturating `±`) for the first `n` elements.
+/// `out[i] = ot[clamp(rq(ta[a[i]] + tb[b[i]]), -256, 255) + 256]` (saturating `+`) for the first `n` elements.
 #[inline(always)]
-fn add_loop<const SUB: bool>(
+fn add_loop(
     tables: (&[i32; 256], &[i32; 256], &[i8; 512]),
     a: &[i8],
     b: &[i8],
@@ -91,12 +100,7 @@ fn add_loop<const SUB: bool>(
 ) {
     let (ta, tb, ot) = tables;
     let f = |x: i8, z: i8| {
-        let (sx, sz) = (ta[x as u8 as usize], tb[z as u8 as usize]);
-        let acc = if SUB {
-            sx.saturating_sub(sz)
-        } else {
-            sx.saturating_add(sz)
-        };
+        let acc = ta[x as u8 as usize].saturating_add(tb[z as u8 as usize]);
         ot[(rq(acc).clamp(-256, 255) + 256) as usize]
     };
     if a.is_empty() {
@@ -117,17 +121,19 @@ fn add_loop<const SUB: bool>(
 /// Exactness, step by step against the reference:
 /// - Operands: the reference computes `sx = requantize((x - za) << left_shift, a_multiplier, a_shift)`, a function
 ///   of the int8 `x` alone (and of the op's parameters), so `ta[x as u8]`, filled with that very expression for
-///   all 256 values, is `sx`; likewise `tb` for `b`. The saturating add/sub of the two is the reference's. Without
+///   all 256 values, is `sx`; likewise `tb` for `b`, negated for `Sub`: with `b_shift <= 0` and a left shift of at
+///   most 23, `|sz| <= 255 * 2^23 < 2^31`, so `-sz` is exact and `sx` saturating-plus `-sz` is the reference's
+///   saturating `sx - sz`; for `Add` the saturating sum is the reference's. Without
 ///   broadcasting, element `i` of the output reads element `i` of both inputs (see [`add_table_fits`]), the order
 ///   the reference's strided walk produces.
-/// - Requantisation, `r = requantize(acc, m, shift)`: when `t = 31 - shift >= 33` (an output scale below 1/4 of
+/// - Requantisation, `r = requantize(acc, m, shift)`: with `t = 31 - shift >= 33` (an output scale below 1/4 of
 ///   the accumulator's; Add/Sub's left shift of 20 makes it about `2^-20`), the reference's
 ///   `floor((acc * m + 2^(t-1)) / 2^t)` saturated to `i32` is computed as `(hi32(acc * m) + 2^(t-33)) >> (t-32)`:
 ///   `2^(t-1) = 2^(t-33) * 2^32` is a whole multiple of `2^32`, so `floor((acc * m + 2^(t-1)) / 2^32)` is
 ///   `floor(acc * m / 2^32) + 2^(t-33)` (the `SMMUL` high word plus a constant; `SMMLA`), and nested floors by
 ///   powers of two compose. No step overflows: `|acc * m| <= 2^62`, so the high word is within `±2^30`, plus at
-///   most `2^29`; the result is within `i32` (the saturation is the identity). Other shifts call
-///   [`requantize`] itself.
+///   most `2^29`; the result is within `i32` (the saturation is the identity). [`add_table_fits`] takes only
+///   these shifts.
 /// - Output: the reference's `clamp_s8(r.saturating_add(zo), lo, hi)` is constant for `r <= -256` (`r + zo <=
 ///   -129`, below any `lo`: the result is `min(lo, hi)`) and for `r >= 255` (`r + zo >= 127`, at or above any
 ///   `hi`: the result is `hi`), so it equals the `output_table` entry of `clamp(r, -256, 255)` (an `SSAT`).
@@ -156,40 +162,39 @@ fn table_add(p: &BinaryS8, a: &[i8], b: &[i8], out: &mut [i8]) {
         .fold(1usize, |n, &d| n.saturating_mul(d as usize));
     let ls = p.left_shift as u32;
     let ta = rescale_table(p.a_zero_point, ls, p.a_multiplier, p.a_shift);
-    let tb = rescale_table(p.b_zero_point, ls, p.b_multiplier, p.b_shift);
-    let ot = output_table(p.out_zero_point, p.act_min, p.act_max);
-    let tables = (&ta, &tb, &ot);
-    let (m, shift) = (p.out_multiplier, p.out_shift);
-    let t = 31 - shift as i32;
-    let sub = p.kind == BinaryKind::Sub;
-    if (33..=62).contains(&t) {
-        let (round, k) = (1i32 << (t - 33), (t - 32) as u32);
-        let rq = move |acc: i32| (((acc as i64 * m as i64) >> 32) as i32 + round) >> k;
-        if sub {
-            add_loop::<true>(tables, a, b, out, n, rq)
-        } else {
-            add_loop::<false>(tables, a, b, out, n, rq)
-        }
-    } else {
-        let rq = move |acc: i32| requantize(acc, m, shift);
-        if sub {
-            add_loop::<true>(tables, a, b, out, n, rq)
-        } else {
-            add_loop::<false>(tables, a, b, out, n, rq)
-        }
+    let mut tb = rescale_table(p.b_zero_point, ls, p.b_multiplier, p.b_shift);
+    if p.kind == BinaryKind::Sub {
+        // `sx - sz` is `sx + (-sz)`, saturating alike: no entry is `i32::MIN` (see `add_table_fits`).
+        tb.iter_mut().for_each(|v| *v = v.wrapping_neg());
     }
+    let ot = output_table(p.out_zero_point, p.act_min, p.act_max);
+    // t = 31 - shift in 33..=62 (`add_table_fits`).
+    let t = 31 - p.out_shift as i32;
+    let (m, round, k) = (p.out_multiplier, 1i32 << (t - 33), (t - 32) as u32);
+    let rq = move |acc: i32| (((acc as i64 * m as i64) >> 32) as i32 + round) >> k;
+    add_loop((&ta, &tb, &ot), a, b, out, n, rq)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Pools
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Whether [`max_pool_s8_fast`] and [`avg_pool_s8_fast`] take this geometry: windows of at most
-/// [`MAX_SUM_LEN`] taps (as the loader requires of every int8 pool, so the average's `i32` sums are exact), and
-/// channels in groups of 4 (a word per tap; a tail path for the rest would cost the firmware ~600 bytes for
-/// channel counts models rarely have — those pools run on the reference). Any window, stride and padding.
-pub fn pool_fast_fits(p: &Pool2d) -> bool {
+/// Whether [`max_pool_s8_fast`] takes this geometry: windows of at most [`MAX_SUM_LEN`] taps (as the loader
+/// requires of every int8 pool), and channels in groups of 4 (a word per tap; a tail path for the rest would
+/// cost the firmware ~600 bytes for channel counts models rarely have — those pools run on the reference). Any
+/// window, stride and padding.
+pub fn max_pool_fast_fits(p: &Pool2d) -> bool {
     p.kernel_h as u64 * p.kernel_w as u64 <= MAX_SUM_LEN as u64 && p.channels.is_multiple_of(4)
+}
+
+/// Whether [`avg_pool_s8_fast`] takes this geometry: a global pool (one window, the whole input: what ends
+/// nearly every microcontroller CNN — DS-CNN, ResNet, MobileNet) of at most [`MAX_SUM_LEN`] taps, so the `i32`
+/// sums are exact, channels in groups of 4. Windowed average pools run on the reference: their window walk cost
+/// the firmware ~800 bytes more.
+pub fn avg_pool_fast_fits(p: &Pool2d) -> bool {
+    max_pool_fast_fits(p)
+        && (p.out_h, p.out_w, p.pad_top, p.pad_left) == (1, 1, 0, 0)
+        && (p.kernel_h, p.kernel_w) == (p.in_h, p.in_w)
 }
 
 /// The part of a window inside the input, for output position `o` along one axis: input indices `first..end`
@@ -360,13 +365,13 @@ fn lanes(v: u32) -> (i32, i32) {
 const LANE_TAPS: usize = 256;
 
 /// int8 max pool: exactly the bytes of [`super::max_pool_s8`] (the maximum of the taps inside the input,
-/// `-128` for a window missing it) for geometries [`pool_fast_fits`] accepts.
+/// `-128` for a window missing it) for geometries [`max_pool_fast_fits`] accepts.
 ///
 /// 4 channels per word: each word of maxima starts at `0x80808080` (4 x `-128`, the reference's fold start) and
 /// takes the lane-wise max with each tap's word (one load, `SSUB8`, `SEL`). Max is associative and commutative,
 /// so the lane-wise fold over the same taps equals the reference's per-channel fold.
 pub fn max_pool_s8_fast(p: &Pool2d, input: &[i8], output: &mut [i8]) {
-    if !pool_fast_fits(p) {
+    if !max_pool_fast_fits(p) {
         return;
     }
     let c = p.channels as usize;
@@ -382,61 +387,57 @@ pub fn max_pool_s8_fast(p: &Pool2d, input: &[i8], output: &mut [i8]) {
     });
 }
 
-/// int8 average pool: exactly the bytes of [`super::avg_pool_s8`] for geometries [`pool_fast_fits`] accepts.
+/// int8 average pool: exactly the bytes of [`super::avg_pool_s8`] for the global pools [`avg_pool_fast_fits`]
+/// accepts.
 ///
 /// 4 channels per word: each tap adds its word's bytes into two words of 16-bit lanes (`SXTAB16` twice:
 /// channels 0 and 2, channels 1 and 3), widened to 4 `i32` sums every 256 taps and at the end. A lane
 /// then holds the sum of at most 256 values in `-128..=127`, within `-32768..=32512`, so its wrapping 16-bit
-/// sum is the exact sum. Then per channel the reference's `s + n / 2 = sum x - inside * zp + n / 2` (one
-/// constant per window), and the reference's division, rounding and clamp. Exact: every `i32` sum has at most
-/// [`MAX_SUM_LEN`] terms within `-128..=127`, and `|s| + n / 2 <= 255 * MAX_SUM_LEN + MAX_SUM_LEN / 2 < 2^31`,
-/// so the integers are the reference's (wrapping operations only spare the overflow checks; no value wraps).
+/// sum is the exact sum. Then per channel the reference's `s + n / 2 = sum x - n * zp + n / 2` (the window is the
+/// whole input: `n` taps, all inside, padding or not), and the reference's division, rounding and clamp. Exact:
+/// every `i32` sum has at most [`MAX_SUM_LEN`] terms within `-128..=127`, and
+/// `|s| + n / 2 <= 255 * MAX_SUM_LEN + MAX_SUM_LEN / 2 < 2^31`, so the integers are the reference's (wrapping
+/// operations only spare the overflow checks; no value wraps).
 pub fn avg_pool_s8_fast(p: &Pool2d, input: &[i8], output: &mut [i8]) {
-    if !pool_fast_fits(p) {
+    if !avg_pool_fast_fits(p) {
         return;
     }
     let c = p.channels as usize;
-    let row = p.in_w as usize * c;
+    let taps = p.in_h as usize * p.in_w as usize;
+    if taps == 0 || c == 0 {
+        return;
+    }
     let zp = p.zero_point;
-    let window_taps = p.kernel_h as usize * p.kernel_w as usize;
-    for_each_window(p, output, |w, y| {
-        let inside = w.rows * w.cols;
-        let n = if p.count_include_pad {
-            window_taps
-        } else {
-            inside
-        }
-        .max(1) as i32;
-        // s + n / 2 = sum x + (n / 2 - inside * zp)
-        let bias = (n / 2).wrapping_sub((inside as i32).wrapping_mul(zp));
-        let avg = |sum: i32| clamp_s8(zp + sum.wrapping_add(bias).div_euclid(n), -128, 127);
+    let n = taps.max(1) as i32;
+    // s + n / 2 = sum x + (n / 2 - n * zp)
+    let bias = (n / 2).wrapping_sub(n.wrapping_mul(zp));
+    let avg = |sum: i32| clamp_s8(zp + sum.wrapping_add(bias).div_euclid(n), -128, 127);
+    for (plane, y) in input.chunks_exact(taps * c).zip(output.chunks_exact_mut(c)) {
         for (g, o) in y.chunks_exact_mut(4).enumerate() {
             let mut s = [0i32; 4];
-            for_each_run(input, w, (row, c, 4 * g, 4), |run, taps| {
-                // Blocks of at most LANE_TAPS taps: `block` taps take `(block - 1) * c + 4` bytes.
-                let (mut run, mut taps) = (run, taps);
-                while taps > 0 {
-                    let block = taps.min(LANE_TAPS);
-                    let (mut even, mut odd) = (0u32, 0u32);
-                    for_each_word(&run[..(block - 1) * c + 4], c, |x| {
-                        even = sxtab16(even, x);
-                        odd = sxtab16_ror8(odd, x);
-                    });
-                    let ((s0, s2), (s1, s3)) = (lanes(even), lanes(odd));
-                    for (acc, v) in s.iter_mut().zip([s0, s1, s2, s3]) {
-                        *acc = acc.wrapping_add(v);
-                    }
-                    taps -= block;
-                    if taps > 0 {
-                        run = &run[block * c..];
-                    }
+            // Blocks of at most LANE_TAPS taps: `block` taps take `(block - 1) * c + 4` bytes.
+            let (mut run, mut left) = (&plane[4 * g..], taps);
+            while left > 0 {
+                let block = left.min(LANE_TAPS);
+                let (mut even, mut odd) = (0u32, 0u32);
+                for_each_word(&run[..(block - 1) * c + 4], c, |x| {
+                    even = sxtab16(even, x);
+                    odd = sxtab16_ror8(odd, x);
+                });
+                let ((s0, s2), (s1, s3)) = (lanes(even), lanes(odd));
+                for (acc, v) in s.iter_mut().zip([s0, s1, s2, s3]) {
+                    *acc = acc.wrapping_add(v);
                 }
-            });
+                left -= block;
+                if left > 0 {
+                    run = &run[block * c..];
+                }
+            }
             for (o, &sum) in o.iter_mut().zip(&s) {
                 *o = avg(sum);
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,11 @@ pub fn check_pool(ck: &Ck, p: &Pool2d, kind: PoolKind) -> Result<(), Error> {
     let int8 = matches!(kind, PoolKind::MaxS8 | PoolKind::AvgS8);
     let allowed = match p.kernel {
         KernelS8::Reference => true,
-        KernelS8::Fast => int8 && fast_elementwise::pool_fast_fits(p),
+        KernelS8::Fast => match kind {
+            PoolKind::MaxS8 => fast_elementwise::max_pool_fast_fits(p),
+            PoolKind::AvgS8 => fast_elementwise::avg_pool_fast_fits(p),
+            _ => false,
+        },
         KernelS8::Dot | KernelS8::Depthwise | KernelS8::Table => false,
     };
     ck.ensure(allowed, Field::Kernel, p.kernel as u32)?;

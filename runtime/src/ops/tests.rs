@@ -1676,6 +1676,23 @@ fn pool_op(kind: fn(Pool2d) -> OpKind, elem: u32, kernel: KernelS8) -> OpDef<'st
     op(kind(p), &[arena(0, 64 * elem)], arena(64 * elem, 16 * elem))
 }
 
+/// [`pool_op`]'s input pooled whole: a global pool (the only average pool the fast kernel takes).
+fn global_pool_op(kind: fn(Pool2d) -> OpKind, kernel: KernelS8) -> OpDef<'static> {
+    let OpKind::MaxPoolS8(p) = pool_op(OpKind::MaxPoolS8, 1, kernel).kind else {
+        unreachable!()
+    };
+    let p = Pool2d {
+        out_h: 1,
+        out_w: 1,
+        kernel_h: 4,
+        kernel_w: 4,
+        stride_h: 4,
+        stride_w: 4,
+        ..p
+    };
+    op(kind(p), &[arena(0, 64)], arena(64, 4))
+}
+
 #[test]
 fn refuses_table_and_fast_kernels_where_they_do_not_fit() {
     let refused = |kernel: KernelS8| Error::BadParam {
@@ -1719,13 +1736,22 @@ fn refuses_table_and_fast_kernels_where_they_do_not_fit() {
             refused(kernel),
         );
     }
-    // The fast pools: int8 only.
+    // The fast pools: int8 only; the average global pools only.
     for kind in [OpKind::MaxPoolS8, OpKind::AvgPoolS8] {
-        assert_eq!(check(7, &pool_op(kind, 1, KernelS8::Fast), &[]), Ok(()));
+        assert_eq!(check(7, &global_pool_op(kind, KernelS8::Fast), &[]), Ok(()));
         for kernel in [KernelS8::Dot, KernelS8::Depthwise, KernelS8::Table] {
             expect_err(&pool_op(kind, 1, kernel), &[], refused(kernel));
         }
     }
+    assert_eq!(
+        check(7, &pool_op(OpKind::MaxPoolS8, 1, KernelS8::Fast), &[]),
+        Ok(())
+    );
+    expect_err(
+        &pool_op(OpKind::AvgPoolS8, 1, KernelS8::Fast),
+        &[],
+        refused(KernelS8::Fast),
+    );
     for kind in [OpKind::MaxPoolF32, OpKind::AvgPoolF32] {
         assert_eq!(
             check(7, &pool_op(kind, 4, KernelS8::Reference), &[]),
@@ -1752,10 +1778,19 @@ fn table_and_fast_kernels_evaluate_like_the_reference() {
         let (a, b) = (bytes(8, 1), bytes(b_len, 2));
         assert_eq!(run(&table, &[], &[&a, &b]), run(&reference, &[], &[&a, &b]));
     }
+    let x = bytes(64, 3);
+    let want = run(
+        &pool_op(OpKind::MaxPoolS8, 1, KernelS8::Reference),
+        &[],
+        &[&x],
+    );
+    assert_eq!(
+        run(&pool_op(OpKind::MaxPoolS8, 1, KernelS8::Fast), &[], &[&x]),
+        want
+    );
     for kind in [OpKind::MaxPoolS8, OpKind::AvgPoolS8] {
-        let x = bytes(64, 3);
-        let want = run(&pool_op(kind, 1, KernelS8::Reference), &[], &[&x]);
-        assert_eq!(run(&pool_op(kind, 1, KernelS8::Fast), &[], &[&x]), want);
+        let want = run(&global_pool_op(kind, KernelS8::Reference), &[], &[&x]);
+        assert_eq!(run(&global_pool_op(kind, KernelS8::Fast), &[], &[&x]), want);
     }
 }
 
