@@ -2,27 +2,12 @@
 //! `.kiln` file), its accuracy on held-out digits, `--prune-budget`, and refused arguments.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use kiln_compiler::prune::{ridge, solve_spd};
 
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("run kiln")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+mod common;
+use common::{kiln, repo, s};
 
 fn ok(o: &Output, what: &str) -> String {
     assert_eq!(

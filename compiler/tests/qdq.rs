@@ -2,7 +2,7 @@
 //! `kiln run`, and compared with onnxruntime's outputs recorded by `scripts/make_qdq_model.py`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use kiln_compiler::error::Error;
 use kiln_compiler::import::import_onnx;
@@ -12,23 +12,8 @@ use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use tract_onnx::pb::tensor_proto::DataType;
 
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("run kiln")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+mod common;
+use common::{kiln, repo, s};
 
 fn assert_exit(o: &Output, code: i32, what: &str) {
     assert_eq!(
