@@ -99,6 +99,16 @@ pub fn bench(
             b.cycles
         )));
     }
+    // The benchmark image sends no stack warning of its own: a high-water mark at the reserve means the stack
+    // may have run past it, and nothing measured can be trusted.
+    let peak = a.stack_high_water.max(b.stack_high_water);
+    if peak >= stack_bytes {
+        return Err(input(format!(
+            "the benchmark on {} used its whole stack reserve of {stack_bytes} bytes: its figures cannot be \
+             trusted (rerun with a larger --stack)",
+            board.name
+        )));
+    }
     // The interactive firmware for the same model, for its size beside the benchmark image's.
     let interactive = flash::build_checked(
         board_arg,

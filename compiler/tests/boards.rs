@@ -758,4 +758,19 @@ fn a_stack_reserve_too_small_is_reported_not_trusted() {
         "{e}"
     );
     assert!(!y.exists(), "no outputs from an untrustworthy run");
+    // Nor figures from an untrustworthy benchmark.
+    let o = kiln(&[
+        "bench",
+        s(&model),
+        "--board",
+        "mps2-an386",
+        "--stack",
+        "1024",
+    ]);
+    assert_exit(&o, 2, "benchmark with a stack reserve too small");
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("whole stack reserve") && e.contains("1024 bytes"),
+        "{e}"
+    );
 }
