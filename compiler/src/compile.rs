@@ -106,8 +106,7 @@ pub struct Compiled {
 
 /// The front half of the pipeline: ONNX -> optimised IR -> lowered program.
 pub fn lower_onnx(path: &Path) -> Result<Program> {
-    let mut g = crate::import::import_onnx(path)?;
-    crate::passes::optimize(&mut g);
+    let g = optimized_graph(path)?;
     crate::lower::lower(&g).map_err(|e| match e {
         crate::error::Error::Input(m) => input(format!("{}: {m}", path.display())),
         other => other,
@@ -143,10 +142,16 @@ pub fn compile_graph(
     compile_ir(path, g, opts, prune).map_err(naming(path))
 }
 
-fn compile_program(path: &Path, opts: &Options, prune: Option<f64>) -> Result<Compiled> {
+/// The ONNX model imported and optimised (BatchNorm folded, activations fused): the float IR every later step
+/// (lowering, pruning) starts from.
+pub fn optimized_graph(path: &Path) -> Result<crate::ir::Graph> {
     let mut g = crate::import::import_onnx(path)?;
     crate::passes::optimize(&mut g);
-    compile_ir(path, g, opts, prune)
+    Ok(g)
+}
+
+fn compile_program(path: &Path, opts: &Options, prune: Option<f64>) -> Result<Compiled> {
+    compile_ir(path, optimized_graph(path)?, opts, prune)
 }
 
 fn compile_ir(

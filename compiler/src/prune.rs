@@ -1235,12 +1235,6 @@ pub fn read_labelled(path: &Path) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
     Ok((x, y))
 }
 
-fn imported(path: &Path) -> Result<Graph> {
-    let mut g = crate::import::import_onnx(path)?;
-    crate::passes::optimize(&mut g);
-    Ok(g)
-}
-
 /// Accuracy and MACs of the model compiled at each pruning fraction: `(fraction, top-1 0..1, MACs)`. For reports
 /// (an accuracy-versus-size curve).
 pub fn accuracy_curve(
@@ -1249,7 +1243,7 @@ pub fn accuracy_curve(
     data: &Path,
     fractions: &[f64],
 ) -> Result<Vec<(f64, f64, u64)>> {
-    let g = imported(path)?;
+    let g = compile::optimized_graph(path)?;
     let (x, y) = read_labelled(data)?;
     let what = data.display().to_string();
     fractions
@@ -1276,7 +1270,7 @@ pub fn compile_within_budget(
             "--prune-budget {budget}: give the accuracy loss allowed, in percentage points (>= 0), e.g. 1.0"
         )));
     }
-    let g = imported(path)?;
+    let g = compile::optimized_graph(path)?;
     let (x, y) = read_labelled(data)?;
     let what = data.display().to_string();
     const STEPS: u64 = 6;
