@@ -19,13 +19,13 @@
 //! them in order and never searches. Everything is validated once at load. Fields and enum variants are
 //! only ever appended, and every change bumps [`FORMAT_VERSION`] (a reader refuses other versions by name rather
 //! than misreading them). v3: packed weights and kernel choices; v4: `ModelDef::io_types` (the source model's
-//! own I/O element types).
+//! own I/O element types); v5: `QuantizeS8` / `DequantizeS8` (int8 models with some layers kept in f32).
 
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"KILN";
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 pub const HEADER_LEN: usize = 24;
 /// Alignment of the blob inside the file; every typed item inside the blob is 4-byte aligned.
 pub const BLOB_ALIGN: usize = 16;
@@ -182,6 +182,11 @@ pub enum OpKind {
     Transpose(TransposeParams),
     /// Copies input 0 to the output (a reshape that could not alias).
     Copy,
+    /// f32 -> int8: `y = clamp(round(x / scale) + zero_point, -128, 127)`, ties away from zero, NaN -> zero
+    /// point. Where an int8 layer follows one kept in f32.
+    QuantizeS8(Quant),
+    /// int8 -> f32: `y = scale * (x - zero_point)`. Where a layer kept in f32 follows an int8 one.
+    DequantizeS8(Quant),
 }
 
 impl OpKind {

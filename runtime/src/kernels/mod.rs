@@ -25,7 +25,7 @@ pub mod softmax;
 
 pub use binary::{binary_f32, binary_s8};
 pub use conv::{conv2d_f32, conv2d_s8};
-pub use elementwise::{lookup_s8, unary_f32};
+pub use elementwise::{dequantize_s8, lookup_s8, quantize_s8, unary_f32};
 pub use fc::{fully_connected_f32, fully_connected_s8};
 pub use movement::{concat, copy, pad, slice, transpose};
 pub use pool::{avg_pool_f32, avg_pool_s8, max_pool_f32, max_pool_s8};

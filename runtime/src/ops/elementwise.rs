@@ -1,9 +1,11 @@
-//! `BinaryS8`, `BinaryF32`, `LookupS8`, `UnaryF32`, `SoftmaxS8`, `SoftmaxF32`.
+//! `BinaryS8`, `BinaryF32`, `LookupS8`, `UnaryF32`, `SoftmaxS8`, `SoftmaxF32`, `QuantizeS8`, `DequantizeS8`.
 
 use super::common::{cast, cast_mut, divides, input, prod32, span, Ck, EVAL_OP};
 use super::OpIo;
 use crate::error::{Error, Field};
-use crate::format::{BinaryF32, BinaryS8, Broadcast, KernelS8, LookupS8, SoftmaxF32, SoftmaxS8};
+use crate::format::{
+    BinaryF32, BinaryS8, Broadcast, KernelS8, LookupS8, Quant, SoftmaxF32, SoftmaxS8,
+};
 use crate::kernels::{
     self, binary::MAX_LEFT_SHIFT, fast_elementwise, softmax::EXP_ONE, SoftmaxS8Mode,
 };
@@ -116,6 +118,46 @@ pub fn check_lookup_s8(ck: &Ck, p: &LookupS8) -> Result<(), Error> {
 
 pub fn check_unary_f32(ck: &Ck) -> Result<(), Error> {
     check_same_size(ck, 4)
+}
+
+/// A conversion's quantisation: scale positive and finite, zero point an int8 value.
+fn check_conversion(ck: &Ck, q: &Quant) -> Result<(), Error> {
+    ck.ensure(
+        q.scale.is_finite() && q.scale > 0.0,
+        Field::Params,
+        q.scale.to_bits() as i32,
+    )?;
+    ck.zero_point(q.zero_point)
+}
+
+/// f32 in, as many int8 out.
+pub fn check_quantize_s8(ck: &Ck, q: &Quant) -> Result<(), Error> {
+    ck.arity(1)?;
+    check_conversion(ck, q)?;
+    let n = ck.def.output.len as u64;
+    ck.input_size(0, Some(4 * n), 4)?;
+    ck.output_size(Some(n), 1)
+}
+
+/// int8 in, as many f32 out.
+pub fn check_dequantize_s8(ck: &Ck, q: &Quant) -> Result<(), Error> {
+    ck.arity(1)?;
+    check_conversion(ck, q)?;
+    let n = ck.input(0)?.len as u64;
+    ck.input_size(0, Some(n), 1)?;
+    ck.output_size(Some(4 * n), 4)
+}
+
+pub fn eval_quantize_s8(q: &Quant, io: OpIo<'_>) -> Result<(), Error> {
+    let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
+    kernels::quantize_s8(*q, x, cast_mut(io.output, Field::Output)?);
+    Ok(())
+}
+
+pub fn eval_dequantize_s8(q: &Quant, io: OpIo<'_>) -> Result<(), Error> {
+    let x = cast(input(&io.inputs, 0)?, Field::Input(0))?;
+    kernels::dequantize_s8(*q, x, cast_mut(io.output, Field::Output)?);
+    Ok(())
 }
 
 pub fn eval_lookup_s8(p: &LookupS8, io: OpIo<'_>) -> Result<(), Error> {

@@ -140,6 +140,8 @@ op_ids! {
     Slice(_) => "slice",
     Transpose(_) => "transpose",
     Copy => "copy",
+    QuantizeS8(_) => "quantize_s8",
+    DequantizeS8(_) => "dequantize_s8",
 }
 
 impl OpId {
@@ -431,6 +433,10 @@ op_kind!(slice: Slice(p),
     check |ck| movement::check_slice(ck, p), eval |io| movement::eval_slice(p, io));
 op_kind!(transpose: Transpose(p),
     check |ck| movement::check_transpose(ck, p), eval |io| movement::eval_transpose(p, io));
+op_kind!(quantize_s8: QuantizeS8(p),
+    check |ck| elementwise::check_quantize_s8(ck, p), eval |io| elementwise::eval_quantize_s8(p, io));
+op_kind!(dequantize_s8: DequantizeS8(p),
+    check |ck| elementwise::check_dequantize_s8(ck, p), eval |io| elementwise::eval_dequantize_s8(p, io));
 
 /// `Copy` has no parameters.
 mod copy {
@@ -500,6 +506,8 @@ macro_rules! per_kind {
             OpId::Slice => slice::$($item)+,
             OpId::Transpose => transpose::$($item)+,
             OpId::Copy => copy::$($item)+,
+            OpId::QuantizeS8 => quantize_s8::$($item)+,
+            OpId::DequantizeS8 => dequantize_s8::$($item)+,
         }
     };
 }
@@ -817,6 +825,14 @@ pub(crate) fn sample_kinds() -> std::vec::Vec<OpKind> {
             elem_bytes: 1,
         }),
         OpKind::Copy,
+        OpKind::QuantizeS8(crate::format::Quant {
+            scale: 0.25,
+            zero_point: -7,
+        }),
+        OpKind::DequantizeS8(crate::format::Quant {
+            scale: 0.5,
+            zero_point: 3,
+        }),
     ]
 }
 

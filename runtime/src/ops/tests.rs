@@ -304,6 +304,79 @@ fn movement_ops_run_through_eval() {
     assert_eq!(run(&o, &[], &[&[9, 8, 7]]), [9, 8, 7]);
 }
 
+#[test]
+fn conversions_run_through_eval_and_refuse_bad_params() {
+    let q = Quant {
+        scale: 0.5,
+        zero_point: 10,
+    };
+    let o = op(OpKind::DequantizeS8(q), &[arena(0, 3)], arena(4, 12));
+    let got = run(&o, &[], &[&[10u8, 12, (-128i8) as u8]]);
+    assert_eq!(bytemuck::cast_slice::<u8, f32>(&got), &[0.0, 1.0, -69.0]);
+    let o = op(OpKind::QuantizeS8(q), &[arena(0, 12)], arena(12, 3));
+    let got = run(&o, &[], &[bytemuck::cast_slice(&[0.0f32, 1.25, -1000.0])]);
+    assert_eq!(got, [10u8, 13, (-128i8) as u8]);
+
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let q = Quant {
+            scale: bad,
+            zero_point: 0,
+        };
+        let o = op(OpKind::QuantizeS8(q), &[arena(0, 12)], arena(12, 3));
+        assert!(
+            matches!(
+                check(0, &o, &[]),
+                Err(Error::BadParam {
+                    field: Field::Params,
+                    ..
+                })
+            ),
+            "{bad}"
+        );
+    }
+    let q = Quant {
+        scale: 1.0,
+        zero_point: 128,
+    };
+    let o = op(OpKind::DequantizeS8(q), &[arena(0, 3)], arena(4, 12));
+    expect_err(
+        &o,
+        &[],
+        Error::BadParam {
+            op: 7,
+            field: Field::Params,
+            value: 128,
+        },
+    );
+    // The f32 side must be four bytes per int8 element.
+    let q = Quant {
+        scale: 1.0,
+        zero_point: 0,
+    };
+    let o = op(OpKind::DequantizeS8(q), &[arena(0, 3)], arena(4, 8));
+    expect_err(
+        &o,
+        &[],
+        Error::SizeMismatch {
+            op: 7,
+            field: Field::Output,
+            expected: 12,
+            found: 8,
+        },
+    );
+    let o = op(OpKind::QuantizeS8(q), &[arena(0, 10)], arena(12, 3));
+    expect_err(
+        &o,
+        &[],
+        Error::SizeMismatch {
+            op: 7,
+            field: Field::Input(0),
+            expected: 12,
+            found: 10,
+        },
+    );
+}
+
 // ---- check rejects ----
 
 #[test]
@@ -1445,6 +1518,25 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
                 })
             })
         });
+    let conversion = (
+        prop_oneof![
+            4 => (1e-4f32..10.0),
+            1 => Just(0.0f32),
+            1 => Just(-1.0f32),
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY)
+        ],
+        prop_oneof![4 => zp(), 1 => Just(200i32)],
+        any::<bool>(),
+    )
+        .prop_map(|(scale, zero_point, to_int8)| {
+            let q = Quant { scale, zero_point };
+            if to_int8 {
+                OpKind::QuantizeS8(q)
+            } else {
+                OpKind::DequantizeS8(q)
+            }
+        });
     prop_oneof![
         conv_s8,
         conv_f32,
@@ -1464,6 +1556,7 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
         slice,
         transpose,
         Just(OpKind::Copy),
+        conversion,
     ]
 }
 
@@ -1490,7 +1583,7 @@ fn span_mut(kind: &mut OpKind, field: Field) -> Option<&mut Span> {
 
 #[test]
 fn random_op_defs_fail_check_or_eval_without_panicking() {
-    let kinds = 21;
+    let kinds = 23;
     let evaluated: Vec<Cell<u32>> = (0..kinds).map(|_| Cell::new(0)).collect();
     let index = |k: &OpKind| {
         let names = [
@@ -1515,6 +1608,8 @@ fn random_op_defs_fail_check_or_eval_without_panicking() {
             "slice",
             "transpose",
             "copy",
+            "quantize_s8",
+            "dequantize_s8",
         ];
         names.iter().position(|&n| n == k.name()).unwrap()
     };
