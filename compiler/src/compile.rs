@@ -45,6 +45,20 @@ pub struct Options {
     pub precision: Precision,
     pub calib: Option<PathBuf>,
     pub method: CalibMethod,
+    /// Layers of an int8 model to keep in f32 ([`crate::mixed`]); empty: none.
+    pub keep_f32: crate::mixed::Request,
+}
+
+impl Options {
+    /// Int8 calibrated on `calib` with `method`, nothing kept in f32.
+    pub fn int8(calib: Option<PathBuf>, method: CalibMethod) -> Self {
+        Options {
+            precision: Precision::Int8,
+            calib,
+            method,
+            keep_f32: crate::mixed::Request::default(),
+        }
+    }
 }
 
 /// One layer's float-vs-int8 agreement.
@@ -97,6 +111,9 @@ pub struct Report {
     /// `--prune` / `--prune-budget`: channels removed per layer, sizes before and after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pruning: Option<crate::prune::PruneReport>,
+    /// `--keep-f32` / `--keep-f32-layer`: the layers kept in f32 and what they cost and gained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mixed: Option<crate::mixed::MixedReport>,
 }
 
 pub struct Compiled {
@@ -169,8 +186,22 @@ fn compile_ir(
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let float = emit::emit(&program, Precision::F32, None, &name)?;
+    let wants_mixed = !opts.keep_f32.is_empty();
+    let mut mixed = None;
     let (emitted, calibration, agreement) = match opts.precision {
+        Precision::F32 if wants_mixed => {
+            return Err(input(
+                "--keep-f32 / --keep-f32-layer choose layers of an int8 model to keep in f32; with --precision \
+                 f32 every layer already is",
+            ))
+        }
         Precision::F32 => (float, None, None),
+        Precision::Int8 if opts.calib.is_none() && !program.quant.is_empty() && wants_mixed => {
+            return Err(input(
+                "--keep-f32 / --keep-f32-layer need --calib: a quantised (QDQ) model's own scales do not say how \
+                 much each layer costs in accuracy",
+            ))
+        }
         // A quantised (QDQ) model: its own scales and zero points, no calibration data.
         Precision::Int8 if opts.calib.is_none() && !program.quant.is_empty() => {
             let int8 = crate::qdq::emit_given(&program, &name)?;
@@ -187,7 +218,23 @@ fn compile_ir(
             };
             let samples = load_samples(calib, &program)?;
             let ranges = calibrate(&program, &float, &samples, opts.method)?;
-            let int8 = emit::emit(&program, Precision::Int8, Some(&ranges), &name)?;
+            let int8 = if wants_mixed {
+                let bar = progress(0, "f32 layers");
+                let (e, r) = crate::mixed::choose(
+                    &program,
+                    &float,
+                    &ranges,
+                    &samples,
+                    &name,
+                    &opts.keep_f32,
+                    |m| bar.set_message(m.to_string()),
+                )?;
+                bar.finish_and_clear();
+                mixed = Some(r);
+                e
+            } else {
+                emit::emit(&program, Precision::Int8, Some(&ranges), &name)?
+            };
             let agreement = agreement(&program, &float, &int8, &samples)?;
             let how = format!(
                 "{} samples from {}, {:?}",
@@ -204,6 +251,7 @@ fn compile_ir(
         model: path.display().to_string(),
         precision: match opts.precision {
             Precision::F32 => "f32",
+            Precision::Int8 if mixed.as_ref().is_some_and(|m| !m.kept.is_empty()) => "int8+f32",
             Precision::Int8 => "int8",
         },
         format_version: kiln_runtime::format::FORMAT_VERSION,
@@ -233,6 +281,7 @@ fn compile_ir(
             p.after = crate::prune::Sizes::of(&g, &emitted);
             p
         }),
+        mixed,
     };
     Ok(Compiled {
         bytes: emitted.bytes,
@@ -540,7 +589,8 @@ pub fn agreement(
             let (Some(f), Some(def)) = (fvals.get(&p), qdefs.get(v.tensor as usize)) else {
                 return;
             };
-            if def.dtype != DType::I8 {
+            // int8 layers and, in a mixed model, the layers kept in f32.
+            if def.dtype == DType::I32 {
                 return;
             }
             let acc = layers.entry(p).or_default();

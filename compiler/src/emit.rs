@@ -1,7 +1,7 @@
 //! Emission: a lowered [`Program`] becomes runtime ops (f32, or int8 with host-computed requantisation), an arena
 //! plan and a weight blob, written as one `.kiln` file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use kiln_runtime::format::{
     self, BinaryF32, ConcatParams, ConvF32, ConvS8, DType, Dims, FullyConnectedF32,
@@ -137,6 +137,8 @@ struct ETensor {
     blob: Option<Span>,
     /// Shares the arena bytes of this tensor.
     alias_of: Option<usize>,
+    /// For a constant's copy at another precision: the program tensor holding the values.
+    const_of: Option<usize>,
 }
 
 impl ETensor {
@@ -156,12 +158,16 @@ struct EStep {
 struct Emitter<'p> {
     p: &'p Program,
     precision: Precision,
+    /// Steps (by name) an int8 model keeps in f32.
+    keep_f32: &'p BTreeSet<String>,
     ranges: Option<&'p Ranges>,
     blob: Blob,
     tensors: Vec<ETensor>,
     steps: Vec<EStep>,
     /// Requantised copies already made: (tensor, target zero point, target scale bits) -> copy.
     requantised: HashMap<(usize, i32, u32), usize>,
+    /// Copies at the other precision already made (int8 <-> f32): (tensor, dtype) -> copy.
+    converted: HashMap<(usize, DType), usize>,
 }
 
 /// Emits `p` as a model file. `ranges` must cover every computed tensor when `precision` is int8.
@@ -174,14 +180,42 @@ pub fn emit(
     ranges: Option<&Ranges>,
     name: &str,
 ) -> Result<Emitted> {
+    emit_with(p, precision, ranges, &BTreeSet::new(), name)
+}
+
+/// An int8 model with the steps named in `keep_f32` computed in f32 (weights and activations): an int8 tensor a
+/// kept step reads is dequantised first (`DequantizeS8`), an f32 tensor an int8 step reads is quantised with its
+/// calibrated range (`QuantizeS8`). Data movement and pooling follow their input's precision. Graph inputs stay
+/// int8; a graph output a kept step computes is f32.
+///
+/// # Errors
+/// As [`emit`]; `ranges` must cover every computed tensor.
+pub fn emit_mixed(
+    p: &Program,
+    ranges: &Ranges,
+    keep_f32: &BTreeSet<String>,
+    name: &str,
+) -> Result<Emitted> {
+    emit_with(p, Precision::Int8, Some(ranges), keep_f32, name)
+}
+
+fn emit_with(
+    p: &Program,
+    precision: Precision,
+    ranges: Option<&Ranges>,
+    keep_f32: &BTreeSet<String>,
+    name: &str,
+) -> Result<Emitted> {
     let mut e = Emitter {
         p,
         precision,
+        keep_f32,
         ranges,
         blob: Blob::default(),
         tensors: Vec::new(),
         steps: Vec::new(),
         requantised: HashMap::new(),
+        converted: HashMap::new(),
     };
     e.tensors = p
         .tensors
@@ -200,6 +234,7 @@ pub fn emit(
             },
             blob: None,
             alias_of: t.alias_of,
+            const_of: None,
         })
         .collect();
     if precision == Precision::Int8 {
@@ -267,17 +302,116 @@ impl<'p> Emitter<'p> {
         }
     }
 
-    /// Puts constant tensor `t` in the blob (once).
+    /// The element type of `t`'s bytes (an alias has its root's).
+    fn dtype(&self, t: usize) -> DType {
+        match self.tensors[t].alias_of {
+            Some(r) => self.dtype(r),
+            None => self.tensors[t].dtype,
+        }
+    }
+
+    fn is_constant(&self, t: usize) -> bool {
+        let source = self.tensors[t].const_of.unwrap_or(t);
+        source < self.p.tensors.len() && self.p.tensors[source].value.is_some()
+    }
+
+    /// Whether step `s` computes in int8: in an int8 model, every step but those kept in f32; data movement and
+    /// pooling follow their first input.
+    fn computes_int8(&self, s: &crate::lower::Step) -> bool {
+        if self.precision == Precision::F32 || self.keep_f32.contains(&s.name) {
+            return false;
+        }
+        match s.kind {
+            StepKind::Pool { .. }
+            | StepKind::Pad { .. }
+            | StepKind::Concat { .. }
+            | StepKind::Slice { .. }
+            | StepKind::Transpose { .. } => {
+                let x = s.inputs[0];
+                self.is_constant(x) || self.dtype(x) == DType::I8
+            }
+            _ => true,
+        }
+    }
+
+    /// `t` as `dtype`: itself, or a copy converted by a `QuantizeS8` / `DequantizeS8` op (made once per tensor),
+    /// or for a constant a copy stored at that precision.
+    fn as_dtype(&mut self, t: usize, dtype: DType) -> Result<usize> {
+        if self.precision == Precision::F32 {
+            return Ok(t);
+        }
+        if self.is_constant(t)
+            && self.tensors[t].blob.is_none()
+            && !self.converted.contains_key(&(t, dtype))
+        {
+            // Not stored yet: stored at the precision its first reader needs.
+            if self.tensors[t].const_of.is_none() && self.dtype(t) != dtype {
+                self.tensors[t].dtype = dtype;
+            }
+        }
+        if self.dtype(t) == dtype {
+            return Ok(t);
+        }
+        if let Some(&done) = self.converted.get(&(t, dtype)) {
+            return Ok(done);
+        }
+        let constant = self.is_constant(t);
+        let mut copy = self.tensors[t].clone();
+        copy.dtype = dtype;
+        copy.blob = None;
+        copy.alias_of = None;
+        copy.quant = Quant {
+            scale: 1.0,
+            zero_point: 0,
+        };
+        if constant {
+            copy.const_of = Some(self.tensors[t].const_of.unwrap_or(t));
+            copy.name = format!(
+                "{}.{}",
+                copy.name,
+                if dtype == DType::F32 { "f32" } else { "int8" }
+            );
+            self.tensors.push(copy);
+            let out = self.tensors.len() - 1;
+            self.converted.insert((t, dtype), out);
+            return Ok(out);
+        }
+        let (kind, name) = if dtype == DType::F32 {
+            (
+                OpKind::DequantizeS8(self.quant(t)),
+                format!("{}.dequantize", copy.name),
+            )
+        } else {
+            copy.quant = self.range_quant(t)?;
+            (
+                OpKind::QuantizeS8(copy.quant),
+                format!("{}.quantize", copy.name),
+            )
+        };
+        copy.name = format!(
+            "{}.{}",
+            copy.name,
+            if dtype == DType::F32 { "f32" } else { "int8" }
+        );
+        self.tensors.push(copy);
+        let out = self.tensors.len() - 1;
+        self.push(&name, kind, vec![t], out);
+        self.converted.insert((t, dtype), out);
+        Ok(out)
+    }
+
+    /// Puts constant tensor `t` in the blob (once), at its precision.
     fn materialise(&mut self, t: usize) {
-        if self.tensors[t].blob.is_some() || t >= self.p.tensors.len() {
+        let source = self.tensors[t].const_of.unwrap_or(t);
+        if self.tensors[t].blob.is_some() || source >= self.p.tensors.len() {
             return;
         }
-        let Some(v) = &self.p.tensors[t].value else {
+        let Some(v) = &self.p.tensors[source].value else {
             return;
         };
-        let span = match self.precision {
-            Precision::F32 => self.blob.push_f32(v),
-            Precision::Int8 => {
+        let span = match self.tensors[t].dtype {
+            DType::F32 | DType::I32 => self.blob.push_f32(v),
+            DType::I8 => {
                 let (lo, hi) = v
                     .iter()
                     .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
@@ -354,7 +488,16 @@ impl<'p> Emitter<'p> {
     }
 
     fn step(&mut self, s: &crate::lower::Step) -> Result<()> {
-        let int8 = self.precision == Precision::Int8;
+        let int8 = self.computes_int8(s);
+        let dtype = if int8 { DType::I8 } else { DType::F32 };
+        let mut converted = s.clone();
+        for i in converted.inputs.iter_mut() {
+            *i = self.as_dtype(*i, dtype)?;
+        }
+        let s = &converted;
+        if !int8 {
+            self.tensors[s.output].dtype = DType::F32;
+        }
         let x = s.inputs[0];
         let out = s.output;
         let in_q = self.quant(x);
@@ -408,6 +551,7 @@ impl<'p> Emitter<'p> {
                     out_q,
                     macs,
                     kernel,
+                    int8,
                 )?;
                 let kind = match params {
                     Params::F32 {
@@ -457,6 +601,7 @@ impl<'p> Emitter<'p> {
                     out_q,
                     macs,
                     kernel,
+                    int8,
                 )?;
                 let kind = match params {
                     Params::F32 {
@@ -715,8 +860,9 @@ impl<'p> Emitter<'p> {
         out_q: Quant,
         macs: u64,
         kernel: KernelS8,
+        int8: bool,
     ) -> Result<(Params, Weighted)> {
-        if self.precision == Precision::F32 {
+        if !int8 {
             let (act_min, act_max) = act.range();
             let w = Weighted {
                 macs,
@@ -853,6 +999,10 @@ impl<'p> Emitter<'p> {
     }
 
     fn finish(mut self, name: &str) -> Result<Emitted> {
+        // An alias has its root's element type (a kept f32 step may have changed it).
+        for t in 0..self.tensors.len() {
+            self.tensors[t].dtype = self.dtype(t);
+        }
         for &o in &self.p.outputs {
             if self.tensors[o].alias_of.is_none() && self.tensors[o].blob.is_some() {
                 return Err(input(format!(

@@ -30,6 +30,7 @@ pub fn model_bytes(src: &ModelSource<'_>) -> Result<Vec<u8>> {
             precision: src.precision,
             calib: src.calib.clone(),
             method: src.method,
+            keep_f32: Default::default(),
         };
         Ok(compile::compile(src.path, &opts)?.bytes)
     } else {

@@ -2,8 +2,8 @@
 //!
 //! Pipeline: [`import`] (ONNX through tract's decluttered typed model -> [`ir::Graph`]) -> [`passes`] (fold
 //! BatchNorm, fuse activations) -> [`lower`] (physical layout, channels-last where kernels want it) -> [`emit`]
-//! (f32, or int8 calibrated by [`compile::calibrate`]) -> [`plan`] (static arena) -> the postcard-encoded,
-//! checksummed file `kiln_runtime::format` describes.
+//! (f32, or int8 calibrated by [`compile::calibrate`], optionally with [`mixed`] f32 layers) -> [`plan`] (static
+//! arena) -> the postcard-encoded, checksummed file `kiln_runtime::format` describes.
 
 pub mod bench;
 pub mod compile;
@@ -16,6 +16,7 @@ pub mod import;
 pub mod inspect;
 pub mod ir;
 pub mod lower;
+pub mod mixed;
 pub mod monitor;
 pub mod npy;
 pub mod passes;

@@ -121,6 +121,20 @@ Example:
         /// calibration data.
         #[arg(long, value_name = "DATA.npz", requires = "prune_budget")]
         eval: Option<PathBuf>,
+        /// Mixed precision: keep up to N more layers in f32, chosen one at a time as the layer whose f32 version
+        /// brings the output closest to the float model's on --calib (output SQNR), while the model stays
+        /// within --flash-budget and --ram-budget. Stops early when no layer gains 0.1 dB.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_f32: usize,
+        /// Keep this layer (node name, as --layers prints) in f32; repeatable.
+        #[arg(long, value_name = "NAME")]
+        keep_f32_layer: Vec<String>,
+        /// With --keep-f32: the largest model file allowed, in bytes (K and M suffixes: 1024, 1024^2).
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+        flash_budget: Option<usize>,
+        /// With --keep-f32: the largest arena allowed, in bytes (K and M suffixes: 1024, 1024^2).
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+        ram_budget: Option<usize>,
     },
     /// One self-contained HTML page on a model: operator graph, per-layer MACs and bytes, arena over time,
     /// per-layer quantisation quality, weight histograms, accuracy, and the fit on a board.
@@ -370,6 +384,26 @@ impl CompileArgs {
     }
 }
 
+/// Bytes, with an optional K (1024) or M (1024^2) suffix.
+fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let scale = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1024,
+        "M" | "MB" | "MIB" => 1024 * 1024,
+        _ => return Err(format!("'{s}': expected bytes, e.g. 65536, 64K or 1M")),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("'{s}': expected bytes, e.g. 65536, 64K or 1M"))
+}
+
 fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("kiln: internal error: {info}");
@@ -400,11 +434,30 @@ fn run(cli: Cli) -> Result<()> {
             prune,
             prune_budget,
             eval,
+            keep_f32,
+            keep_f32_layer,
+            flash_budget,
+            ram_budget,
         } => {
+            let keep_f32 = kiln_compiler::mixed::Request {
+                layers: keep_f32_layer,
+                worst: keep_f32,
+                budget: kiln_compiler::mixed::Budget {
+                    max_file_bytes: flash_budget,
+                    max_arena_bytes: ram_budget,
+                },
+            };
+            if keep_f32.is_empty() && (flash_budget.is_some() || ram_budget.is_some()) {
+                return Err(input(
+                    "--flash-budget and --ram-budget bound the layers --keep-f32 N or --keep-f32-layer NAME keep \
+                     in f32; give one of those too",
+                ));
+            }
             let opts = compile::Options {
                 precision,
                 calib,
                 method: calib_method,
+                keep_f32,
             };
             let compiled = match (prune_budget, &eval) {
                 (Some(budget), Some(data)) => {
@@ -939,7 +992,8 @@ fn print_summary(r: &compile::Report, out: &Path) {
     }
     if let Some(a) = &r.agreement {
         say!(
-            "  float vs int8 on {} samples: top-1 agreement {:.2}%, SQNR {:.1} dB, max abs error {:.4}",
+            "  float vs {} on {} samples: top-1 agreement {:.2}%, SQNR {:.1} dB, max abs error {:.4}",
+            r.precision,
             a.samples,
             a.top1 * 100.0,
             a.sqnr_db,
@@ -954,6 +1008,29 @@ fn print_summary(r: &compile::Report, out: &Path) {
                 "  lowest layer SQNR: {:.1} dB at '{}'",
                 worst.sqnr_db,
                 worst.op
+            );
+        }
+    }
+    if let Some(m) = &r.mixed {
+        let f = |x: &kiln_compiler::mixed::Figures| {
+            format!(
+                "output SQNR {:.1} dB, file {} B, arena {} B",
+                x.output_sqnr_db, x.file_bytes, x.arena_bytes
+            )
+        };
+        say!("  all int8: {}", f(&m.int8));
+        for k in &m.kept {
+            say!("  + '{}' in f32 ({}): {}", k.op, k.chosen, f(&k.after));
+        }
+        if m.kept.is_empty() {
+            say!("  no layer kept in f32: none raised the output SQNR by 0.1 dB within the budget");
+        }
+        for o in &m.over_budget {
+            say!(
+                "  over budget ({}), left int8: '{}' would give {}",
+                m.budget.describe(),
+                o.op,
+                f(&o.would_be)
             );
         }
     }

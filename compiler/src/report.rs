@@ -140,6 +140,7 @@ pub fn gather(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report> 
                 precision,
                 calib: opts.calib.clone(),
                 method: opts.method,
+                keep_f32: Default::default(),
             },
         )?;
         let quality = match (compiled.report.agreement, compiled.report.calibration) {
@@ -182,6 +183,7 @@ pub fn gather(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report> 
                     precision: Precision::Int8,
                     calib: opts.calib.clone(),
                     method: opts.method,
+                    keep_f32: Default::default(),
                 };
                 match crate::prune::accuracy_curve(&opts.model, &int8, data, &CURVE_FRACTIONS) {
                     Ok(points) => points

@@ -211,6 +211,49 @@ fn f32_mnist_on_mps2_an386_is_bit_identical_to_the_host() {
 }
 
 #[test]
+fn mixed_precision_mnist_on_mps2_an386_is_bit_identical_to_the_host() {
+    // int8 with conv1 and fc kept in f32: the board's conversions (int8 -> f32 -> int8) and f32 layers compute
+    // the same bytes as the host's.
+    require_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("mnist_mixed.kiln");
+    let o = kiln(&[
+        "compile",
+        s(&repo().join("models/mnist_cnn.onnx")),
+        "-o",
+        s(&model),
+        "--calib",
+        s(&repo().join("data/mnist_calib.npy")),
+        "--keep-f32-layer",
+        "conv1",
+        "--keep-f32-layer",
+        "fc",
+    ]);
+    assert_exit(&o, 0, "compile MNIST int8 + f32");
+    let kinds: Vec<String> = inspect(&model)["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| op["kind"].as_str().unwrap().to_string())
+        .collect();
+    for k in [
+        "dequantize_s8",
+        "conv2d_f32",
+        "quantize_s8",
+        "conv2d_s8",
+        "fully_connected_f32",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+    let x = dir.path().join("x.npy");
+    npz_slice(&repo().join("data/mnist_test.npz"), "x", 10, &x);
+    let frames = host_vs_board(dir.path(), &model, &x, 10, "mps2-an386");
+    // The output is fc's: 10 f32 values, 40 bytes.
+    let chunk = frames.iter().find(|f| f["type"] == "output_chunk").unwrap();
+    assert_eq!(chunk["data"].as_array().unwrap().len(), 40);
+}
+
+#[test]
 fn mnist_on_the_cortex_m3_lm3s6965evb_is_bit_identical_to_the_host() {
     require_qemu();
     let dir = tempfile::tempdir().unwrap();

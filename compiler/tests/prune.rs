@@ -365,6 +365,7 @@ fn residual_and_depthwise_channels_are_pruned_jointly() {
         precision: Precision::F32,
         calib: Some(calib),
         method: CalibMethod::MinMax,
+        keep_f32: Default::default(),
     };
     let c = compile_graph(&path, g, &opts, Some(0.5)).expect("compile pruned");
     let p = c.report.pruning.as_ref().expect("pruning report");

@@ -15,6 +15,7 @@ fn model_bytes(precision: Precision) -> Vec<u8> {
         precision,
         calib: Some(repo.join("data/mnist_calib.npy")),
         method: CalibMethod::MinMax,
+        keep_f32: Default::default(),
     };
     compile(&repo.join("models/mnist_cnn.onnx"), &opts)
         .expect("compile")

@@ -40,7 +40,7 @@ pub const MAX_OP_INPUTS: usize = 8;
 /// A shape or stride list, outermost first.
 pub type Dims = Vec<u32, MAX_RANK>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DType {
     I8,
     F32,

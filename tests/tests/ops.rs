@@ -159,6 +159,7 @@ fn check_op_with(name: &str, model_bytes: &[u8], input_shapes: &[Vec<usize>], to
         precision: Precision::F32,
         calib: None,
         method: CalibMethod::MinMax,
+        keep_f32: Default::default(),
     };
     match compile(&path, &f32_opts) {
         Err(e) => problems.push(format!("f32 compile failed: {e}")),
@@ -204,6 +205,7 @@ fn check_op_with(name: &str, model_bytes: &[u8], input_shapes: &[Vec<usize>], to
         precision: Precision::Int8,
         calib: Some(calib_path),
         method: CalibMethod::MinMax,
+        keep_f32: Default::default(),
     };
     match compile(&path, &int8_opts) {
         Err(e) => problems.push(format!("int8 compile failed: {e}")),
@@ -234,6 +236,7 @@ fn expect_unsupported(name: &str, model_bytes: &[u8], needle: &str) {
         precision: Precision::F32,
         calib: None,
         method: CalibMethod::MinMax,
+        keep_f32: Default::default(),
     };
     match compile(&path, &opts) {
         Ok(_) => panic!("{name}: expected the compile to reject the model, it compiled"),

@@ -1520,7 +1520,7 @@ fn op_kind() -> impl Strategy<Value = OpKind> {
         });
     let conversion = (
         prop_oneof![
-            4 => (1e-4f32..10.0),
+            4 => 1e-4f32..10.0,
             1 => Just(0.0f32),
             1 => Just(-1.0f32),
             1 => Just(f32::NAN),
