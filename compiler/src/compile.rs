@@ -49,18 +49,6 @@ pub struct Options {
     pub keep_f32: crate::mixed::Request,
 }
 
-impl Options {
-    /// Int8 calibrated on `calib` with `method`, nothing kept in f32.
-    pub fn int8(calib: Option<PathBuf>, method: CalibMethod) -> Self {
-        Options {
-            precision: Precision::Int8,
-            calib,
-            method,
-            keep_f32: crate::mixed::Request::default(),
-        }
-    }
-}
-
 /// One layer's float-vs-int8 agreement.
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerAgreement {

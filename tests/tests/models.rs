@@ -67,6 +67,7 @@ fn int8_vs_float(model: &Path, calib: &Path, eval: &[ArrayD<f32>]) -> Outcome {
         precision: Precision::Int8,
         calib: Some(calib.to_path_buf()),
         method: CalibMethod::MinMax,
+        keep_f32: Default::default(),
     };
     let compiled = compile(model, &opts).expect("compile int8");
     let buf = ModelBuf::new(&compiled.bytes);
@@ -258,6 +259,7 @@ fn float_models_match_tract() {
             precision: Precision::F32,
             calib: None,
             method: CalibMethod::MinMax,
+            keep_f32: Default::default(),
         };
         let compiled = compile(&model, &opts).expect("compile f32");
         let buf = ModelBuf::new(&compiled.bytes);
