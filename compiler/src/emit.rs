@@ -412,10 +412,13 @@ impl<'p> Emitter<'p> {
         let span = match self.tensors[t].dtype {
             DType::F32 | DType::I32 => self.blob.push_f32(v),
             DType::I8 => {
-                let (lo, hi) = v
-                    .iter()
-                    .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
-                let q = choose_quant(lo, hi);
+                // A quantised model's own int8 constant keeps its scale (its values come back exactly).
+                let q = self.given_quant(source).copied().unwrap_or_else(|| {
+                    let (lo, hi) = v
+                        .iter()
+                        .fold((0f32, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+                    choose_quant(lo, hi)
+                });
                 self.tensors[t].quant = q;
                 let qv: Vec<i8> = v.iter().map(|&x| host::quantize(q, x)).collect();
                 self.blob.push_i8(&qv)
@@ -515,11 +518,22 @@ impl<'p> Emitter<'p> {
             }
             _ => false,
         };
-        let keeps_quant = pad_fits
-            || matches!(
+        // An average a quantised model gives a quantisation of its own (onnxruntime does) is requantised to it:
+        // the mean is finer than its input's scale.
+        let avg_own_quant =
+            int8 && matches!(
                 s.kind,
-                StepKind::Pool { .. } | StepKind::Slice { .. } | StepKind::Transpose { .. }
-            );
+                StepKind::Pool {
+                    kind: PoolKind::Avg { .. },
+                    ..
+                }
+            ) && self.given_quant(out).is_some_and(|q| *q != in_q);
+        let keeps_quant = !avg_own_quant
+            && (pad_fits
+                || matches!(
+                    s.kind,
+                    StepKind::Pool { .. } | StepKind::Slice { .. } | StepKind::Transpose { .. }
+                ));
         if int8 {
             self.tensors[out].quant = match &s.kind {
                 _ if keeps_quant => in_q,
@@ -718,6 +732,13 @@ impl<'p> Emitter<'p> {
                 let op = host.into_op(*outer, *len, *inner, exp_table);
                 self.push(&s.name, OpKind::SoftmaxS8(op), vec![x], out);
             }
+            (
+                StepKind::Pool {
+                    kind: PoolKind::Avg { .. },
+                    pool,
+                },
+                true,
+            ) if avg_own_quant => self.average_to(s, pool, in_q, out_q),
             (StepKind::Pool { kind, pool }, _) => {
                 let op = match (kind, int8) {
                     (PoolKind::Max, false) => OpKind::MaxPoolF32(pool.clone()),
@@ -843,6 +864,52 @@ impl<'p> Emitter<'p> {
             }
         }
         Ok(())
+    }
+
+    /// An int8 average pool whose output has its own quantisation `out_q`: a global one is a `ReduceMeanS8` over
+    /// height and width (one rounding, as onnxruntime's QLinearGlobalAveragePool); a windowed one pools at the
+    /// input's quantisation and requantises with a table.
+    fn average_to(&mut self, s: &crate::lower::Step, pool: &Pool2d, in_q: Quant, out_q: Quant) {
+        let (x, out) = (s.inputs[0], s.output);
+        let global = (pool.out_h, pool.out_w, pool.pad_top, pool.pad_left) == (1, 1, 0, 0)
+            && (pool.kernel_h, pool.kernel_w) == (pool.in_h, pool.in_w);
+        if global {
+            let count = (pool.in_h * pool.in_w).max(1);
+            let real = in_q.scale as f64 / (out_q.scale as f64 * count as f64);
+            let (multiplier, shift) = host::quantize_multiplier(real);
+            let dims = [pool.batch, pool.in_h, pool.in_w, pool.channels];
+            let op = OpKind::ReduceMeanS8(ReduceMeanS8 {
+                dims: dims.iter().copied().collect(),
+                axes: 0b0110,
+                input_zero_point: in_q.zero_point,
+                output_zero_point: out_q.zero_point,
+                multiplier,
+                shift,
+            });
+            self.push(&s.name, op, vec![x], out);
+            return;
+        }
+        let mut pooled = self.tensors[out].clone();
+        pooled.name = format!("{}.pooled", pooled.name);
+        pooled.quant = in_q;
+        self.tensors.push(pooled);
+        let tmp = self.tensors.len() - 1;
+        let op = OpKind::AvgPoolS8(pool_kernel(
+            Pool2d {
+                zero_point: in_q.zero_point,
+                ..pool.clone()
+            },
+            fast_elementwise::avg_pool_fast_fits,
+        ));
+        self.push(&s.name, op, vec![x], tmp);
+        let table = host::lookup_table(in_q, out_q, |v| v);
+        let span = self.blob.push_i8(&table);
+        self.push(
+            &format!("{}.requantise", s.name),
+            OpKind::LookupS8(LookupS8 { table: span }),
+            vec![tmp],
+            out,
+        );
     }
 
     /// The blob parameters of a convolution or dense layer, in the model's precision, and its report figures.

@@ -268,7 +268,7 @@ impl<'g> Lowerer<'g> {
             value: Some(value.clone()),
             alias_of: None,
         });
-        self.map.insert(t, id);
+        self.bind(t, id);
         Ok(id)
     }
 
@@ -304,11 +304,13 @@ impl<'g> Lowerer<'g> {
         }
         let id = if same_bytes(&cur.shape, &cur.perm, perm) {
             if let Some(v) = cur.value.clone() {
-                self.p.add(PTensor {
+                let id = self.p.add(PTensor {
                     perm: perm.to_vec(),
                     value: Some(v),
                     ..cur.clone()
-                })
+                });
+                self.same_constant(t, id);
+                id
             } else {
                 self.alias(t, &cur.name, cur.shape.clone(), perm.to_vec())
             }
@@ -322,12 +324,14 @@ impl<'g> Lowerer<'g> {
             if let Some(v) = &cur.value {
                 let out_phys: Vec<usize> = step_perm.iter().map(|&i| phys[i]).collect();
                 let value = permute(v, &phys, &step_perm, &out_phys);
-                self.p.add(PTensor {
+                let id = self.p.add(PTensor {
                     perm: perm.to_vec(),
                     value: Some(value),
                     alias_of: None,
                     ..cur.clone()
-                })
+                });
+                self.same_constant(t, id);
+                id
             } else {
                 let out = self.new_tensor(
                     &format!("{}.relayout", cur.name),
@@ -373,6 +377,13 @@ impl<'g> Lowerer<'g> {
     fn bind(&mut self, ir: TensorId, id: PId) {
         self.map.insert(ir, id);
         self.p.ir_of.insert(id, ir);
+    }
+
+    /// `copy` holds constant `t`'s values in another layout: the same IR tensor (and quantisation).
+    fn same_constant(&mut self, t: PId, copy: PId) {
+        if let Some(&ir) = self.p.ir_of.get(&t) {
+            self.p.ir_of.insert(copy, ir);
+        }
     }
 
     fn node(&mut self, node: &crate::ir::Node) -> Result<()> {

@@ -1,5 +1,6 @@
-//! Quantised (QDQ) ONNX models: compiled with their own scales and zero points (no calibration data), run with
-//! `kiln run`, and compared with onnxruntime's outputs recorded by `scripts/make_qdq_model.py`.
+//! Quantised ONNX models, QDQ and operator form (QLinearConv, QGemm): compiled with their own scales and zero
+//! points (no calibration data), run with `kiln run`, and compared with onnxruntime's outputs recorded by
+//! `scripts/make_qdq_model.py` and `scripts/make_qop_model.py`.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -27,11 +28,14 @@ fn assert_exit(o: &Output, code: i32, what: &str) {
 
 /// One array of `data/mnist_qdq_ort.npz` (onnxruntime's outputs, see `scripts/make_qdq_model.py`).
 fn ort(key: &str) -> ArrayD<f32> {
-    let all =
-        kiln_compiler::npy::read_npz(&repo().join("data/mnist_qdq_ort.npz")).expect("golden data");
+    golden("data/mnist_qdq_ort.npz", key)
+}
+
+fn golden(file: &str, key: &str) -> ArrayD<f32> {
+    let all = kiln_compiler::npy::read_npz(&repo().join(file)).expect("golden data");
     all.into_iter()
         .find(|(k, _)| k == key)
-        .unwrap_or_else(|| panic!("no '{key}' in data/mnist_qdq_ort.npz"))
+        .unwrap_or_else(|| panic!("no '{key}' in {file}"))
         .1
 }
 
@@ -96,26 +100,120 @@ fn compile_uncalibrated(dir: &Path, model: &str) -> PathBuf {
     out
 }
 
+/// `kiln run` of `model` on the first `n` test images: its float32 outputs.
+fn run_on_test_images(dir: &Path, model: &Path, n: usize) -> ArrayD<f32> {
+    let test = kiln_compiler::npy::read_npz(&repo().join("data/mnist_test.npz")).unwrap();
+    let x = test.into_iter().find(|(k, _)| k == "x").unwrap().1;
+    let x = x.slice_axis(Axis(0), Slice::from(0..n)).to_owned();
+    let (xp, yp) = (dir.join("x.npy"), dir.join("y.npy"));
+    x.write_npy(std::fs::File::create(&xp).unwrap()).unwrap();
+    let o = kiln(&["run", s(model), "--input", s(&xp), "--output", s(&yp)]);
+    assert_exit(&o, 0, "run");
+    ArrayD::<f32>::read_npy(std::fs::File::open(&yp).unwrap()).expect("float32 output")
+}
+
 #[test]
 fn qdq_mnist_runs_like_onnxruntime_without_calibration() {
     let dir = tempfile::tempdir().unwrap();
     let model = compile_uncalibrated(dir.path(), "models/mnist_cnn_qdq.onnx");
     let logits = ort("logits");
-    let n = logits.shape()[0];
-    let test = kiln_compiler::npy::read_npz(&repo().join("data/mnist_test.npz")).unwrap();
-    let x = test.into_iter().find(|(k, _)| k == "x").unwrap().1;
-    let x = x.slice_axis(Axis(0), Slice::from(0..n)).to_owned();
-    let (xp, yp) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
-    x.write_npy(std::fs::File::create(&xp).unwrap()).unwrap();
-    let o = kiln(&["run", s(&model), "--input", s(&xp), "--output", s(&yp)]);
-    assert_exit(&o, 0, "run");
-    let y = ArrayD::<f32>::read_npy(std::fs::File::open(&yp).unwrap()).expect("float32 output");
+    let y = run_on_test_images(dir.path(), &model, logits.shape()[0]);
 
     // Both are (q - zero_point) * scale: compare the int8 values.
     let scale = ort("scale").iter().next().copied().unwrap();
     let lsb = Lsb::of(&y.mapv(|v| v / scale), &logits.mapv(|v| v / scale));
     lsb.print("mnist_cnn_qdq.onnx, float I/O");
     assert_figures(&lsb);
+}
+
+#[test]
+fn qoperator_mnist_runs_like_onnxruntime_and_like_its_qdq_twin() {
+    // onnxruntime's QOperator form of the same quantisation: QLinearConv, MaxPool and Flatten on int8 tensors,
+    // com.microsoft QGemm. onnxruntime runs it with integer kernels.
+    let dir = tempfile::tempdir().unwrap();
+    let model = compile_uncalibrated(dir.path(), "models/mnist_cnn_qop.onnx");
+    let info = kiln(&["inspect", s(&model), "--json"]);
+    assert_exit(&info, 0, "inspect");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let kinds: Vec<&str> = info["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "conv2d_s8",
+            "max_pool_s8",
+            "conv2d_s8",
+            "max_pool_s8",
+            "fully_connected_s8"
+        ],
+        "all int8, nothing left in float"
+    );
+    let file = "data/mnist_qop_ort.npz";
+    let logits = golden(file, "logits");
+    let y = run_on_test_images(dir.path(), &model, logits.shape()[0]);
+    let scale = golden(file, "scale").iter().next().copied().unwrap();
+    let lsb = Lsb::of(&y.mapv(|v| v / scale), &logits.mapv(|v| v / scale));
+    lsb.print("mnist_cnn_qop.onnx (QOperator), float I/O");
+    assert_eq!(lsb.n, 10_000, "{lsb:?}");
+    assert_eq!(lsb.within_1, lsb.n, "all within 1 LSB: {lsb:?}");
+    assert!(lsb.exact >= 9_900, "at least 99% equal: {lsb:?}");
+    assert_eq!(lsb.top1_same, lsb.rows, "{lsb:?}");
+
+    // The QDQ form of the same quantisation (same calibration, same scales) compiles to the same arithmetic.
+    let qdq_dir = tempfile::tempdir().unwrap();
+    let qdq = compile_uncalibrated(qdq_dir.path(), "models/mnist_cnn_qdq.onnx");
+    let y_qdq = run_on_test_images(qdq_dir.path(), &qdq, logits.shape()[0]);
+    assert!(
+        y == y_qdq,
+        "the QOperator and QDQ models compute the same outputs"
+    );
+}
+
+#[test]
+fn qoperator_residual_add_mul_average_and_matmul_run_like_onnxruntime() {
+    // The rest of onnxruntime's QOperator ops (scripts/make_qop_model.py): QLinearAdd (residual), QLinearMul by an
+    // int8 constant, QLinearGlobalAveragePool with an output scale of its own, QLinearMatMul with per-column
+    // weight scales.
+    let dir = tempfile::tempdir().unwrap();
+    let model = compile_uncalibrated(dir.path(), "models/tiny_residual_qop.onnx");
+    let info = kiln(&["inspect", s(&model), "--json"]);
+    assert_exit(&info, 0, "inspect");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let kinds: Vec<&str> = info["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    // The average is a mean with its own output quantisation, not a pool keeping its input's.
+    assert!(kinds.contains(&"reduce_mean_s8"), "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .all(|k| k.ends_with("_s8") || *k == "transpose"),
+        "{kinds:?}"
+    );
+    let file = "data/tiny_residual_qop_ort.npz";
+    let (xp, yp) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    golden(file, "x")
+        .write_npy(std::fs::File::create(&xp).unwrap())
+        .unwrap();
+    let o = kiln(&["run", s(&model), "--input", s(&xp), "--output", s(&yp)]);
+    assert_exit(&o, 0, "run");
+    let y = ArrayD::<f32>::read_npy(std::fs::File::open(&yp).unwrap()).unwrap();
+    let scale = golden(file, "scale").iter().next().copied().unwrap();
+    let lsb = Lsb::of(
+        &y.mapv(|v| v / scale),
+        &golden(file, "y").mapv(|v| v / scale),
+    );
+    lsb.print("tiny_residual_qop.onnx (QOperator)");
+    assert_eq!(lsb.n, 1_000, "{lsb:?}");
+    assert_eq!(lsb.within_1, lsb.n, "all within 1 LSB: {lsb:?}");
+    assert!(lsb.exact >= 980, "at least 98% equal: {lsb:?}");
 }
 
 #[test]
@@ -445,6 +543,28 @@ fn qdq_patterns_kiln_cannot_honour_are_refused_by_node() {
         .output("y", &[1, 2]));
     assert!(
         m.contains("node 'xq' (QuantizeLinear)") && m.contains("per-axis"),
+        "{m}"
+    );
+    // QOperator: an int8 tensor read by an op that is neither a QLinear op nor data movement.
+    let m = err(OnnxBuilder::new(13)
+        .input("x", &[1, 2, 4, 4])
+        .initializer("s", &[], &[0.5])
+        .initializer_i8("z", &[], &[0])
+        .initializer_i8("wq", &[3, 2, 1, 1], &[127, -64, 10, 20, -127, 1])
+        .initializer("ws", &[3], &[0.5, 0.25, 0.125])
+        .initializer_i8("wz", &[3], &[0, 0, 0])
+        .node("QuantizeLinear", &["x", "s", "z"], &["xq"], vec![])
+        .node(
+            "QLinearConv",
+            &["xq", "s", "z", "wq", "ws", "wz", "s", "z"],
+            &["cq"],
+            vec![],
+        )
+        .node("Relu", &["cq"], &["r"], vec![])
+        .node("DequantizeLinear", &["r", "s", "z"], &["y"], vec![])
+        .output("y", &[1, 3, 4, 4]));
+    assert!(
+        m.contains("node 'r' (Relu)") && m.contains("reads the int8 tensor 'cq' directly"),
         "{m}"
     );
 }

@@ -1,7 +1,9 @@
 //! ONNX import: an ONNX file in, an [`ir::Graph`] out.
 //!
-//! 1. The protobuf is decoded here and every node's `op_type` is checked against [`SUPPORTED_OPS`], so a model
-//!    with unsupported operators fails with one message listing all of them (before tract sees it).
+//! 1. The protobuf is decoded here; a quantised model's operator-form ops (QLinearConv, QGemm, ...) are rewritten
+//!    into QuantizeLinear / float op / DequantizeLinear ([`qop`]), and every node's `op_type` is checked against
+//!    [`SUPPORTED_OPS`], so a model with unsupported operators fails with one message listing all of them (before
+//!    tract sees it). QDQ nodes are then turned into a float graph plus the scales they give ([`qdq`]).
 //! 2. tract-onnx parses the model; every symbolic input dimension is fixed to 1 (the batch), the model is typed
 //!    and decluttered (constants folded, ONNX ops expanded into tract's core ops). The decluttered model is not
 //!    optimised, so weights are still plain tensors.
@@ -11,6 +13,7 @@
 mod conv;
 mod lower;
 mod qdq;
+mod qop;
 
 use std::path::Path;
 
@@ -83,7 +86,9 @@ pub fn import_onnx(path: &Path) -> Result<ir::Graph> {
             )))
         }
     };
-    check_supported(&file, graph)?;
+    let mut graph = graph.clone();
+    qop::expand(&file, &mut graph, path.parent())?;
+    check_supported(&file, &graph)?;
     let opset = proto
         .opset_import
         .iter()
@@ -91,7 +96,6 @@ pub fn import_onnx(path: &Path) -> Result<ir::Graph> {
         .map(|o| o.version)
         .max()
         .unwrap_or(1);
-    let mut graph = graph.clone();
     let given = qdq::rewrite(&file, &mut graph, opset, path.parent())?;
     proto.graph = Some(graph.clone());
     let model = load_decluttered(&file, &proto, &graph, path.parent())?;

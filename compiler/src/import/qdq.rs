@@ -161,7 +161,12 @@ pub(super) fn rewrite(
 /// (see [`super::lower`]), I/O types, and the model's own output names.
 pub(super) fn attach(g: &mut ir::Graph, given: &Given) {
     for t in &mut g.tensors {
-        if let Some(&q) = given.tensors.get(&t.name) {
+        // tract names a constant after the node that made it and its output slot (`name.0`).
+        let named = given.tensors.get(&t.name).or_else(|| {
+            t.value.as_ref()?;
+            given.tensors.get(t.name.strip_suffix(".0")?)
+        });
+        if let Some(&q) = named {
             t.quant = Some(q);
         }
     }
@@ -192,7 +197,7 @@ fn is_qdq(n: &pb::NodeProto) -> bool {
     super::is_default_domain(&n.domain) && (n.op_type == Q || n.op_type == DQ)
 }
 
-fn elem_type(v: &pb::ValueInfoProto) -> Option<i32> {
+pub(super) fn elem_type(v: &pb::ValueInfoProto) -> Option<i32> {
     match v.r#type.as_ref()?.value.as_ref()? {
         pb::type_proto::Value::TensorType(t) => Some(t.elem_type),
         #[allow(unreachable_patterns)]
@@ -209,7 +214,7 @@ fn set_float(v: &mut pb::ValueInfoProto) {
 }
 
 /// Initializers and `Constant` node values, by name.
-fn constants(
+pub(super) fn constants(
     file: &str,
     graph: &pb::GraphProto,
     dir: Option<&Path>,
@@ -512,6 +517,10 @@ impl Rewriter {
         self.new_const(&out, &shape, values);
         if x.datum_type() != DatumType::I32 {
             self.weight_scales(nodes, &out, &shape, &p, given)?;
+            // A per-tensor int8 constant read as data (a Mul's operand, say) keeps its quantisation.
+            if let Ok(q) = p.per_tensor() {
+                given.tensors.insert(out, q);
+            }
         }
         Ok(())
     }
