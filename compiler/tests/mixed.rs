@@ -278,3 +278,59 @@ fn impossible_requests_are_refused_with_the_numbers_and_nothing_written() {
     assert!(err.contains("expected bytes"), "{err}");
     assert!(!out.exists(), "nothing written");
 }
+
+#[test]
+fn a_constant_read_by_f32_and_int8_layers_is_stored_at_both_precisions() {
+    // y = ((x + c) * c) + c with the first Add kept in f32: `c` is read by an f32 op and two int8 ops, so the
+    // file holds it once as f32 and once as int8; the Mul reads the Add's f32 output through a QuantizeS8.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c: Vec<f32> = (0..8).map(|i| 0.25 * i as f32 - 1.0).collect();
+    let onnx = d.join("chain.onnx");
+    kiln_tests::onnx::OnnxBuilder::new(13)
+        .input("x", &[1, 8])
+        .initializer("c", &[8], &c)
+        .node("Add", &["x", "c"], &["add1"], vec![])
+        .node("Mul", &["add1", "c"], &["mul"], vec![])
+        .node("Add", &["mul", "c"], &["y"], vec![])
+        .output("y", &[1, 8])
+        .write(&onnx)
+        .unwrap();
+    let x = ndarray::Array::from_shape_fn((64, 1, 8), |(n, _, i)| {
+        ((n * 7 + i * 3) % 17) as f32 / 8.0 - 1.0
+    })
+    .into_dyn();
+    let xp = d.join("x.npy");
+    x.write_npy(std::fs::File::create(&xp).unwrap()).unwrap();
+    let compile = |name: &str, extra: &[&str]| {
+        let out = d.join(format!("{name}.kiln"));
+        let mut args = vec!["compile", s(&onnx), "-o", s(&out)];
+        args.extend_from_slice(extra);
+        ok(&kiln(&args), name);
+        out
+    };
+    let float = compile("float", &["--precision", "f32"]);
+    let int8 = compile("int8", &["--calib", s(&xp)]);
+    let mixed = compile("mixed", &["--calib", s(&xp), "--keep-f32-layer", "add1"]);
+    assert_eq!(
+        op_kinds(&mixed),
+        [
+            "dequantize_s8",
+            "binary_f32",
+            "quantize_s8",
+            "binary_s8",
+            "binary_s8"
+        ]
+    );
+    let (yf, y8, ym) = (run(&float, &xp, d), run(&int8, &xp, d), run(&mixed, &xp, d));
+    let (e8, em) = (mse(&yf, &y8), mse(&yf, &ym));
+    // The int8 ops downstream still quantise; the mixed model is no worse than int8 (within rounding noise).
+    assert!(em <= 1.2 * e8, "mixed {em:.3e} vs int8 {e8:.3e}");
+    let worst = yf
+        .iter()
+        .zip(ym.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let range = yf.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(worst < range / 32.0, "max error {worst} of range {range}");
+}
