@@ -213,10 +213,13 @@ pub fn gather(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Report> 
     Ok(Report {
         source: opts.model.display().to_string(),
         model_name: model.name().to_string(),
-        precision: if layout.tensors.iter().any(|t| t.dtype == DType::I8.name()) {
-            "int8"
-        } else {
-            "f32"
+        precision: {
+            let has = |d: DType| layout.tensors.iter().any(|t| t.dtype == d.name());
+            match (has(DType::I8), has(DType::F32)) {
+                (true, true) => "int8 + f32",
+                (true, false) => "int8",
+                _ => "f32",
+            }
         },
         checksum: format!("{:08x}", model.checksum()),
         format_version: model.format_version(),

@@ -145,6 +145,12 @@ fn kept_layers_are_f32_in_the_file_and_bring_held_out_outputs_closer_to_float() 
         op_kinds(&int8).iter().all(|k| k.ends_with("_s8")),
         "the plain int8 model has no f32 op"
     );
+    // `kiln report` names the mix and shows the conversions in its graph.
+    let page = d.join("mixed.html");
+    ok(&kiln(&["report", s(&mixed), "-o", s(&page)]), "report");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("int8 + f32 model"), "report header");
+    assert!(html.contains("dequantize_s8") && html.contains("conv2d_f32"));
 
     // Held out: 500 test digits (not the calibration set) through float, int8 and mixed models.
     let mut npz =
