@@ -103,6 +103,29 @@ def initializer(model, name):
     raise KeyError(name)
 
 
+def quantize(float_path, out_path, calib, quant_format, pre_process=True):
+    """onnxruntime's static quantiser as this project uses it: int8 activations, per-channel symmetric int8
+    weights, MinMax calibration on `calib`; first `quant_pre_process` (folds BatchNormalization) unless told
+    not to. Returns the input name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = float_path
+        if pre_process:
+            src = os.path.join(tmp, "pre.onnx")
+            quant_pre_process(float_path, src, skip_symbolic_shape=True)
+        input_name = onnx.load(src).graph.input[0].name
+        quantize_static(
+            src,
+            out_path,
+            CalibReader(calib, input_name),
+            quant_format=quant_format,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    return input_name
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=".", help="repository root (default: the current directory)")
@@ -116,20 +139,7 @@ def main():
     qdq_path = os.path.join(root, "models/mnist_cnn_qdq.onnx")
     int8io_path = os.path.join(root, "models/mnist_cnn_qdq_int8io.onnx")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = os.path.join(tmp, "pre.onnx")
-        quant_pre_process(float_path, pre, skip_symbolic_shape=True)
-        input_name = onnx.load(pre).graph.input[0].name
-        quantize_static(
-            pre,
-            qdq_path,
-            CalibReader(calib, input_name),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+    input_name = quantize(float_path, qdq_path, calib, QuantFormat.QDQ)
 
     qdq = onnx.load(qdq_path)
     ops = sorted({n.op_type for n in qdq.graph.node})

@@ -41,31 +41,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.quantization import QuantFormat
 
-N_TEST = 1000
-
-
-class CalibReader(CalibrationDataReader):
-    def __init__(self, images, input_name):
-        self.samples = iter([{input_name: images[i : i + 1]} for i in range(len(images))])
-
-    def get_next(self):
-        return next(self.samples, None)
-
-
-def session(model_path):
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_qdq_model import N_TEST, initializer, quantize, session  # noqa: E402  (the same recipe)
 
 
 def tiny_residual(rng):
@@ -112,16 +91,7 @@ def make_tiny(root):
         float_path = os.path.join(tmp, "tiny.onnx")
         onnx.save(tiny_residual(rng), float_path)
         calib = rng.standard_normal((50, 3, 8, 8)).astype(np.float32)
-        quantize_static(
-            float_path,
-            model_path,
-            CalibReader(calib, "x"),
-            quant_format=QuantFormat.QOperator,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        quantize(float_path, model_path, calib, QuantFormat.QOperator, pre_process=False)
     q = onnx.load(model_path)
     ops = sorted({(n.domain or "ai.onnx") + "." + n.op_type for n in q.graph.node})
     print(f"{model_path}: ops {ops}, {os.path.getsize(model_path)} bytes")
@@ -136,13 +106,6 @@ def make_tiny(root):
     print(f"{out}: {len(x)} inputs")
 
 
-def initializer(model, name):
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    raise KeyError(name)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=".", help="repository root (default: the current directory)")
@@ -155,20 +118,7 @@ def main():
     float_path = os.path.join(root, "models/mnist_cnn.onnx")
     qop_path = os.path.join(root, "models/mnist_cnn_qop.onnx")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = os.path.join(tmp, "pre.onnx")
-        quant_pre_process(float_path, pre, skip_symbolic_shape=True)
-        input_name = onnx.load(pre).graph.input[0].name
-        quantize_static(
-            pre,
-            qop_path,
-            CalibReader(calib, input_name),
-            quant_format=QuantFormat.QOperator,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+    input_name = quantize(float_path, qop_path, calib, QuantFormat.QOperator)
 
     qop = onnx.load(qop_path)
     ops = sorted({(n.domain or "ai.onnx") + "." + n.op_type for n in qop.graph.node})

@@ -356,7 +356,12 @@ impl<'p> Emitter<'p> {
             return Ok(done);
         }
         let constant = self.is_constant(t);
+        let source = self.tensors[t].name.clone();
         let mut copy = self.tensors[t].clone();
+        copy.name = format!(
+            "{source}.{}",
+            if dtype == DType::F32 { "f32" } else { "int8" }
+        );
         copy.dtype = dtype;
         copy.blob = None;
         copy.alias_of = None;
@@ -364,38 +369,26 @@ impl<'p> Emitter<'p> {
             scale: 1.0,
             zero_point: 0,
         };
-        if constant {
-            copy.const_of = Some(self.tensors[t].const_of.unwrap_or(t));
-            copy.name = format!(
-                "{}.{}",
-                copy.name,
-                if dtype == DType::F32 { "f32" } else { "int8" }
-            );
-            self.tensors.push(copy);
-            let out = self.tensors.len() - 1;
-            self.converted.insert((t, dtype), out);
-            return Ok(out);
-        }
-        let (kind, name) = if dtype == DType::F32 {
-            (
+        // A constant's copy is stored at `dtype` from the same values; an activation's is converted by an op.
+        let convert = match (constant, dtype) {
+            (true, _) => {
+                copy.const_of = Some(self.tensors[t].const_of.unwrap_or(t));
+                None
+            }
+            (false, DType::F32) => Some((
                 OpKind::DequantizeS8(self.quant(t)),
-                format!("{}.dequantize", copy.name),
-            )
-        } else {
-            copy.quant = self.range_quant(t)?;
-            (
-                OpKind::QuantizeS8(copy.quant),
-                format!("{}.quantize", copy.name),
-            )
+                format!("{source}.dequantize"),
+            )),
+            (false, _) => {
+                copy.quant = self.range_quant(t)?;
+                Some((OpKind::QuantizeS8(copy.quant), format!("{source}.quantize")))
+            }
         };
-        copy.name = format!(
-            "{}.{}",
-            copy.name,
-            if dtype == DType::F32 { "f32" } else { "int8" }
-        );
         self.tensors.push(copy);
         let out = self.tensors.len() - 1;
-        self.push(&name, kind, vec![t], out);
+        if let Some((kind, name)) = convert {
+            self.push(&name, kind, vec![t], out);
+        }
         self.converted.insert((t, dtype), out);
         Ok(out)
     }

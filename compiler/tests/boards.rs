@@ -230,12 +230,7 @@ fn mixed_precision_mnist_on_mps2_an386_is_bit_identical_to_the_host() {
         "fc",
     ]);
     assert_exit(&o, 0, "compile MNIST int8 + f32");
-    let kinds: Vec<String> = inspect(&model)["ops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|op| op["kind"].as_str().unwrap().to_string())
-        .collect();
+    let kinds = common::op_kinds(&model);
     for k in [
         "dequantize_s8",
         "conv2d_f32",

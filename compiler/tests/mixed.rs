@@ -2,25 +2,14 @@
 //! the layers kept in f32 are really f32 in the file, bring held-out outputs closer to the float model's, respect
 //! the budget, and bad requests are refused with the numbers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use ndarray::{ArrayD, Axis};
 use ndarray_npy::{NpzReader, ReadNpyExt, WriteNpyExt};
 
 mod common;
-use common::{kiln, repo, s, text};
-
-fn ok(o: &Output, what: &str) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{what}\nstdout: {}\nstderr: {}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stdout)
-}
+use common::{compile_mnist, kiln, ok, op_kinds, repo, s, text};
 
 fn refused(o: &Output, what: &str) -> String {
     assert_eq!(
@@ -31,44 +20,6 @@ fn refused(o: &Output, what: &str) -> String {
         text(&o.stderr)
     );
     text(&o.stderr)
-}
-
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).expect("read json")).expect("parse json")
-}
-
-/// Compiles the bundled MNIST CNN with `extra` arguments; returns the model path and its report.
-fn compile(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, serde_json::Value) {
-    let out = dir.join(format!("{name}.kiln"));
-    let report = dir.join(format!("{name}.json"));
-    let model = repo().join("models/mnist_cnn.onnx");
-    let calib = repo().join("data/mnist_calib.npy");
-    let mut args = vec![
-        "compile",
-        s(&model),
-        "-o",
-        s(&out),
-        "--calib",
-        s(&calib),
-        "--report",
-        s(&report),
-    ];
-    args.extend_from_slice(extra);
-    ok(&kiln(&args), name);
-    (out, json(&report))
-}
-
-/// Op kinds in the model file, in order.
-fn op_kinds(model: &Path) -> Vec<String> {
-    let info: serde_json::Value =
-        serde_json::from_str(&ok(&kiln(&["inspect", s(model), "--json"]), "inspect"))
-            .expect("json");
-    info["ops"]
-        .as_array()
-        .expect("ops")
-        .iter()
-        .map(|o| o["kind"].as_str().expect("kind").to_string())
-        .collect()
 }
 
 /// `kiln run` of `model` on `x`: its float32 outputs.
@@ -98,12 +49,12 @@ fn mse(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
 fn kept_layers_are_f32_in_the_file_and_bring_held_out_outputs_closer_to_float() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (int8, r8) = compile(d, "int8", &[]);
+    let (int8, r8) = compile_mnist(d, "int8", &[]);
     assert_eq!(r8["precision"], "int8");
     assert!(r8.get("mixed").is_none(), "no mixed section unless asked");
     // conv1 named by the user (its int8 input is dequantised, its f32 output quantised for the int8 conv2), then
     // one more layer by measurement.
-    let (mixed, r) = compile(
+    let (mixed, r) = compile_mnist(
         d,
         "mixed",
         &["--keep-f32-layer", "conv1", "--keep-f32", "1"],
@@ -186,7 +137,7 @@ fn kept_layers_are_f32_in_the_file_and_bring_held_out_outputs_closer_to_float() 
 fn the_budget_decides_what_stays_int8_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (_, free) = compile(d, "free", &["--keep-f32", "3"]);
+    let (_, free) = compile_mnist(d, "free", &["--keep-f32", "3"]);
     let kept = free["mixed"]["kept"].as_array().unwrap();
     assert!(!kept.is_empty());
     let int8_file = free["mixed"]["int8"]["file_bytes"].as_u64().unwrap();
@@ -205,7 +156,7 @@ fn the_budget_decides_what_stays_int8_and_says_so() {
         (u64::MAX / 4, first_arena - 1)
     };
     let (flash_s, ram_s) = (flash.to_string(), ram.to_string());
-    let (model, tight) = compile(
+    let (model, tight) = compile_mnist(
         d,
         "tight",
         &[

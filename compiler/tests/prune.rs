@@ -1,28 +1,12 @@
 //! Structured pruning: the least-squares solver, real shrinkage of the bundled MNIST CNN (read back from the
 //! `.kiln` file), its accuracy on held-out digits, `--prune-budget`, and refused arguments.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 
 use kiln_compiler::prune::{ridge, solve_spd};
 
 mod common;
-use common::{kiln, repo, s};
-
-fn ok(o: &Output, what: &str) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{what}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).expect("read json")).expect("parse json")
-}
+use common::{compile_mnist, kiln, ok, repo, s};
 
 /// `kiln eval` top-1 in percent.
 fn accuracy(model: &Path) -> f64 {
@@ -34,27 +18,6 @@ fn accuracy(model: &Path) -> f64 {
         .and_then(|r| r.split('%').next())
         .expect("accuracy in eval output");
     pct.parse().expect("a number")
-}
-
-/// Compiles the bundled MNIST CNN to int8 with `extra` arguments; returns the model path and its report.
-fn compile(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, serde_json::Value) {
-    let out = dir.join(format!("{name}.kiln"));
-    let report = dir.join(format!("{name}.json"));
-    let model = repo().join("models/mnist_cnn.onnx");
-    let calib = repo().join("data/mnist_calib.npy");
-    let mut args = vec![
-        "compile",
-        s(&model),
-        "-o",
-        s(&out),
-        "--calib",
-        s(&calib),
-        "--report",
-        s(&report),
-    ];
-    args.extend_from_slice(extra);
-    ok(&kiln(&args), name);
-    (out, json(&report))
 }
 
 #[test]
@@ -99,8 +62,8 @@ fn cholesky_solves_a_known_system() {
 #[test]
 fn pruning_mnist_removes_a_quarter_of_macs_and_weights_and_keeps_accuracy() {
     let dir = tempfile::tempdir().unwrap();
-    let (base, base_r) = compile(dir.path(), "base", &[]);
-    let (pruned, r) = compile(dir.path(), "pruned", &["--prune", "0.3"]);
+    let (base, base_r) = compile_mnist(dir.path(), "base", &[]);
+    let (pruned, r) = compile_mnist(dir.path(), "pruned", &["--prune", "0.3"]);
     let macs = |r: &serde_json::Value| r["macs"].as_u64().expect("macs") as f64;
     let weights = |r: &serde_json::Value| r["weight_bytes"].as_u64().expect("weight_bytes") as f64;
     assert!(
@@ -174,7 +137,7 @@ fn pruning_mnist_removes_a_quarter_of_macs_and_weights_and_keeps_accuracy() {
 fn prune_budget_finds_a_fraction_within_budget() {
     let dir = tempfile::tempdir().unwrap();
     let data = repo().join("data/mnist_test.npz");
-    let (model, r) = compile(
+    let (model, r) = compile_mnist(
         dir.path(),
         "budget",
         &["--prune-budget", "1.0", "--eval", s(&data)],
