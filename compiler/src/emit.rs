@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use kiln_runtime::format::{
-    self, BinaryF32, ConcatParams, ConvF32, ConvS8, DType, Dims, FullyConnectedF32,
+    self, BinaryF32, ConcatParams, ConvF32, ConvGeom, ConvS8, DType, Dims, FullyConnectedF32,
     FullyConnectedS8, IoType, KernelS8, LookupS8, ModelDef, OpDef, OpKind, Operand, PadParams,
     PerChannel, Pool2d, Quant, ReduceMeanF32, ReduceMeanS8, SliceParams, Space, Span, TensorDef,
     TransposeParams, UnaryF32, BLOB_ALIGN, FORMAT_VERSION, HEADER_LEN, MAGIC,
@@ -560,31 +560,7 @@ impl<'p> Emitter<'p> {
                     kernel,
                     int8,
                 )?;
-                let kind = match params {
-                    Params::F32 {
-                        weights,
-                        bias,
-                        act_min,
-                        act_max,
-                    } => OpKind::Conv2dF32(ConvF32 {
-                        geom: geom.clone(),
-                        weights,
-                        bias,
-                        act_min,
-                        act_max,
-                    }),
-                    Params::S8(q) => OpKind::Conv2dS8(ConvS8 {
-                        geom: geom.clone(),
-                        weights: q.weights,
-                        bias: q.bias,
-                        requant: q.requant,
-                        input_zero_point: in_q.zero_point,
-                        output_zero_point: out_q.zero_point,
-                        act_min: q.act_min,
-                        act_max: q.act_max,
-                        kernel: q.kernel,
-                    }),
-                };
+                let kind = conv_op(geom, params, in_q, out_q);
                 self.push_weighted(&s.name, kind, vec![x], out, w);
             }
             (
@@ -731,7 +707,7 @@ impl<'p> Emitter<'p> {
                     pool,
                 },
                 true,
-            ) if avg_own_quant => self.average_to(s, pool, in_q, out_q),
+            ) if avg_own_quant => self.average_to(s, pool, in_q, out_q)?,
             (StepKind::Pool { kind, pool }, _) => {
                 let op = match (kind, int8) {
                     (PoolKind::Max, false) => OpKind::MaxPoolF32(pool.clone()),
@@ -859,10 +835,18 @@ impl<'p> Emitter<'p> {
         Ok(())
     }
 
-    /// An int8 average pool whose output has its own quantisation `out_q`: a global one is a `ReduceMeanS8` over
-    /// height and width (one rounding, as onnxruntime's QLinearGlobalAveragePool); a windowed one pools at the
-    /// input's quantisation and requantises with a table.
-    fn average_to(&mut self, s: &crate::lower::Step, pool: &Pool2d, in_q: Quant, out_q: Quant) {
+    /// An int8 average pool whose output has its own quantisation `out_q`, with one rounding as onnxruntime
+    /// computes it: a global one is a `ReduceMeanS8` over height and width; a windowed one a depthwise convolution
+    /// whose weights are all `1 / taps` (padded taps count as 0, so only where the pool divides by the whole
+    /// window, or has no padding). An average over the taps inside the input only, with padding, pools at the
+    /// input's quantisation and requantises with a table: two roundings, up to about half an input step off.
+    fn average_to(
+        &mut self,
+        s: &crate::lower::Step,
+        pool: &Pool2d,
+        in_q: Quant,
+        out_q: Quant,
+    ) -> Result<()> {
         let (x, out) = (s.inputs[0], s.output);
         let global = (pool.out_h, pool.out_w, pool.pad_top, pool.pad_left) == (1, 1, 0, 0)
             && (pool.kernel_h, pool.kernel_w) == (pool.in_h, pool.in_w);
@@ -880,7 +864,51 @@ impl<'p> Emitter<'p> {
                 shift,
             });
             self.push(&s.name, op, vec![x], out);
-            return;
+            return Ok(());
+        }
+        let reach = |o: u32, stride: u32, k: u32| (o.max(1) - 1) * stride + k;
+        let padded = pool.pad_top > 0
+            || pool.pad_left > 0
+            || reach(pool.out_h, pool.stride_h, pool.kernel_h) > pool.in_h
+            || reach(pool.out_w, pool.stride_w, pool.kernel_w) > pool.in_w;
+        if pool.count_include_pad || !padded {
+            let c = pool.channels;
+            let geom = ConvGeom {
+                batch: pool.batch,
+                in_h: pool.in_h,
+                in_w: pool.in_w,
+                in_c: c,
+                out_h: pool.out_h,
+                out_w: pool.out_w,
+                out_c: c,
+                kernel_h: pool.kernel_h,
+                kernel_w: pool.kernel_w,
+                stride_h: pool.stride_h,
+                stride_w: pool.stride_w,
+                dilation_h: 1,
+                dilation_w: 1,
+                pad_top: pool.pad_top,
+                pad_left: pool.pad_left,
+                groups: c,
+            };
+            let taps = (pool.kernel_h * pool.kernel_w) as usize;
+            let weights = vec![1.0 / taps as f32; c as usize * taps];
+            let macs = (pool.batch * pool.out_h * pool.out_w * c) as u64 * taps as u64;
+            let (params, w) = self.weighted(
+                &weights,
+                None,
+                None,
+                c as usize,
+                Activation::None,
+                in_q,
+                out_q,
+                macs,
+                conv_kernel(&geom),
+                true,
+            )?;
+            let kind = conv_op(&geom, params, in_q, out_q);
+            self.push_weighted(&s.name, kind, vec![x], out, w);
+            return Ok(());
         }
         let mut pooled = self.tensors[out].clone();
         pooled.name = format!("{}.pooled", pooled.name);
@@ -903,6 +931,7 @@ impl<'p> Emitter<'p> {
             vec![tmp],
             out,
         );
+        Ok(())
     }
 
     /// The blob parameters of a convolution or dense layer, in the model's precision, and its report figures.
@@ -1347,6 +1376,35 @@ pub fn write_file(meta: &[u8], blob: &[u8]) -> Vec<u8> {
 
 /// The int8 conv kernel for this geometry: depthwise where it is one, the dot-product kernel where the patch fits
 /// its buffer, the reference otherwise.
+/// The conv op for `params` (f32, or int8 between `in_q` and `out_q`).
+fn conv_op(geom: &ConvGeom, params: Params, in_q: Quant, out_q: Quant) -> OpKind {
+    match params {
+        Params::F32 {
+            weights,
+            bias,
+            act_min,
+            act_max,
+        } => OpKind::Conv2dF32(ConvF32 {
+            geom: geom.clone(),
+            weights,
+            bias,
+            act_min,
+            act_max,
+        }),
+        Params::S8(q) => OpKind::Conv2dS8(ConvS8 {
+            geom: geom.clone(),
+            weights: q.weights,
+            bias: q.bias,
+            requant: q.requant,
+            input_zero_point: in_q.zero_point,
+            output_zero_point: out_q.zero_point,
+            act_min: q.act_min,
+            act_max: q.act_max,
+            kernel: q.kernel,
+        }),
+    }
+}
+
 fn conv_kernel(geom: &kiln_runtime::format::ConvGeom) -> KernelS8 {
     if fast::depthwise_fits(geom) {
         KernelS8::Depthwise

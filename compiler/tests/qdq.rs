@@ -550,3 +550,142 @@ fn qdq_patterns_kiln_cannot_honour_are_refused_by_node() {
         "{m}"
     );
 }
+
+/// `x -> Q -> DQ -> pool -> Q -> DQ -> y` with the pool's output quantised more finely than its input, as
+/// onnxruntime quantises average pools; `pool` is (op, attributes, output shape).
+fn average_qdq(
+    pool: &str,
+    attrs: Vec<tract_onnx::pb::AttributeProto>,
+    out: &[usize],
+) -> OnnxBuilder {
+    OnnxBuilder::new(13)
+        .input("x", &[1, 2, 4, 4])
+        .initializer("s_in", &[], &[0.1])
+        .initializer_i8("z_in", &[], &[-5])
+        .initializer("s_out", &[], &[0.02])
+        .initializer_i8("z_out", &[], &[10])
+        .node("QuantizeLinear", &["x", "s_in", "z_in"], &["xq"], vec![])
+        .node("DequantizeLinear", &["xq", "s_in", "z_in"], &["xd"], vec![])
+        .node(pool, &["xd"], &["p"], attrs)
+        .node("QuantizeLinear", &["p", "s_out", "z_out"], &["pq"], vec![])
+        .node(
+            "DequantizeLinear",
+            &["pq", "s_out", "z_out"],
+            &["y"],
+            vec![],
+        )
+        .output("y", &out)
+}
+
+#[test]
+fn qdq_average_pools_with_their_own_output_scale_are_requantised_to_it() {
+    // Inputs on the input grid (exact int8 values), so the expected output is the mean rounded to the output grid.
+    let x: Vec<f32> = (0..32)
+        .map(|i| 0.1 * (((i * 37) % 41) as f32 - 20.0))
+        .collect();
+    let xq = |v: f32| ((v / 0.1).round() - 5.0).clamp(-128.0, 127.0);
+    let xd: Vec<f32> = x.iter().map(|&v| (xq(v) + 5.0) * 0.1).collect();
+    let on_output_grid = |m: f32| (((m / 0.02).round() + 10.0).clamp(-128.0, 127.0) - 10.0) * 0.02;
+    // The means of a k x k pool with stride `st`, padding `pad` on every side, dividing by the whole window
+    // (`whole`) or by the taps inside the input, NCHW.
+    let means = |k: i32, st: i32, pad: i32, whole: bool| {
+        let out = (4 + 2 * pad - k) / st + 1;
+        let mut v = Vec::new();
+        for c in 0..2 {
+            for oy in 0..out {
+                for ox in 0..out {
+                    let (mut sum, mut n) = (0.0f32, 0);
+                    for dy in 0..k {
+                        for dx in 0..k {
+                            let (r, q) = (oy * st + dy - pad, ox * st + dx - pad);
+                            if (0..4).contains(&r) && (0..4).contains(&q) {
+                                sum += xd[(c * 16 + r * 4 + q) as usize];
+                                n += 1;
+                            }
+                        }
+                    }
+                    v.push(sum / if whole { (k * k) as f32 } else { n as f32 });
+                }
+            }
+        }
+        (v, out as usize)
+    };
+    // (op, attributes, (kernel, stride, pad, whole window), the op Kiln computes it with, tolerance in output steps)
+    let cases = [
+        (
+            "AveragePool",
+            vec![
+                attr::ints("kernel_shape", &[2, 2]),
+                attr::ints("strides", &[2, 2]),
+            ],
+            (2, 2, 0, true),
+            "conv2d_s8",
+            1.0,
+        ),
+        (
+            "AveragePool",
+            vec![
+                attr::ints("kernel_shape", &[3, 3]),
+                attr::ints("pads", &[1, 1, 1, 1]),
+                attr::int("count_include_pad", 1),
+            ],
+            (3, 1, 1, true),
+            "conv2d_s8",
+            1.0,
+        ),
+        (
+            "GlobalAveragePool",
+            vec![],
+            (4, 1, 0, true),
+            "reduce_mean_s8",
+            1.0,
+        ),
+        // Padding not counted: pooled at the input's scale, then requantised (two roundings).
+        (
+            "AveragePool",
+            vec![
+                attr::ints("kernel_shape", &[3, 3]),
+                attr::ints("pads", &[1, 1, 1, 1]),
+            ],
+            (3, 1, 1, false),
+            "lookup_s8",
+            3.5,
+        ),
+    ];
+    for (pool, attrs, (k, st, pad, whole), kind, steps) in cases {
+        let (expected, side) = means(k, st, pad, whole);
+        let (_dir, path) = average_qdq(pool, attrs, &[1, 2, side, side])
+            .write_temp()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.kiln");
+        let o = kiln(&["compile", s(&path), "-o", s(&model)]);
+        assert_exit(&o, 0, pool);
+        let kinds = op_kinds(&model);
+        assert!(kinds.iter().any(|k| k == kind), "{pool} {k}x{k}: {kinds:?}");
+        let (xp, yp) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+        ArrayD::from_shape_vec(IxDyn(&[1, 2, 4, 4]), x.clone())
+            .unwrap()
+            .write_npy(std::fs::File::create(&xp).unwrap())
+            .unwrap();
+        let o = kiln(&["run", s(&model), "--input", s(&xp), "--output", s(&yp)]);
+        assert_exit(&o, 0, "run");
+        let y = ArrayD::<f32>::read_npy(std::fs::File::open(&yp).unwrap()).unwrap();
+        assert_eq!(y.len(), expected.len());
+        for (i, (&got, &mean)) in y.iter().zip(&expected).enumerate() {
+            let want = on_output_grid(mean);
+            assert!(
+                (got - want).abs() <= 0.02 * steps + 1e-4,
+                "{pool} {k}x{k} output {i}: {got} against the mean {mean}, {want} on the output grid"
+            );
+        }
+        if steps == 1.0 {
+            // One rounding, to the output grid: some outputs lie between the input's steps (0.1).
+            assert!(
+                y.iter()
+                    .any(|&v| ((v / 0.1).round() * 0.1 - v).abs() > 0.015),
+                "{pool} {k}x{k}: every output is on the coarse input grid: {y:?}"
+            );
+        }
+    }
+}
