@@ -574,7 +574,7 @@ fn average_qdq(
             &["y"],
             vec![],
         )
-        .output("y", &out)
+        .output("y", out)
 }
 
 #[test]
