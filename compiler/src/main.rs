@@ -63,8 +63,9 @@ on the --calib data:
   --calib X.npy   one array: samples stacked on a leading axis, each shaped like the model
                   input (or the input shape with its batch dimension multiplied by N)
   --calib X.npz   one such array per model input, keyed by input name (or `x`)
-A quantised ONNX model (QuantizeLinear/DequantizeLinear, QDQ) keeps its own scales and zero
-points; it needs no --calib when they cover every tensor (the error names those they miss).
+A quantised ONNX model (QuantizeLinear/DequantizeLinear, QDQ, or the operator form:
+QLinearConv, QLinearMatMul, QGemm, ...) keeps its own scales and zero points; it needs no
+--calib when they cover every tensor (the error names those they miss).
 The report (--report) holds sizes, arena bytes, MACs per op, and float-vs-int8 agreement on
 the calibration data (top-1, SQNR, max abs error), overall and per layer.
 
@@ -77,20 +78,30 @@ to reproduce their original outputs. No retraining. The report's `pruning` secti
 channels removed per layer and MACs/weights/arena before and after. Unstructured (zeroed
 weights) pruning is not offered: Kiln's kernels are dense, so it would gain nothing.
 
+Mixed precision (--keep-f32 N, --keep-f32-layer NAME): the layers int8 hurts most stay in
+f32 (f32 weights, 4 bytes each; f32 activations, 4 bytes per element; int8 <-> f32 conversions
+at their edges). Each round tries every remaining layer in f32 on the --calib data and keeps
+the one that brings the output closest to the float model (output SQNR), if it gains 0.1 dB
+and the model stays within --flash-budget (model file bytes) and --ram-budget (arena bytes).
+The summary and the report's `mixed` section give the figures after each choice and the
+layers the budget left int8. f32 layers run Kiln's portable f32 kernels: slower per MAC than
+the int8 ones, much slower on a core without an FPU.
+
 Example:
   kiln compile model.onnx -o model.kiln --calib samples.npy --report report.json
   kiln compile model.onnx -o small.kiln --calib samples.npy --prune 0.3
-  kiln compile model.onnx -o small.kiln --calib samples.npy --prune-budget 1.0 --eval test.npz")]
+  kiln compile model.onnx -o small.kiln --calib samples.npy --prune-budget 1.0 --eval test.npz
+  kiln compile model.onnx -o mixed.kiln --calib samples.npy --keep-f32 2 --ram-budget 64K")]
     Compile {
         /// The ONNX model.
         model: PathBuf,
         /// Where to write the .kiln file.
         #[arg(short, long)]
         output: PathBuf,
-        /// int8 (needs --calib, unless the model is quantised: QDQ) or f32.
+        /// int8 (needs --calib, unless the model is quantised: QDQ or QLinear ops) or f32.
         #[arg(long, default_value = "int8")]
         precision: Precision,
-        /// Calibration data (.npy or .npz), required for int8 unless the model is quantised (QDQ).
+        /// Calibration data (.npy or .npz), required for int8 unless the model is quantised (QDQ or QLinear ops).
         #[arg(long)]
         calib: Option<PathBuf>,
         /// How activation ranges are chosen: minmax, mse, percentile (99.99) or percentile:P.
@@ -362,7 +373,7 @@ Example:
 /// How to compile an ONNX model given to a board command.
 #[derive(clap::Args)]
 struct CompileArgs {
-    /// int8 (needs --calib, unless the model is quantised: QDQ) or f32 (ONNX models only).
+    /// int8 (needs --calib, unless the model is quantised: QDQ or QLinear ops) or f32 (ONNX models only).
     #[arg(long, default_value = "int8")]
     precision: Precision,
     /// Calibration data for ONNX models (.npy or .npz).
