@@ -530,19 +530,6 @@ impl ErrAcc {
     }
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
-}
-
 /// Runs float and int8 models side by side on `samples`: output agreement and per-layer error.
 pub fn agreement(
     program: &Program,
@@ -599,7 +586,7 @@ pub fn agreement(
                 .zip(qs.as_slice().unwrap_or(&[]).chunks(last))
             {
                 rows += 1;
-                agree += usize::from(argmax(fr) == argmax(qr));
+                agree += usize::from(crate::eval::argmax(fr) == crate::eval::argmax(qr));
             }
         }
         bar.inc(1);

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod device;
 pub mod emit;
 pub mod error;
+pub mod eval;
 pub mod firmware;
 pub mod flash;
 pub mod import;

@@ -8,6 +8,7 @@ use kiln_compiler::compile::{self, CalibMethod};
 use kiln_compiler::device::Device;
 use kiln_compiler::emit::Precision;
 use kiln_compiler::error::{input, Error, Result};
+use kiln_compiler::eval;
 use kiln_compiler::firmware::{Options as FirmwareOptions, DEFAULT_STACK_BYTES};
 use kiln_compiler::flash::{self, ModelSource};
 use kiln_compiler::monitor;
@@ -676,47 +677,23 @@ fn run(cli: Cli) -> Result<()> {
             write_outputs(&outputs, &outs, &[])
         }
         Command::Eval { model, data } => {
-            let arrays = npy::read_npz(&data)?;
-            let get = |k: &str| {
-                arrays
-                    .iter()
-                    .find(|(n, _)| n == k)
-                    .map(|(_, a)| a.clone())
-                    .ok_or_else(|| {
-                        input(format!(
-                            "{}: no array '{k}' (labelled data needs `x` and `y`)",
-                            data.display()
-                        ))
-                    })
-            };
-            let (x, y) = (get("x")?, get("y")?);
+            let what = data.display().to_string();
+            let (x, y) = eval::read_labelled(&data)?;
             let is_onnx = model
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
             let predict: Vec<usize> = if is_onnx {
                 let r = Reference::load(&model)?;
                 let shape = r.input_shapes[0].clone();
-                top1(&x, &shape, &data, |s| r.run(s))?
+                eval::predictions(&x, &shape, &what, |s| r.run(s))?
             } else {
                 let buf = ModelBuf::read(&model)?;
                 let m = buf.model()?;
                 let mut runner = Runner::new(&m);
                 let shape = runner.input_shapes()?[0].clone();
-                top1(&x, &shape, &data, |s| runner.run(s, |_| {}))?
+                eval::predictions(&x, &shape, &what, |s| runner.run(s, |_| {}))?
             };
-            if predict.len() != y.len() {
-                return Err(input(format!(
-                    "{}: {} predictions but {} labels",
-                    data.display(),
-                    predict.len(),
-                    y.len()
-                )));
-            }
-            let correct = predict
-                .iter()
-                .zip(y.iter())
-                .filter(|(&p, &l)| p as f32 == l)
-                .count();
+            let correct = eval::correct(&predict, &y, &what)?;
             say!(
                 "{}: top-1 accuracy {:.2}% ({correct}/{}) on {}",
                 model.display(),
@@ -905,36 +882,6 @@ fn run_batched(
         .iter()
         .map(|parts| npy::stack(parts, b))
         .collect()
-}
-
-/// Argmax over the last axis of output 0, for every row of every sample of `x`.
-fn top1(
-    x: &ArrayD<f32>,
-    shape: &[usize],
-    data: &Path,
-    mut infer: impl FnMut(&[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>>,
-) -> Result<Vec<usize>> {
-    let b = npy::batching(x.shape(), shape, &format!("{}[x]", data.display()))?;
-    let mut out = Vec::new();
-    for s in npy::split(x, b, shape) {
-        let y = infer(&[s])?
-            .into_iter()
-            .next()
-            .ok_or_else(|| input("the model has no output"))?;
-        let y = y.as_standard_layout();
-        let last = y.shape().last().copied().unwrap_or(1).max(1);
-        for row in y.as_slice().unwrap_or(&[]).chunks(last) {
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                );
-            out.push(best.0);
-        }
-    }
-    Ok(out)
 }
 
 /// Writes each output as `.npy` of its type (`types[i]`, float32 where absent).

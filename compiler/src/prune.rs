@@ -34,6 +34,7 @@ use serde::Serialize;
 use crate::compile::{self, Compiled, Options};
 use crate::emit::{self, Emitted, Precision};
 use crate::error::{input, Error, Result};
+use crate::eval::{kiln_top1, read_labelled};
 use crate::ir::{ConvAttrs, DataFormat, Graph, Op, TensorId};
 use crate::runner::{to_logical, ModelBuf, Runner};
 
@@ -1176,65 +1177,6 @@ pub fn prune_for_compile(
     Ok(report)
 }
 
-/// Top-1 accuracy (0..1) of a compiled model on labelled data: `x` samples as for `kiln run`, `y` labels.
-pub fn top1(bytes: &[u8], x: &ArrayD<f32>, y: &ArrayD<f32>, what: &str) -> Result<f64> {
-    let buf = ModelBuf::new(bytes);
-    let model = buf.model()?;
-    let mut runner = Runner::new(&model);
-    let shape = runner.input_shapes()?.first().cloned().unwrap_or_default();
-    let b = crate::npy::batching(x.shape(), &shape, &format!("{what}[x]"))?;
-    let labels: Vec<f32> = y.iter().copied().collect();
-    let (mut correct, mut rows) = (0usize, 0usize);
-    for s in crate::npy::split(x, b, &shape) {
-        let out = runner.run(&[s], |_| {})?;
-        let Some(o) = out.first() else {
-            return Err(input(format!("{what}: the model has no output")));
-        };
-        let o = o.as_standard_layout();
-        let last = o.shape().last().copied().unwrap_or(1).max(1);
-        for row in o.as_slice().unwrap_or(&[]).chunks(last) {
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                );
-            if labels.get(rows) == Some(&(best.0 as f32)) {
-                correct += 1;
-            }
-            rows += 1;
-        }
-    }
-    if rows != labels.len() {
-        return Err(input(format!(
-            "{what}: {rows} predictions but {} labels",
-            labels.len()
-        )));
-    }
-    Ok(correct as f64 / rows.max(1) as f64)
-}
-
-/// Labelled data: `x` and `y` of an `.npz`.
-pub fn read_labelled(path: &Path) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
-    let mut arrays = crate::npy::read_npz(path)?;
-    let mut take = |k: &str| {
-        arrays
-            .iter()
-            .position(|(n, _)| n == k)
-            .map(|i| arrays.swap_remove(i).1)
-            .ok_or_else(|| {
-                input(format!(
-                    "{}: no array '{k}' (labelled data needs `x` and `y`)",
-                    path.display()
-                ))
-            })
-    };
-    let x = take("x")?;
-    let y = take("y")?;
-    Ok((x, y))
-}
-
 /// Accuracy and MACs of the model compiled at each pruning fraction: `(fraction, top-1 0..1, MACs)`. For reports
 /// (an accuracy-versus-size curve).
 pub fn accuracy_curve(
@@ -1250,7 +1192,7 @@ pub fn accuracy_curve(
         .iter()
         .map(|&f| {
             let c = compile::compile_graph(path, g.clone(), opts, Some(f))?;
-            Ok((f, top1(&c.bytes, &x, &y, &what)?, c.report.macs))
+            Ok((f, kiln_top1(&c.bytes, &x, &y, &what)?, c.report.macs))
         })
         .collect()
 }
@@ -1285,7 +1227,7 @@ pub fn compile_within_budget(
     let mut baseline = None;
     let mut probe = |f: f64, probes: &mut Vec<Probe>| -> Result<(Compiled, bool)> {
         let c = bar.suspend(|| compile::compile_graph(path, g.clone(), opts, Some(f)))?;
-        let accuracy = bar.suspend(|| top1(&c.bytes, &x, &y, &what))?;
+        let accuracy = bar.suspend(|| kiln_top1(&c.bytes, &x, &y, &what))?;
         let base = *baseline.get_or_insert(accuracy);
         let within = (base - accuracy) * 100.0 <= budget + 1e-9;
         let p = Probe {

@@ -9,7 +9,7 @@
 //! Accuracy against pruning: for an ONNX model with `--calib` and `--eval`, [`gather`] measures the unpruned
 //! model and each of `CURVE_FRACTIONS` compiled with structured pruning ([`crate::prune::accuracy_curve`]);
 //! [`html::render`] plots whatever points there are ([`svg::accuracy_curve`]). Another measured compilation can
-//! add its point with [`top1_on`] and [`Accuracy::add_point`].
+//! add its point with [`crate::eval::kiln_top1`] and [`Accuracy::add_point`].
 
 pub mod html;
 pub mod layout;
@@ -20,15 +20,14 @@ use std::path::{Path, PathBuf};
 
 use kiln_boards::Board;
 use kiln_runtime::format::DType;
-use ndarray::ArrayD;
 
 use crate::compile::{self, Agreement, CalibMethod};
 use crate::emit::Precision;
 use crate::error::{input, Result};
+use crate::eval::{kiln_top1, read_labelled, top1};
 use crate::firmware::{self, BuildRequest, Footprint};
-use crate::npy;
 use crate::reference::Reference;
-use crate::runner::{ModelBuf, Runner};
+use crate::runner::ModelBuf;
 use layout::Layout;
 
 /// What to report on.
@@ -262,103 +261,10 @@ fn measure_fit(
     Ok(fw.footprint)
 }
 
-/// Argmax of each row (last axis) of `y`.
-fn argmax_rows(y: &ArrayD<f32>) -> Vec<usize> {
-    let y = y.as_standard_layout();
-    let last = y.shape().last().copied().unwrap_or(1).max(1);
-    y.as_slice()
-        .unwrap_or(&[])
-        .chunks(last)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0
-        })
-        .collect()
-}
-
-/// Fraction of labels `infer`'s first output gets right, one inference per sample of `x`.
-fn top1(
-    x: &ArrayD<f32>,
-    labels: &[f32],
-    shape: &[usize],
-    what: &str,
-    mut infer: impl FnMut(&[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>>,
-) -> Result<f64> {
-    let b = npy::batching(x.shape(), shape, &format!("{what}[x]"))?;
-    let mut predicted = Vec::new();
-    for s in npy::split(x, b, shape) {
-        let y = infer(&[s])?
-            .into_iter()
-            .next()
-            .ok_or_else(|| input("the model has no output"))?;
-        predicted.extend(argmax_rows(&y));
-    }
-    if predicted.len() != labels.len() {
-        return Err(input(format!(
-            "{what}: {} predictions but {} labels",
-            predicted.len(),
-            labels.len()
-        )));
-    }
-    let correct = predicted
-        .iter()
-        .zip(labels)
-        .filter(|(&p, &l)| p as f32 == l)
-        .count();
-    Ok(correct as f64 / labels.len().max(1) as f64)
-}
-
-/// Labelled data: the samples `x` and their labels `y`.
-fn read_labelled(data: &Path) -> Result<(ArrayD<f32>, Vec<f32>)> {
-    let what = data.display().to_string();
-    let mut arrays = npy::read_npz(data)?;
-    let mut take = |k: &str| {
-        arrays
-            .iter()
-            .position(|(n, _)| n == k)
-            .map(|i| arrays.swap_remove(i).1)
-            .ok_or_else(|| {
-                input(format!(
-                    "{what}: no array '{k}' (labelled data needs `x` and `y`)"
-                ))
-            })
-    };
-    let (x, y) = (take("x")?, take("y")?);
-    Ok((x, y.iter().copied().collect()))
-}
-
-fn kiln_top1(buf: &ModelBuf, x: &ArrayD<f32>, labels: &[f32], what: &str) -> Result<f64> {
-    let model = buf.model()?;
-    let mut runner = Runner::new(&model);
-    let shape = runner
-        .input_shapes()?
-        .into_iter()
-        .next()
-        .ok_or_else(|| input("the model has no input"))?;
-    top1(x, labels, &shape, what, |s| runner.run(s, |_| {}))
-}
-
-/// Top-1 accuracy of a compiled model (`.kiln` bytes) on Kiln's runtime over labelled data (`x`, `y`): what a
-/// pruned compilation measures to add its point to [`Accuracy::curve`].
-pub fn top1_on(model: &[u8], data: &Path) -> Result<f64> {
-    let (x, labels) = read_labelled(data)?;
-    kiln_top1(
-        &ModelBuf::new(model),
-        &x,
-        &labels,
-        &data.display().to_string(),
-    )
-}
-
 fn evaluate(model_path: &Path, onnx: bool, buf: &ModelBuf, data: &Path) -> Result<Accuracy> {
     let what = data.display().to_string();
     let (x, labels) = read_labelled(data)?;
-    let model_top1 = kiln_top1(buf, &x, &labels, &what)?;
+    let model_top1 = kiln_top1(buf.bytes(), &x, &labels, &what)?;
     let float_top1 = if onnx {
         let r = Reference::load(model_path)?;
         let shape = r.input_shapes[0].clone();
