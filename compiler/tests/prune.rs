@@ -174,100 +174,42 @@ fn bad_prune_arguments_exit_2_with_the_reason() {
     let out = dir.path().join("m.kiln");
     let model = repo().join("models/mnist_cnn.onnx");
     let calib = repo().join("data/mnist_calib.npy");
-    let o = kiln(&[
-        "compile",
-        s(&model),
-        "-o",
-        s(&out),
-        "--calib",
-        s(&calib),
-        "--prune",
-        "1.5",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    let e = String::from_utf8_lossy(&o.stderr);
+    let data = repo().join("data/mnist_test.npz");
+    // `kiln compile SOURCE -o OUT [--calib CALIB] EXTRA...`: exit 2, nothing written; its stderr.
+    let refused = |source: &Path, calibrated: bool, extra: &[&str]| {
+        let mut args = vec!["compile", s(source), "-o", s(&out)];
+        if calibrated {
+            args.extend(["--calib", s(&calib)]);
+        }
+        args.extend_from_slice(extra);
+        let o = kiln(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(!out.exists(), "{args:?}: nothing written");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = refused(&model, true, &["--prune", "1.5"]);
     assert!(
         e.contains("--prune 1.5") && e.contains("between 0 and 0.75"),
         "{e}"
     );
-    assert!(!out.exists());
-
-    let o = kiln(&[
-        "compile",
-        s(&model),
-        "-o",
-        s(&out),
-        "--precision",
-        "f32",
-        "--prune",
-        "0.3",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--prune needs calibration data"));
+    let e = refused(&model, false, &["--precision", "f32", "--prune", "0.3"]);
+    assert!(e.contains("--prune needs calibration data"), "{e}");
 
     // --prune-budget needs --eval; the two pruning flags exclude each other.
-    let o = kiln(&[
-        "compile",
-        s(&model),
-        "-o",
-        s(&out),
-        "--calib",
-        s(&calib),
-        "--prune-budget",
-        "1",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--eval"));
-    let data = repo().join("data/mnist_test.npz");
-    let o = kiln(&[
-        "compile",
-        s(&model),
-        "-o",
-        s(&out),
-        "--calib",
-        s(&calib),
-        "--prune",
-        "0.3",
-        "--prune-budget",
-        "1",
-        "--eval",
-        s(&data),
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    let o = kiln(&[
-        "compile",
-        s(&model),
-        "-o",
-        s(&out),
-        "--calib",
-        s(&calib),
-        "--prune-budget=-1",
-        "--eval",
-        s(&data),
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--prune-budget -1"));
-    assert!(!out.exists());
+    let e = refused(&model, true, &["--prune-budget", "1"]);
+    assert!(e.contains("--eval"), "{e}");
+    refused(
+        &model,
+        true,
+        &["--prune", "0.3", "--prune-budget", "1", "--eval", s(&data)],
+    );
+    let e = refused(&model, true, &["--prune-budget=-1", "--eval", s(&data)]);
+    assert!(e.contains("--prune-budget -1"), "{e}");
 
     // An already-quantised (QDQ) model: its scales belong to its channels.
     let qdq = repo().join("models/mnist_cnn_qdq.onnx");
-    let o = kiln(&[
-        "compile",
-        s(&qdq),
-        "-o",
-        s(&out),
-        "--calib",
-        s(&calib),
-        "--prune",
-        "0.3",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("already quantised"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(!out.exists());
+    let e = refused(&qdq, true, &["--prune", "0.3"]);
+    assert!(e.contains("already quantised"), "{e}");
 }
 
 /// Deterministic values in [-0.5, 0.5).
