@@ -197,8 +197,14 @@ pub fn choose(
     let scorer = Scorer::new(float, samples)?;
     let int8 = emit::emit_mixed(p, ranges, &BTreeSet::new(), name)?;
     let int8_figures = scorer.figures(&int8)?;
-    let mut current = emit::emit_mixed(p, ranges, &keep, name)?;
-    let mut now = scorer.figures(&current)?;
+    // The starting point: the layers the user named, or (none named) the all-int8 model just measured.
+    let (mut current, mut now) = if keep.is_empty() {
+        (int8, int8_figures.clone())
+    } else {
+        let e = emit::emit_mixed(p, ranges, &keep, name)?;
+        let f = scorer.figures(&e)?;
+        (e, f)
+    };
     if !req.budget.admits(&current) {
         return Err(input(format!(
             "keeping {} in f32 needs a {} B model file and a {} B arena; the budget is {}",
